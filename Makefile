@@ -1,0 +1,31 @@
+# The README's two commands: `make demo` and `make test`. Both set up .venv first.
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+PYTEST_ARGS ?=
+
+.PHONY: setup test demo bench clean
+
+setup: $(STAMP)
+
+$(STAMP): setup.py requirements.txt pyproject.toml $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h)
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install -q pybind11 setuptools wheel
+	$(PY) -m pip install -q --no-build-isolation -e .
+	$(PY) -c "import fba, fba.kernels, fba._C"
+	touch $(STAMP)
+
+test: setup
+	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+demo: setup
+	$(VENV)/bin/fba demo
+
+bench: setup
+	$(PY) -m benchmarks.run_all
+
+clean:
+	rm -rf build *.egg-info fba/*.so runs/demo

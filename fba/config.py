@@ -1,0 +1,184 @@
+"""Configs as data: nested dataclasses, YAML files in ``configs/`` and dotted command-line overrides.
+
+A YAML file and the overrides may only name fields that exist; a wrong key is an error that lists the valid
+ones, so a typo never silently trains the wrong model.
+"""
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class DataConfig:
+    dataset: str = "synthetic"
+    root: str = "data/synthetic"
+    captions: str | None = None  # JSON Lines file; None means <root>/captions.jsonl
+    allow_missing_captions: bool = False
+    options: dict = field(default_factory=dict)  # reader options, e.g. {"subset": "labeled"} for cuhk03np
+    height: int = 384
+    width: int = 128
+    batch_size: int = 64  # P x K with K = num_instances
+    num_instances: int = 4
+    eval_batch_size: int = 128
+    num_workers: int = 2
+    loader: str = "auto"  # auto (dali on GPU, torch on CPU) | torch | dali
+    flip_prob: float = 0.5
+    padding: int = 10
+    erasing_prob: float = 0.5
+
+
+@dataclass
+class ModelConfig:
+    arch: str = "ViT-B-16"  # ViT-B-16 | tiny
+    pretrained: str | None = None  # local open_clip/OpenAI checkpoint; never downloaded
+    stride: int = 12
+    cross_modal: bool = True
+    diversity: bool = True
+    pooling: bool = True
+    pool_grad: bool = False
+    cross_layers: int = 4
+    text_cache: str | None = None  # directory of the frozen text tower's cached outputs
+    kernel: str = "auto"  # auto | reference | triton | cuda
+
+
+@dataclass
+class LossConfig:
+    label_smoothing: float = 0.1
+    triplet_margin: float = 0.3
+    diversity_margin: float = 0.3
+    diversity_weight: float = 0.5
+
+
+@dataclass
+class SolverConfig:
+    optimizer: str = "adam"
+    base_lr: float = 8e-5
+    weight_decay: float = 1e-4
+    epochs: int = 60
+    warmup_epochs: int = 10
+    warmup_factor: float = 0.001
+    final_factor: float = 0.01
+    grad_clip: float = 0.0  # 0 disables clipping
+    iters_per_epoch: int | None = None  # None: the PK sampler's epoch length
+
+
+@dataclass
+class TrainConfig:
+    output_dir: str = "runs/default"
+    seed: int = 0
+    zero_stage: int = 2
+    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    eval_every: int = 10
+    checkpoint_every: int = 1
+    log_every: int = 20
+    compile: bool = False
+
+
+@dataclass
+class EvalConfig:
+    feature: str = "full"  # full (CLS, F_f^V, F_f^T) | image (CLS only)
+    rerank: bool = False
+    max_rank: int = 50
+
+
+@dataclass
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    solver: SolverConfig = field(default_factory=SolverConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+
+class ConfigError(ValueError):
+    """A config file or override names a key that does not exist or gives a value of the wrong type."""
+
+
+def _valid_keys(obj: Any) -> list[str]:
+    return [f.name for f in dataclasses.fields(obj)]
+
+
+def _coerce(value: Any, current: Any, where: str) -> Any:
+    if current is None or isinstance(current, dict) or value is None:
+        return value
+    if isinstance(current, bool):
+        if isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected true/false, got {value!r}")
+    if isinstance(current, int) and not isinstance(current, bool):
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise ConfigError(f"{where}: expected an integer, got {value!r}")
+    if isinstance(current, float):
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(f"{where}: expected a number, got {value!r}")
+    if isinstance(current, str):
+        return str(value)
+    return value
+
+
+def _set(obj: Any, key: str, value: Any, where: str) -> None:
+    if key not in _valid_keys(obj):
+        raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(_valid_keys(obj))}")
+    current = getattr(obj, key)
+    if dataclasses.is_dataclass(current):
+        if not isinstance(value, dict):
+            raise ConfigError(f"{where}: {key!r} is a section; valid keys: {', '.join(_valid_keys(current))}")
+        for sub_key, sub_value in value.items():
+            _set(current, sub_key, sub_value, f"{where}.{sub_key}" if where else sub_key)
+        return
+    setattr(obj, key, _coerce(value, current, where or key))
+
+
+def apply_dict(cfg: Config, values: dict, source: str = "") -> Config:
+    for key, value in values.items():
+        _set(cfg, key, value, f"{source}{key}")
+    return cfg
+
+
+def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
+    """Apply ``section.key=value`` strings; values are parsed as YAML (``false``, ``1e-4``, ``[1, 2]``)."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override {item!r} is not of the form section.key=value")
+        dotted, raw = item.split("=", 1)
+        parts = dotted.strip().split(".")
+        target: Any = cfg
+        for depth, part in enumerate(parts[:-1]):
+            if part not in _valid_keys(target) or not dataclasses.is_dataclass(getattr(target, part)):
+                raise ConfigError(
+                    f"override {item!r}: unknown section {'.'.join(parts[:depth + 1])!r}; "
+                    f"valid: {', '.join(_valid_keys(target))}"
+                )
+            target = getattr(target, part)
+        _set(target, parts[-1], yaml.safe_load(raw), dotted)
+    return cfg
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+    """Defaults, then the YAML file at ``path`` (if any), then the dotted ``overrides``."""
+    cfg = Config()
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        values = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"{path}: the top level must be a mapping of sections")
+        apply_dict(cfg, values, source=f"{path}: ")
+    return apply_overrides(cfg, overrides or [])
+
+
+def config_from_dict(values: dict) -> Config:
+    """Rebuild a config saved with :meth:`Config.to_dict` (e.g. inside a checkpoint)."""
+    return apply_dict(Config(), values)

@@ -1,0 +1,73 @@
+"""Fused kernels of FBA and the dispatcher: fused paths for CUDA tensors, the PyTorch reference on CPU.
+
+Every op has a plain PyTorch ``reference`` twin in its own file; the fused versions are tested against it.
+``cross_modal_attention`` is the one entry point the cross-modal module calls for all four attentions.
+"""
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+
+from . import cross_attention
+
+__all__ = ["CrossModalAttention", "cross_attention_with_stats", "cross_modal_attention"]
+
+
+class CrossModalAttention(NamedTuple):
+    img: torch.Tensor  # [nb*B, H, N, d] image rows over each caption branch (fg block first)
+    txt: torch.Tensor  # [nb*B, H, M, d] caption rows over the image
+    stats: torch.Tensor | None  # [B, 3, M] fp32 column sums for differential pooling
+
+
+def cross_attention_with_stats(
+    q: torch.Tensor,
+    k_f: torch.Tensor,
+    v_f: torch.Tensor,
+    k_b: torch.Tensor,
+    v_b: torch.Tensor,
+    valid_f: torch.Tensor,
+    valid_b: torch.Tensor,
+    row_start: int = 1,
+):
+    """Image queries over both captions plus the column statistics; semantics in ``cross_attention.reference``."""
+    return cross_attention.reference(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
+
+
+def cross_modal_attention(
+    q_img: torch.Tensor,
+    k_img: torch.Tensor,
+    v_img: torch.Tensor,
+    q_txt: torch.Tensor,
+    k_txt: torch.Tensor,
+    v_txt: torch.Tensor,
+    txt_valid: torch.Tensor,
+    need_stats: bool = False,
+    row_start: int = 1,
+) -> CrossModalAttention:
+    """Both directions of the shared cross-attention for ``nb`` caption branches (1 = fg, 2 = fg then bg).
+
+    q/k/v_img [B,H,N,d] come from the image; q/k/v_txt [nb*B,H,M,d] from the captions stacked on the batch
+    axis; txt_valid [nb*B,M] bool marks real caption tokens. The image keys are shared by every branch, so the
+    text->image direction folds the branches into the query axis instead of repeating the keys.
+    """
+    batch, heads, _, dim = q_img.shape
+    nb = q_txt.shape[0] // batch
+    stats = None
+    if need_stats:
+        if nb != 2:
+            raise ValueError("column statistics need both caption branches (fg and bg)")
+        o_f, o_b, stats = cross_attention_with_stats(
+            q_img, k_txt[:batch], v_txt[:batch], k_txt[batch:], v_txt[batch:],
+            txt_valid[:batch], txt_valid[batch:], row_start,
+        )
+        img = torch.cat([o_f, o_b])
+    else:
+        q_rep = q_img.repeat(nb, 1, 1, 1)
+        img = F.scaled_dot_product_attention(q_rep, k_txt, v_txt, attn_mask=txt_valid[:, None, None, :])
+    m = q_txt.shape[2]
+    q_fold = q_txt.view(nb, batch, heads, m, dim).permute(1, 2, 0, 3, 4).reshape(batch, heads, nb * m, dim)
+    txt = F.scaled_dot_product_attention(q_fold, k_img, v_img)
+    txt = txt.view(batch, heads, nb, m, dim).permute(2, 0, 1, 3, 4).reshape(nb * batch, heads, m, dim)
+    return CrossModalAttention(img, txt, stats)
