@@ -120,6 +120,6 @@ class PKSampler(Sampler[int]):
         """Resume: the same epoch and seed replay the same order (batch shape must match the saved one)."""
         for key in ("batch_size", "num_instances"):
             if key in state and state[key] != getattr(self, key):
-                raise ValueError(f"PKSampler: saved {key}={state[key]} differs from this sampler's {getattr(self, key)}")
+                raise ValueError(f"PKSampler: saved {key}={state[key]}, but this sampler has {getattr(self, key)}")
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
