@@ -1,0 +1,270 @@
+"""``fba caption``: a tiny randomly initialised LLaVA (built here, saved, loaded by path) and the template backend.
+
+The random model writes garbage; these tests check structure: prompt assembly, batching, the output format,
+resuming after an interrupted run, and the errors.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fba.captioner import (
+    LLAVA15_PROMPT,
+    LlavaCaptioner,
+    build_prompt,
+    caption_images,
+    clean_caption,
+    dataset_images,
+    resume,
+)
+from fba.cli import main
+from fba.data.captions import BG_PROMPT, FG_PROMPT, Caption, CaptionError, CaptionStore, attach_captions
+from fba.data.datasets import build_dataset
+
+# The chat template llava-hf/llava-1.5-7b-hf ships (chat_template.json).
+LLAVA15_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] != 'system' %}{{ message['role'].upper() + ': '}}{% endif %}"
+    "{% for content in message['content'] | selectattr('type', 'equalto', 'image') %}{{ '<image>\n' }}{% endfor %}"
+    "{% if message['role'] != 'assistant' %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{{ content['text'] + ' '}}{% endfor %}{% else %}{% for content in message['content'] | selectattr('type', 'equalto', 'text') %}"
+    "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
+)
+SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", "<image>"]
+EXTRA_WORDS = "USER: ASSISTANT: a man woman red blue black coat bag car tree wall street bicycle pole"
+
+
+def tiny_llava(folder: Path, chat_template: str | None = None) -> Path:
+    """A LLaVA-1.5-shaped model with a 2-layer CLIP tower (28x28, 4 patches) and a 2-layer Llama, saved to ``folder``."""
+    import torch
+    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+    from transformers import (
+        CLIPImageProcessor,
+        CLIPVisionConfig,
+        LlamaConfig,
+        LlavaConfig,
+        LlavaForConditionalGeneration,
+        LlavaProcessor,
+        PreTrainedTokenizerFast,
+    )
+
+    words = Tokenizer(models.WordLevel(unk_token="<unk>"))
+    words.pre_tokenizer = pre_tokenizers.Whitespace()
+    words.train_from_iterator([FG_PROMPT, BG_PROMPT, EXTRA_WORDS], trainers.WordLevelTrainer(special_tokens=SPECIALS))
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=words, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
+        extra_special_tokens={"image_token": "<image>"},
+    )
+    image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
+    processor = LlavaProcessor(
+        image_processor=image_processor, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
+        num_additional_image_tokens=1, chat_template=chat_template,
+    )
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIALS}
+    config = LlavaConfig(
+        vision_config=CLIPVisionConfig(
+            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28,
+            patch_size=14, projection_dim=32,
+        ),
+        text_config=LlamaConfig(
+            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
+            pad_token_id=ids["<pad>"], bos_token_id=ids["<s>"], eos_token_id=ids["</s>"],
+        ),
+        image_token_index=ids["<image>"], image_seq_length=4, vision_feature_layer=-2,
+        vision_feature_select_strategy="default",
+    )
+    torch.manual_seed(0)
+    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_llava(tmp_path_factory.mktemp("tiny_llava"))
+
+
+@pytest.fixture(scope="module")
+def llava_chat_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tiny_llava(tmp_path_factory.mktemp("tiny_llava_chat"), chat_template=LLAVA15_CHAT_TEMPLATE)
+
+
+def read_lines(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def caption_cli(market_root: Path, out: Path, *extra: str) -> int:
+    return main(["caption", "--dataset", "market1501", "--root", str(market_root), "--out", str(out),
+                 "--no-progress", *extra])
+
+
+def llava_cli(market_root: Path, out: Path, model: Path, batch_size: int = 3) -> int:
+    return caption_cli(market_root, out, "--model", str(model), "--batch-size", str(batch_size),
+                       "--max-new-tokens", "6", "--max-new-tokens-bg", "5", "--device", "cpu")
+
+
+@pytest.mark.parametrize(
+    ("raw", "clean"),
+    [
+        ("  A man in a  red\n coat. ", "A man in a red coat."),
+        ("ASSISTANT: A man.", "A man."),
+        (" ASSISTANT : ASSISTANT:\tA tree", "A tree"),
+        ("A wall. USER: describe more ASSISTANT: no", "A wall."),
+        ("ASSISTANT:", ""),
+    ],
+)
+def test_clean_caption_trims_echoes_turns_and_whitespace(raw: str, clean: str) -> None:
+    assert clean_caption(raw) == clean
+
+
+def test_prompt_is_llava15_format_with_or_without_chat_template(llava_dir: Path, llava_chat_dir: Path) -> None:
+    from transformers import AutoProcessor
+
+    plain = AutoProcessor.from_pretrained(llava_dir, local_files_only=True)
+    chat = AutoProcessor.from_pretrained(llava_chat_dir, local_files_only=True)
+    assert not getattr(plain, "chat_template", None) and chat.chat_template
+    for prompt in (FG_PROMPT, BG_PROMPT):
+        expected = f"USER: <image>\n{prompt} ASSISTANT:"
+        assert LLAVA15_PROMPT.format(prompt=prompt) == expected
+        assert build_prompt(plain, prompt) == expected
+        assert build_prompt(chat, prompt).strip() == expected
+
+
+class SpyProcessor:
+    """Records what the captioner hands the processor in each call."""
+
+    def __init__(self, processor):
+        self.processor, self.calls = processor, []
+
+    def __getattr__(self, name: str):
+        return getattr(self.processor, name)
+
+    def __call__(self, **kwargs):
+        batch = self.processor(**kwargs)
+        self.calls.append((kwargs["text"], kwargs["images"], batch["attention_mask"]))
+        return batch
+
+
+def test_one_left_padded_generate_call_holds_both_prompts(llava_dir: Path, market_root: Path) -> None:
+    captioner = LlavaCaptioner.load(str(llava_dir), device="cpu", max_new_tokens=(6, 5))
+    spy = SpyProcessor(captioner.processor)
+    captioner.processor = spy
+    images = dataset_images(build_dataset("market1501", market_root))[:3]
+    captions = captioner.caption(images)
+
+    assert len(spy.calls) == 1
+    texts, pictures, mask = spy.calls[0]
+    assert texts == [captioner.texts[0]] * 3 + [captioner.texts[1]] * 3
+    assert FG_PROMPT in texts[0] and BG_PROMPT in texts[3] and FG_PROMPT not in texts[3]
+    assert len(pictures) == 6 and all(p.size[0] == p.size[1] for p in pictures)  # padded to squares
+    assert bool(mask[:, -1].all()) and not bool(mask[:, 0].all())  # left padding: the shorter fg rows
+    assert len(captions) == 3 and all(c.fg and c.bg for c in captions)
+
+
+def test_batched_captions_equal_one_by_one(llava_dir: Path, market_root: Path) -> None:
+    captioner = LlavaCaptioner.load(str(llava_dir), device="cpu", max_new_tokens=(6, 5))
+    images = dataset_images(build_dataset("market1501", market_root))[:4]
+    assert captioner.caption(images) == [captioner.caption([image])[0] for image in images]
+
+
+def test_empty_answer_is_retried_then_an_error(llava_dir: Path, market_root: Path) -> None:
+    captioner = LlavaCaptioner.load(str(llava_dir), device="cpu", max_new_tokens=(6, 5))
+    tokenizer = captioner.processor.tokenizer
+    eos, word = tokenizer.eos_token_id, tokenizer.convert_tokens_to_ids("coat")
+    images = dataset_images(build_dataset("market1501", market_root))[:2]
+    calls = []
+
+    def first_empty(pictures, texts, max_new_tokens, min_new_tokens=None):
+        calls.append(min_new_tokens)
+        return [[eos] if min_new_tokens is None and row == 3 else [word, eos] for row in range(len(texts))]
+
+    captioner.generate = first_empty
+    assert captioner.caption(images) == [Caption("coat", "coat")] * 2
+    assert calls == [None, 5]
+
+    captioner.generate = lambda pictures, texts, max_new_tokens, min_new_tokens=None: [[eos]] * len(texts)
+    with pytest.raises(CaptionError, match=r"empty fg caption twice"):
+        captioner.caption(images)
+
+
+def test_cli_captions_every_image_once_in_the_spec_format(llava_chat_dir: Path, market_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "captions.jsonl"
+    assert llava_cli(market_root, out, llava_chat_dir) == 0
+    dataset = build_dataset("market1501", market_root)
+    lines = read_lines(out)
+    assert [line["image"] for line in lines] == [key for key, _ in dataset_images(dataset)]
+    assert len(lines) == len(dataset.train) + len(dataset.query) + len(dataset.gallery)
+    for line in lines:
+        assert set(line) == {"image", "fg", "bg"} and line["fg"].strip() and line["bg"].strip()
+        assert line["fg"] == " ".join(line["fg"].split()) and "ASSISTANT:" not in line["fg"]
+        assert not Path(line["image"]).is_absolute() and (market_root / line["image"]).is_file()
+    attach_captions(dataset, CaptionStore.load(out))  # every image has its captions
+
+
+def test_cli_resumes_after_a_cut_off_last_line(llava_dir: Path, market_root: Path, tmp_path: Path) -> None:
+    full, partial = tmp_path / "full.jsonl", tmp_path / "partial.jsonl"
+    assert llava_cli(market_root, full, llava_dir) == 0
+    complete = full.read_text(encoding="utf-8").splitlines(keepends=True)
+    partial.write_text("".join(complete[:4]) + complete[4][:25], encoding="utf-8")
+
+    assert llava_cli(market_root, partial, llava_dir, batch_size=2) == 0
+    assert partial.read_text(encoding="utf-8").splitlines(keepends=True)[:4] == complete[:4]
+    assert sorted(line["image"] for line in read_lines(partial)) == sorted(line["image"] for line in read_lines(full))
+
+    before = partial.read_bytes()
+    assert llava_cli(market_root, partial, llava_dir) == 0  # nothing left to do: the file is untouched
+    assert partial.read_bytes() == before
+
+
+class FailAfter:
+    """A backend that captions ``limit`` images, then dies like a killed process."""
+
+    def __init__(self, limit: int):
+        self.limit, self.seen = limit, []
+
+    def caption(self, images):
+        if len(self.seen) + len(images) > self.limit:
+            raise KeyboardInterrupt
+        self.seen += [key for key, _ in images]
+        return [Caption(f"fg of {key}", f"bg of {key}") for key, _ in images]
+
+
+def test_interrupted_run_resumes_without_duplicates_or_gaps(market_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "captions.jsonl"
+    images = dataset_images(build_dataset("market1501", market_root))
+    with pytest.raises(KeyboardInterrupt):
+        caption_images(images, FailAfter(7), out, batch_size=3, progress=False)
+    done = resume(out)
+    assert done == {key for key, _ in images[:6]}  # two whole batches written, the third lost
+
+    rest = FailAfter(len(images))
+    assert caption_images([i for i in images if i[0] not in done], rest, out, batch_size=3, progress=False) == len(images) - 6
+    assert rest.seen == [key for key, _ in images[6:]]
+    store = CaptionStore.load(out)  # raises on a duplicate
+    assert list(store) == [key for key, _ in images]
+    assert all(store[key] == Caption(f"fg of {key}", f"bg of {key}") for key, _ in images)
+
+
+def test_resume_rejects_a_broken_complete_line(tmp_path: Path) -> None:
+    out = tmp_path / "captions.jsonl"
+    out.write_text('{"image": "a.jpg", "fg": "x", "bg": "y"}\n{"image": "b.jpg", "fg": ""\n', encoding="utf-8")
+    with pytest.raises(CaptionError, match=r"captions.jsonl, line 2"):
+        resume(out)
+
+
+def test_writer_refuses_an_empty_caption(tmp_path: Path) -> None:
+    class Blank:
+        def caption(self, images):
+            return [Caption("a person", "  ")] * len(images)
+
+    with pytest.raises(CaptionError, match=r"empty bg caption for image 'a.jpg'"):
+        caption_images([("a.jpg", "/nowhere/a.jpg")], Blank(), tmp_path / "c.jsonl", batch_size=2, progress=False)
+
+
+def test_missing_model_folder_is_a_clear_error(market_root: Path, tmp_path: Path) -> None:
+    missing = tmp_path / "no_such_model"
+    with pytest.raises(CaptionError, match=r"no_such_model.*--allow-download"):
+        caption_cli(market_root, tmp_path / "c.jsonl", "--model", str(missing), "--device", "cpu")
