@@ -8,6 +8,7 @@ resized (bilinear, CLS position kept, as TransReID does). Keeping open_clip's mo
 from __future__ import annotations
 
 import hashlib
+import warnings
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -114,7 +115,9 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
 
         return load_file(str(path))
     if _is_torchscript(path):  # the OpenAI release: a TorchScript archive of the whole CLIP model
-        return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, the archives still exist
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
     obj = torch.load(path, map_location="cpu", weights_only=True)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]

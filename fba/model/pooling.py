@@ -19,7 +19,8 @@ def pool_mask_from_stats(dot: torch.Tensor, sq_f: torch.Tensor, sq_b: torch.Tens
 
     A constant s over the valid columns gives 0 / (0 + 1e-6) = 0 everywhere, as SPEC's formula does.
     """
-    sim = dot / (sq_f.sqrt() * sq_b.sqrt() + EPS)
+    one = torch.ones_like(sq_f)  # padded columns have zero norm: keep sqrt's gradient finite there
+    sim = dot / (torch.where(valid, sq_f, one).sqrt() * torch.where(valid, sq_b, one).sqrt() + EPS)
     lowest = sim.masked_fill(~valid, float("inf")).amin(dim=-1, keepdim=True)
     highest = sim.masked_fill(~valid, float("-inf")).amax(dim=-1, keepdim=True)
     mask = (sim - lowest) / (highest - lowest + EPS)
