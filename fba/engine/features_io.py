@@ -1,0 +1,202 @@
+"""Features files: what ``fba embed`` writes and ``fba eval --features`` reads.
+
+Two formats, chosen by the suffix: ``.safetensors`` (tensors, plus the paths, splits and free-form ``meta`` as
+JSON in the header metadata) and ``.npz`` (plain NumPy arrays, strings as unicode arrays, ``meta`` as a JSON
+string; readable without pickle). Files are written to a temporary file beside the target and moved into place,
+so a crash never leaves half a file under the final name.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+FORMAT_VERSION = 1
+SUFFIXES = (".safetensors", ".npz")
+_METADATA_KEY = "fba_features"
+
+
+class FeaturesFileError(ValueError):
+    """A features file that cannot be read or holds inconsistent fields; the message names the file."""
+
+
+@dataclass
+class FeatureSet:
+    """Rows of features with what is known about each image (``None`` where unknown)."""
+
+    features: np.ndarray
+    paths: list[str]
+    pids: np.ndarray | None = None
+    camids: np.ndarray | None = None
+    split: list[str] | None = None
+    meta: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def select(self, split: str) -> FeatureSet:
+        """The rows of one split ("query", "gallery", ...), in file order."""
+        if self.split is None:
+            raise ValueError("this feature set has no split column")
+        rows = np.array([s == split for s in self.split], dtype=bool)
+        return FeatureSet(
+            features=self.features[rows],
+            paths=[p for p, keep in zip(self.paths, rows) if keep],
+            pids=None if self.pids is None else self.pids[rows],
+            camids=None if self.camids is None else self.camids[rows],
+            split=[split] * int(rows.sum()),
+            meta=dict(self.meta),
+        )
+
+
+def _as_numpy(values: Any) -> np.ndarray:
+    if hasattr(values, "detach"):
+        values = values.detach().cpu().numpy()
+    return np.asarray(values)
+
+
+def _validate(source: str, fs: FeatureSet) -> FeatureSet:
+    if fs.features.ndim != 2:
+        raise FeaturesFileError(f"{source}: features must be 2-D [N, D], got shape {fs.features.shape}")
+    num = len(fs.features)
+    columns = {"paths": fs.paths, "pids": fs.pids, "camids": fs.camids, "split": fs.split}
+    for name, column in columns.items():
+        if column is not None and len(column) != num:
+            raise FeaturesFileError(f"{source}: {name} has {len(column)} entries but there are {num} feature rows")
+    for name in ("pids", "camids"):
+        column = columns[name]
+        if column is not None and (column.ndim != 1 or not np.issubdtype(column.dtype, np.integer)):
+            raise FeaturesFileError(f"{source}: {name} must be a 1-D integer array, got {column.dtype} {column.shape}")
+    if not isinstance(fs.meta, dict):
+        raise FeaturesFileError(f"{source}: meta must be a JSON object, got {type(fs.meta).__name__}")
+    return fs
+
+
+def _check_suffix(path: Path) -> str:
+    suffix = path.suffix.lower()
+    if suffix not in SUFFIXES:
+        raise ValueError(f"{path}: features files end in {' or '.join(SUFFIXES)}, got {suffix or 'no suffix'!r}")
+    return suffix
+
+
+def save_features(
+    path: str | os.PathLike,
+    features: Any,
+    paths: Sequence[str],
+    pids: Any = None,
+    camids: Any = None,
+    split: Sequence[str] | None = None,
+    meta: dict | None = None,
+) -> Path:
+    """Write a features file atomically; the format follows the suffix. Returns the path written."""
+    path = Path(path)
+    suffix = _check_suffix(path)
+    fs = _validate(
+        str(path),
+        FeatureSet(
+            features=np.ascontiguousarray(_as_numpy(features), dtype=np.float32),
+            paths=[str(p) for p in paths],
+            pids=None if pids is None else np.ascontiguousarray(_as_numpy(pids), dtype=np.int64),
+            camids=None if camids is None else np.ascontiguousarray(_as_numpy(camids), dtype=np.int64),
+            split=None if split is None else [str(s) for s in split],
+            meta=dict(meta or {}),
+        ),
+    )
+    payload = _encode_safetensors(fs) if suffix == ".safetensors" else _encode_npz(fs)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(payload)
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path
+
+
+def _encode_safetensors(fs: FeatureSet) -> bytes:
+    from safetensors.numpy import save
+
+    tensors = {"features": fs.features}
+    for name in ("pids", "camids"):
+        if getattr(fs, name) is not None:
+            tensors[name] = getattr(fs, name)
+    header = {"version": FORMAT_VERSION, "paths": fs.paths, "split": fs.split, "meta": fs.meta}
+    return save(tensors, metadata={_METADATA_KEY: json.dumps(header)})
+
+
+def _encode_npz(fs: FeatureSet) -> bytes:
+    arrays = {
+        "version": np.array(FORMAT_VERSION),
+        "features": fs.features,
+        "paths": np.array(fs.paths, dtype=str),
+        "meta": np.array(json.dumps(fs.meta)),
+    }
+    for name in ("pids", "camids"):
+        if getattr(fs, name) is not None:
+            arrays[name] = getattr(fs, name)
+    if fs.split is not None:
+        arrays["split"] = np.array(fs.split, dtype=str)
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    return buffer.getvalue()
+
+
+def load_features(path: str | os.PathLike) -> FeatureSet:
+    """Read a features file written by :func:`save_features`; a malformed file raises FeaturesFileError."""
+    path = Path(path)
+    suffix = _check_suffix(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: features file not found")
+    try:
+        fs = _decode_safetensors(path) if suffix == ".safetensors" else _decode_npz(path)
+    except FeaturesFileError:
+        raise
+    except Exception as error:  # safetensors, zipfile, numpy and json each raise their own kinds
+        raise FeaturesFileError(f"{path}: not a valid features file ({type(error).__name__}: {error})") from error
+    return _validate(str(path), fs)
+
+
+def _decode_safetensors(path: Path) -> FeatureSet:
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as handle:
+        metadata = handle.metadata() or {}
+        if _METADATA_KEY not in metadata:
+            raise FeaturesFileError(f"{path}: safetensors file without the '{_METADATA_KEY}' metadata entry")
+        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+    header = json.loads(metadata[_METADATA_KEY])
+    if "features" not in tensors:
+        raise FeaturesFileError(f"{path}: no 'features' tensor (found {sorted(tensors)})")
+    return FeatureSet(
+        features=tensors["features"],
+        paths=list(header["paths"]),
+        pids=tensors.get("pids"),
+        camids=tensors.get("camids"),
+        split=header.get("split"),
+        meta=header.get("meta") or {},
+    )
+
+
+def _decode_npz(path: Path) -> FeatureSet:
+    with np.load(path, allow_pickle=False) as data:
+        arrays = {name: data[name] for name in data.files}
+    for name in ("features", "paths"):
+        if name not in arrays:
+            raise FeaturesFileError(f"{path}: no '{name}' array (found {sorted(arrays)})")
+    split = arrays.get("split")
+    return FeatureSet(
+        features=arrays["features"],
+        paths=[str(p) for p in arrays["paths"]],
+        pids=arrays.get("pids"),
+        camids=arrays.get("camids"),
+        split=None if split is None else [str(s) for s in split],
+        meta=json.loads(str(arrays["meta"])) if "meta" in arrays else {},
+    )
