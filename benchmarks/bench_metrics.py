@@ -1,0 +1,124 @@
+"""Time of ``fba.metrics.evaluate`` at the size of the Market-1501 and DukeMTMC-reID test sets, NumPy vs C++.
+
+Distances are random, but the ids and cameras have the real structure: every query id has several gallery images
+on several cameras (some on the query's own camera, which the protocol drops), plus distractors (id 0) and junk
+(id -1) in Market's proportions; true matches are drawn a little closer so the metrics are not trivial.
+
+    python -m benchmarks.bench_metrics [--smoke] [--results-dir DIR]     # table + benchmarks/results/<device>.json
+    pytest benchmarks/bench_metrics.py                                     # pytest-benchmark
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import pytest
+
+from benchmarks.common import format_table, measure, write_results
+from fba.metrics import cpp_available, evaluate
+
+
+@dataclass(frozen=True)
+class Problem:
+    """Shape of one evaluation: query/gallery counts, test ids, cameras, share of distractor and junk images."""
+
+    num_query: int
+    num_gallery: int
+    num_ids: int
+    num_cams: int
+    distractor_share: float
+    junk_share: float
+
+
+PROBLEMS = {
+    "market": Problem(3368, 15913, 750, 6, distractor_share=0.176, junk_share=0.240),
+    "duke": Problem(2228, 17661, 1110, 8, distractor_share=0.0, junk_share=0.0),
+}
+SMOKE_PROBLEMS = {"smoke": Problem(60, 400, 20, 4, distractor_share=0.1, junk_share=0.1)}
+BENCHMARK_KEY = "metrics"
+
+
+def make_inputs(problem: Problem, seed: int = 0) -> tuple[np.ndarray, ...]:
+    """``(distmat float32 [Q, G], q_pids, g_pids, q_camids, g_camids)`` with the structure described above."""
+    rng = np.random.default_rng(seed)
+    q_pids = rng.integers(1, problem.num_ids + 1, problem.num_query)
+    q_camids = rng.integers(0, problem.num_cams, problem.num_query)
+    g_pids = rng.integers(1, problem.num_ids + 1, problem.num_gallery)
+    g_camids = rng.integers(0, problem.num_cams, problem.num_gallery)
+    kind = rng.random(problem.num_gallery)
+    g_pids[kind < problem.distractor_share] = 0
+    g_pids[(kind >= problem.distractor_share) & (kind < problem.distractor_share + problem.junk_share)] = -1
+    distmat = rng.random((problem.num_query, problem.num_gallery), dtype=np.float32)
+    distmat -= np.float32(0.3) * (q_pids[:, None] == g_pids[None, :])
+    return distmat, q_pids, g_pids, q_camids, g_camids
+
+
+def backends() -> list[str]:
+    return ["numpy", "cpp"] if cpp_available() else ["numpy"]
+
+
+def run_benchmark(problems: dict[str, Problem], repeat: int = 3) -> list[dict]:
+    """One row per (problem, backend): best/median seconds and the metrics, checked equal across backends."""
+    rows = []
+    for name, problem in problems.items():
+        inputs = make_inputs(problem)
+        reference = None
+        for backend in backends():
+            runs = 1 if backend == "numpy" and problem.num_query > 1000 else repeat
+            timing, result = measure(lambda: evaluate(*inputs, backend=backend), repeat=runs,
+                                     warmup=0 if backend == "numpy" else 1)
+            if reference is None:
+                reference = result
+            elif abs(result["mAP"] - reference["mAP"]) > 1e-9 or abs(result["mINP"] - reference["mINP"]) > 1e-9:
+                raise AssertionError(f"{name}: {backend} disagrees with numpy: {result} vs {reference}")
+            rows.append({
+                "problem": name, "queries": problem.num_query, "gallery": problem.num_gallery, "backend": backend,
+                "best_s": timing.best, "median_s": timing.median, "runs": len(timing.runs),
+                "mAP": result["mAP"], "R1": float(result["cmc"][0]), "mINP": result["mINP"],
+                "valid_queries": result["num_valid_queries"],
+            })
+        numpy_best = next(row["best_s"] for row in rows if row["problem"] == name and row["backend"] == "numpy")
+        for row in rows:
+            if row["problem"] == name:
+                row["speedup_vs_numpy"] = numpy_best / row["best_s"]
+    return rows
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds); stored under 'metrics-smoke'")
+    parser.add_argument("--repeat", type=int, default=3, help="timed runs of the C++ path (NumPy runs once at full size)")
+    parser.add_argument("--results-dir", help="where the device's JSON goes (default benchmarks/results, or $FBA_BENCH_RESULTS)")
+    args = parser.parse_args(argv)
+    problems = SMOKE_PROBLEMS if args.smoke else PROBLEMS
+    rows = run_benchmark(problems, repeat=args.repeat)
+    print(format_table(rows, ["problem", "queries", "gallery", "backend", "best_s", "median_s", "runs",
+                              "speedup_vs_numpy", "mAP", "R1", "mINP", "valid_queries"]))
+    config = {"problems": {name: asdict(p) for name, p in problems.items()}, "distmat_dtype": "float32",
+              "threads": 1, "seed": 0}
+    key = f"{BENCHMARK_KEY}-smoke" if args.smoke else BENCHMARK_KEY
+    path = write_results(key, rows, kind="cpu", config=config, directory=args.results_dir)
+    print(f"results written to {path} (key {key!r})")
+    return 0
+
+
+@functools.lru_cache(maxsize=1)
+def _cached_inputs(name: str) -> tuple[np.ndarray, ...]:
+    return make_inputs(PROBLEMS[name])
+
+
+@pytest.mark.parametrize("backend", ["numpy", "cpp"])
+@pytest.mark.parametrize("name", list(PROBLEMS))
+def test_evaluate(benchmark, name, backend):
+    if backend == "cpp" and not cpp_available():
+        pytest.skip("fba._C is not built")
+    inputs = _cached_inputs(name)
+    rounds = 1 if backend == "numpy" else 5
+    result = benchmark.pedantic(evaluate, args=inputs, kwargs={"backend": backend}, rounds=rounds, iterations=1)
+    assert result["num_valid_queries"] > 0.9 * PROBLEMS[name].num_query
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,193 @@
+"""Helpers every benchmark shares: the device and commit a number came from, timing, the table, the JSON file.
+
+Results layout
+--------------
+One JSON file per device, so that numbers from different machines never overwrite each other and the numbers of
+one machine sit together::
+
+    benchmarks/results/<device-slug>.json     e.g. cpu-amd-epyc.json, cuda-nvidia-h100-80gb-hbm3.json
+
+The directory is ``benchmarks/results/`` of the repository, or ``$FBA_BENCH_RESULTS``, or the ``results_dir``
+argument (in that order of precedence: argument, variable, default). The file is a JSON object with one top-level
+key per benchmark (``"metrics"``, ``"cross_attention"``, ...); :func:`write_results` replaces its own key and
+keeps the others. Each entry holds::
+
+    {"device": ..., "device_kind": "cpu" | "cuda", "commit": ..., "dirty": bool, "timestamp": ...,
+     "environment": {python, numpy, torch, cpu_count, ...}, "config": {...shapes, repeats...}, "rows": [...]}
+
+``rows`` are flat dicts (one per measured case), the same rows :func:`format_table` prints.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable, Iterable, Sequence
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
+RESULTS_ENV = "FBA_BENCH_RESULTS"
+
+
+def cpu_name() -> str:
+    """The CPU model as the OS reports it (``/proc/cpuinfo`` on Linux), else what ``platform`` knows."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown cpu"
+
+
+def device_name(kind: str = "cpu") -> str:
+    """Human-readable name of the device a benchmark ran on: the CPU model, or the CUDA device's name."""
+    if kind == "cpu":
+        return cpu_name()
+    if kind == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name()
+    raise ValueError(f"device kind must be 'cpu' or 'cuda', got {kind!r}")
+
+
+def device_slug(kind: str = "cpu", name: str | None = None) -> str:
+    """File-name form of a device: ``cpu-amd-epyc``, ``cuda-nvidia-h100-80gb-hbm3``."""
+    name = device_name(kind) if name is None else name
+    words = re.sub(r"\((r|tm)\)|\bprocessor\b|\bcpu\b|@.*$", " ", name.lower())
+    slug = re.sub(r"[^a-z0-9]+", "-", words).strip("-")
+    return f"{kind}-{slug or 'unknown'}"
+
+
+def git_state() -> dict:
+    """``{"commit": sha or "unknown", "dirty": bool}`` of the repository the benchmarks live in."""
+    def git(*args: str) -> str:
+        return subprocess.run(["git", *args], cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
+
+    try:
+        return {"commit": git("rev-parse", "HEAD").strip(), "dirty": bool(git("status", "--porcelain", "-uno").strip())}
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": "unknown", "dirty": False}
+
+
+def environment() -> dict:
+    """Versions and core count that change benchmark numbers (torch only when the benchmark imported it)."""
+    import numpy
+
+    info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
+                            "cpu_count": os.cpu_count(), "numpy": numpy.__version__}
+    if "torch" in sys.modules:
+        info["torch"] = sys.modules["torch"].__version__
+    return info
+
+
+@dataclass
+class Timing:
+    """Wall-clock seconds of repeated runs of one call."""
+
+    runs: list[float]
+
+    @property
+    def best(self) -> float:
+        return min(self.runs)
+
+    @property
+    def median(self) -> float:
+        return statistics.median(self.runs)
+
+    def to_dict(self) -> dict:
+        return {"best_s": self.best, "median_s": self.median, **asdict(self)}
+
+
+def measure(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> tuple[Timing, Any]:
+    """Time ``fn()`` ``repeat`` times after ``warmup`` untimed calls; returns the timing and the last result."""
+    result = None
+    for _ in range(warmup):
+        result = fn()
+    runs = []
+    for _ in range(repeat):
+        start = time.perf_counter()
+        result = fn()
+        runs.append(time.perf_counter() - start)
+    return Timing(runs), result
+
+
+def _cell(value: Any, float_format: str) -> str:
+    if isinstance(value, float):
+        return format(value, float_format)
+    return str(value)
+
+
+def format_table(rows: Sequence[dict], columns: Iterable[str] | None = None, float_format: str = ".4g") -> str:
+    """A plain-text table of ``rows`` (dicts); columns default to the keys of the first row, in order."""
+    if not rows:
+        return "(no rows)"
+    columns = list(columns or rows[0])
+    cells = [[_cell(row.get(column, ""), float_format) for column in columns] for row in rows]
+    widths = [max(len(column), *(len(line[i]) for line in cells)) for i, column in enumerate(columns)]
+    header = " | ".join(column.ljust(width) for column, width in zip(columns, widths))
+    rule = "-+-".join("-" * width for width in widths)
+    body = [" | ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in cells]
+    return "\n".join([header, rule, *body])
+
+
+def results_dir(override: str | os.PathLike | None = None) -> Path:
+    """Where results go: the argument, else ``$FBA_BENCH_RESULTS``, else ``benchmarks/results``."""
+    if override is not None:
+        return Path(override)
+    if os.environ.get(RESULTS_ENV):
+        return Path(os.environ[RESULTS_ENV])
+    return DEFAULT_RESULTS_DIR
+
+
+def write_results(
+    benchmark: str,
+    rows: Sequence[dict],
+    *,
+    kind: str = "cpu",
+    config: dict | None = None,
+    directory: str | os.PathLike | None = None,
+) -> Path:
+    """Store ``rows`` under the key ``benchmark`` of this device's results file, keeping other benchmarks' keys.
+
+    The file is rewritten through a temporary file and ``os.replace``; an unreadable existing file is an error
+    (it is never silently overwritten).
+    """
+    path = results_dir(directory) / f"{device_slug(kind)}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data: dict = {}
+    if path.exists():
+        try:
+            data = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}: existing results file is not valid JSON ({error}); fix or remove it") from error
+        if not isinstance(data, dict):
+            raise ValueError(f"{path}: existing results file must hold a JSON object, got {type(data).__name__}")
+    data[benchmark] = {
+        "device": device_name(kind),
+        "device_kind": kind,
+        **git_state(),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "environment": environment(),
+        "config": config or {},
+        "rows": list(rows),
+    }
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(data, handle, indent=2, sort_keys=False)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        os.unlink(tmp)
+        raise
+    return path

@@ -1,0 +1,40 @@
+"""Smoke test of benchmarks/bench_metrics.py: tiny sizes, table printed, JSON written and merged per device."""
+from __future__ import annotations
+
+import json
+
+from benchmarks import bench_metrics
+from benchmarks.common import device_slug, format_table, write_results
+
+
+def test_bench_metrics_smoke_writes_table_and_json(tmp_path, capsys, monkeypatch):
+    monkeypatch.setenv("FBA_BENCH_RESULTS", str(tmp_path / "ignored"))
+    write_results("other_benchmark", [{"x": 1}], directory=tmp_path)
+    assert bench_metrics.main(["--smoke", "--repeat", "1", "--results-dir", str(tmp_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "problem" in printed and "speedup_vs_numpy" in printed and "smoke" in printed
+    path = tmp_path / f"{device_slug('cpu')}.json"
+    data = json.loads(path.read_text())
+    assert data["other_benchmark"]["rows"] == [{"x": 1}]  # the other benchmark's key survives the merge
+    entry = data["metrics-smoke"]
+    assert entry["device"] and entry["commit"] and entry["config"]["problems"]["smoke"]["num_query"] == 60
+    backends = {row["backend"] for row in entry["rows"]}
+    assert "numpy" in backends
+    maps = {row["mAP"] for row in entry["rows"]}
+    assert len(maps) == 1 and 0.0 < maps.pop() <= 1.0
+    assert all(row["best_s"] > 0 for row in entry["rows"])
+    assert not (tmp_path / "ignored").exists()
+
+
+def test_results_dir_from_environment(tmp_path, monkeypatch):
+    monkeypatch.setenv("FBA_BENCH_RESULTS", str(tmp_path))
+    path = write_results("demo", [{"a": 1.5}])
+    assert path.parent == tmp_path and json.loads(path.read_text())["demo"]["rows"] == [{"a": 1.5}]
+
+
+def test_format_table_and_slug():
+    table = format_table([{"name": "a", "seconds": 0.123456}, {"name": "long-name", "seconds": 2.0}])
+    lines = table.splitlines()
+    assert lines[0].split() == ["name", "|", "seconds"] and "0.1235" in table and len(lines) == 4
+    assert device_slug("cpu", "Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz") == "cpu-intel-xeon-platinum-8480"
+    assert device_slug("cuda", "NVIDIA H100 80GB HBM3") == "cuda-nvidia-h100-80gb-hbm3"
