@@ -30,6 +30,7 @@ class DataConfig:
     flip_prob: float = 0.5
     padding: int = 10
     erasing_prob: float = 0.5
+    test_only: bool = False  # evaluation-only data set (Occluded-ReID): `fba train` refuses it
 
 
 @dataclass
@@ -64,7 +65,8 @@ class SolverConfig:
     warmup_factor: float = 0.001
     final_factor: float = 0.01
     grad_clip: float = 0.0  # 0 disables clipping
-    iters_per_epoch: int | None = None  # None: the PK sampler's epoch length
+    iters_per_epoch: int | None = None  # None: the PK sampler's epoch length; else epochs are cut to this many steps
+    grad_accum_steps: int = 1  # micro-batches per optimiser step (world 1 x 2 micro-batches == world 2 x 1)
 
 
 @dataclass
@@ -77,6 +79,7 @@ class TrainConfig:
     checkpoint_every: int = 1
     log_every: int = 20
     compile: bool = False
+    keep_checkpoints: int = 2  # full (resumable) checkpoints kept besides best_model.pt
 
 
 @dataclass
@@ -121,6 +124,11 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
     if isinstance(current, float):
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 1e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
         raise ConfigError(f"{where}: expected a number, got {value!r}")
     if isinstance(current, str):
         return str(value)

@@ -1,0 +1,218 @@
+"""Resumable training checkpoints, written so that a killed run never leaves a broken latest one, and the plain
+``model.pt`` export that ``fba eval`` / ``fba embed`` load without DeepSpeed.
+
+Layout of ``<output_dir>/checkpoints``::
+
+    epoch_0003/         DeepSpeed's files (module, ZeRO optimiser shards, scheduler, client state) + rng_rank<r>.pt
+    latest              the name of the newest complete checkpoint directory
+
+Every rank writes into ``.tmp-epoch_0003``; after a barrier rank 0 fsyncs the files, renames the directory to
+its final name and replaces ``latest`` through a fsynced temporary file and ``os.replace``. A run killed at any
+point leaves either the previous ``latest`` or the new one, both complete; a stale ``.tmp-*`` directory is
+removed by the next save. All ranks must see the same file system (one node, or a shared one across nodes).
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from fba.config import Config, config_from_dict
+
+LATEST = "latest"
+MODEL_FORMAT = "fba-model/1"
+
+
+def _barrier() -> None:
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+
+
+def _fsync_path(path: Path) -> None:
+    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
+    fd = os.open(path, flags)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def fsync_tree(root: Path) -> None:
+    """fsync every file under ``root`` and the directories themselves, so a rename publishes durable data."""
+    for folder, _, files in os.walk(root):
+        for name in files:
+            _fsync_path(Path(folder) / name)
+        _fsync_path(Path(folder))
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` through a fsynced temporary file in the same directory and ``os.replace``."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with open(tmp, "wb") as out:
+            out.write(data)
+            out.flush()
+            os.fsync(out.fileno())
+        os.replace(tmp, path)
+        _fsync_path(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        _fsync_path(tmp)
+        os.replace(tmp, path)
+        _fsync_path(path.parent)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def latest_tag(checkpoint_dir: str | Path) -> str | None:
+    """The newest complete checkpoint's name, or None when there is none."""
+    pointer = Path(checkpoint_dir) / LATEST
+    if not pointer.is_file():
+        return None
+    tag = pointer.read_text().strip()
+    if not tag or not (Path(checkpoint_dir) / tag).is_dir():
+        raise FileNotFoundError(f"{pointer} names checkpoint {tag!r}, which does not exist in {checkpoint_dir}")
+    return tag
+
+
+def save_checkpoint(engine, checkpoint_dir: str | Path, tag: str, client_state: dict, keep: int = 2) -> Path:
+    """Write a resumable checkpoint of ``engine`` (all ranks must call this) and point ``latest`` at it."""
+    checkpoint_dir = Path(checkpoint_dir)
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    tmp_tag = f".tmp-{tag}"
+    tmp_dir, final_dir = checkpoint_dir / tmp_tag, checkpoint_dir / tag
+    if rank == 0:
+        checkpoint_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+    _barrier()
+    engine.save_checkpoint(str(checkpoint_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
+    torch.save(rng_state(), tmp_dir / f"rng_rank{rank}.pt")
+    _barrier()
+    if rank == 0:
+        fsync_tree(tmp_dir)
+        if final_dir.exists():
+            shutil.rmtree(final_dir)
+        os.rename(tmp_dir, final_dir)
+        _fsync_path(checkpoint_dir)
+        atomic_write_bytes(checkpoint_dir / LATEST, f"{tag}\n".encode())
+        _prune(checkpoint_dir, keep, tag)
+    _barrier()
+    return final_dir
+
+
+def _prune(checkpoint_dir: Path, keep: int, newest: str) -> None:
+    complete = sorted(p for p in checkpoint_dir.iterdir() if p.is_dir() and p.name.startswith("epoch_"))
+    for old in complete[: max(len(complete) - max(keep, 1), 0)]:
+        if old.name != newest:
+            shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(engine, checkpoint_dir: str | Path) -> dict | None:
+    """Restore the newest checkpoint into ``engine`` and this rank's RNG; returns its client state (None: none)."""
+    tag = latest_tag(checkpoint_dir)
+    if tag is None:
+        return None
+    path, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
+    if path is None:
+        raise RuntimeError(f"DeepSpeed could not load checkpoint {Path(checkpoint_dir) / tag}")
+    rank = dist.get_rank() if dist.is_initialized() else 0
+    rng_file = Path(checkpoint_dir) / tag / f"rng_rank{rank}.pt"
+    if rng_file.is_file():
+        set_rng_state(torch.load(rng_file, weights_only=False))
+    else:
+        warnings.warn(f"{rng_file} is missing (world size changed?): random streams restart from the seed", stacklevel=2)
+    return client_state
+
+
+def module_state_dict(module: nn.Module, zero_stage: int) -> dict[str, torch.Tensor]:
+    """The full fp32 state dict on CPU; under ZeRO-3 the partitioned parameters are gathered first."""
+    if zero_stage == 3:
+        import deepspeed
+
+        with deepspeed.zero.GatheredParameters(list(module.parameters()), modifier_rank=None):
+            state = module.state_dict()
+            return {k: _to_cpu_fp32(v) for k, v in state.items()}
+    return {k: _to_cpu_fp32(v) for k, v in module.state_dict().items()}
+
+
+def _to_cpu_fp32(tensor: torch.Tensor) -> torch.Tensor:
+    tensor = tensor.detach().cpu()
+    return tensor.float() if tensor.is_floating_point() else tensor.clone()
+
+
+def export_model(
+    module: nn.Module, path: str | Path, cfg: Config, num_classes: int, image_size: tuple[int, int], zero_stage: int = 0
+) -> Path:
+    """Write ``model.pt``: the bare module's weights (no DeepSpeed wrapper), config, classes and image size.
+
+    All ranks must call it under ZeRO-3 (the gather is collective); rank 0 writes, atomically.
+    """
+    state = module_state_dict(module, zero_stage)
+    path = Path(path)
+    if not dist.is_initialized() or dist.get_rank() == 0:
+        payload = {
+            "format": MODEL_FORMAT,
+            "state_dict": state,
+            "config": cfg.to_dict(),
+            "num_classes": int(num_classes),
+            "image_size": [int(image_size[0]), int(image_size[1])],
+        }
+        atomic_torch_save(payload, path)
+    return path
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[nn.Module, Config]:
+    """Rebuild the model of a ``model.pt`` (weights included; no CLIP file needed) in eval mode on ``device``."""
+    from fba.model import build_model
+
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"model file {path} does not exist")
+    try:
+        payload = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as err:
+        raise ValueError(f"{path}: cannot read the model file ({err})") from err
+    if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
+        raise ValueError(f"{path} is not an FBA model export ({MODEL_FORMAT}); write one with `fba train`")
+    cfg = config_from_dict(payload["config"])
+    cfg.model.pretrained = None  # the weights below replace the CLIP initialisation
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="model.pretrained is not set")
+        model = build_model(cfg.model, payload["num_classes"], tuple(payload["image_size"]))
+    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    if missing or unexpected:
+        raise ValueError(f"{path}: weights do not fit the model of its config (missing {missing}, unexpected {unexpected})")
+    return model.to(device).eval(), cfg

@@ -1,0 +1,88 @@
+"""Training logs: a tqdm bar per epoch, TensorBoard scalars and the ``metrics.jsonl`` file of docs/architecture.md.
+
+Only rank 0 writes; on other ranks every method is a no-op. A resumed run first drops the records written
+after the checkpoint it resumes from (a killed run may have logged steps that are replayed now), so the file
+holds one record per step whatever happened.
+"""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+from tqdm import tqdm
+
+from fba.engine.checkpoint import atomic_write_bytes
+
+METRICS_FILE = "metrics.jsonl"
+
+
+class RunLogger:
+    def __init__(self, output_dir: str | Path, rank: int = 0, resume_step: int | None = None, tensorboard: bool = True):
+        self.output_dir = Path(output_dir)
+        self.enabled = rank == 0
+        self.metrics_path = self.output_dir / METRICS_FILE
+        self._file = None
+        self._writer = None
+        self._bar: tqdm | None = None
+        if not self.enabled:
+            return
+        self.output_dir.mkdir(parents=True, exist_ok=True)
+        self._truncate(resume_step)
+        self._file = self.metrics_path.open("a", encoding="utf-8")
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=resume_step and resume_step + 1)
+
+    def _truncate(self, resume_step: int | None) -> None:
+        if not self.metrics_path.exists():
+            return
+        if resume_step is None:
+            self.metrics_path.unlink()
+            return
+        kept = [line for line in self.metrics_path.read_text().splitlines()
+                if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+        atomic_write_bytes(self.metrics_path, "".join(f"{line}\n" for line in kept).encode())
+
+    def log(self, step: int, epoch: int, values: dict[str, float]) -> None:
+        """One record ``{"step", "epoch", **values}`` to metrics.jsonl and each value to TensorBoard."""
+        if not self.enabled:
+            return
+        record = {"step": int(step), "epoch": int(epoch)}
+        record.update({k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in values.items()})
+        self._file.write(json.dumps(record) + "\n")
+        self._file.flush()
+        if self._writer is not None:
+            for key, value in values.items():
+                self._writer.add_scalar(key, float(value), int(step))
+
+    def start_epoch(self, epoch: int, epochs: int, steps: int) -> None:
+        if self.enabled:
+            self._bar = tqdm(total=steps, desc=f"epoch {epoch + 1}/{epochs}", unit="step", dynamic_ncols=True, leave=True)
+
+    def advance(self, loss: float | None = None, images_per_s: float | None = None) -> None:
+        """One step on the bar; the postfix changes only when the numbers are given (at log intervals)."""
+        if self._bar is None:
+            return
+        if loss is not None:
+            self._bar.set_postfix(loss=f"{loss:.4f}", img_s=f"{images_per_s:.1f}", refresh=False)
+        self._bar.update(1)
+
+    def end_epoch(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def message(self, text: str) -> None:
+        if self.enabled:
+            tqdm.write(text)
+
+    def close(self) -> None:
+        self.end_epoch()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None

@@ -1,0 +1,48 @@
+"""Per-split text inputs of the model, prepared once and gathered per batch by its ``index``.
+
+Without a text cache the captions are tokenised once (token ids [n, 77] on the device) and the frozen tower
+runs inside each step. With ``model.text_cache`` every caption's tower output is computed once through the
+model's ``TextFeatureCache`` and a step only gathers rows: no text tower in the step at all.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from fba.model.text import TextFeatures
+
+Text = TextFeatures | torch.Tensor
+
+
+def _gather(text: Text, index: torch.Tensor, dtype: torch.dtype) -> Text:
+    if isinstance(text, TextFeatures):
+        picked = text.select(index)
+        return TextFeatures(picked.states.to(dtype), picked.valid, picked.eot)
+    return text[index]
+
+
+@dataclass
+class TextBank:
+    fg: Text
+    bg: Text
+
+    @classmethod
+    def build(
+        cls, model, fg: Sequence[str], bg: Sequence[str], device: torch.device, progress: bool = False
+    ) -> TextBank:
+        """Token ids, or cached tower features when the model has a ``text_cache``, for captions in item order."""
+        if model.text_cache is not None:
+            encoded = [model.encode_captions(list(captions), progress=progress) for captions in (fg, bg)]
+            return cls(*(features.to(device) for features in encoded))
+        tokens = [model.text_encoder.tokenize(list(captions)) for captions in (fg, bg)]
+        return cls(*(t.to(device) for t in tokens))
+
+    def __len__(self) -> int:
+        return len(self.fg.eot if isinstance(self.fg, TextFeatures) else self.fg)
+
+    def select(self, index: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[Text, Text]:
+        """The (fg, bg) inputs of a batch; cached features come in ``dtype`` (the compute dtype)."""
+        index = index.to(self.fg.eot.device if isinstance(self.fg, TextFeatures) else self.fg.device)
+        return _gather(self.fg, index, dtype), _gather(self.bg, index, dtype)

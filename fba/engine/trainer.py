@@ -1,0 +1,439 @@
+"""``fba train``: FBA trained with a DeepSpeed engine on every run, one process or many.
+
+Launch: one process (``fba train -c ...``, the distributed environment is filled in: rank 0 of 1), several on
+one node or several nodes (``torchrun`` / ``deepspeed`` set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*). The
+engine runs ZeRO ``train.zero_stage`` (default 2) with ``train.precision``: bf16 where the device has it (and
+on the CPU), fp16 with dynamic loss scaling on GPUs without bf16, or fp32. On the CPU the backend is gloo, the
+optimiser torch's Adam, and DeepSpeed's shared-memory collective (a 100 s C++ build) is switched off.
+
+Batches: ``data.batch_size`` (P x K) is the batch of one rank for one micro-step; an optimiser step sees
+``world_size x solver.grad_accum_steps`` such batches. The sampler gives rank ``r`` the global P x K batches
+``r, r + W, ...``, so world size 2 and world size 1 with ``grad_accum_steps=2`` average the gradients of the
+same batches (the test checks their loss curves agree).
+
+Schedule: SPEC §7 per optimiser step as a function of the fractional epoch (``fba.engine.schedule``), because
+the P x K epoch length varies a little from epoch to epoch. With ``solver.iters_per_epoch`` set, epochs are cut
+to that many optimiser steps.
+
+Text: the captions of each split are tokenised once (or, with ``model.text_cache``, the frozen tower's outputs
+are computed once through the cache) and a step gathers the rows of its batch by ``index``. The step never
+syncs with the host: loss terms are summed on the device and read at the log interval only.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import random
+import socket
+import time
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+import yaml
+
+from fba.config import Config, ConfigError, load_config
+from fba.engine.checkpoint import export_model, latest_tag, load_checkpoint, save_checkpoint
+from fba.engine.logger import RunLogger
+from fba.engine.schedule import EpochCosineSchedule, validate_solver
+from fba.engine.text_bank import TextBank
+
+PRECISIONS = ("auto", "bf16", "fp16", "fp32")
+DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
+
+
+@dataclass
+class TrainResult:
+    output_dir: Path
+    model_path: Path
+    metrics_path: Path
+    best_model_path: Path | None
+    final_metrics: dict[str, float] = field(default_factory=dict)  # the last evaluation, "eval/mAP" etc. in percent
+    best_metrics: dict[str, float] = field(default_factory=dict)
+    epochs_done: int = 0
+    steps: int = 0
+
+
+@dataclass
+class DistEnv:
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def setup_distributed() -> DistEnv:
+    """Read (or, without a launcher, fill in) the distributed environment and initialise DeepSpeed's backend."""
+    for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
+        os.environ.setdefault(key, value)
+    if "MASTER_PORT" not in os.environ:
+        os.environ["MASTER_PORT"] = str(_free_port())
+    import deepspeed
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(logging.WARNING)
+    local_rank = int(os.environ["LOCAL_RANK"])
+    on_gpu = torch.cuda.is_available()
+    if on_gpu:
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+        device = torch.device("cpu")
+    if not dist.is_initialized():
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+    return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
+
+
+def resolve_precision(precision: str, device: torch.device) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    if device.type == "cpu":
+        if precision == "fp16":
+            raise ConfigError("train.precision=fp16 is not supported on the CPU; use bf16 (or fp32)")
+        return "bf16" if precision == "auto" else precision
+    if precision == "auto":
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    if precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise ConfigError(f"train.precision=bf16: {torch.cuda.get_device_name(device)} has no bf16; use fp16 or auto")
+    return precision
+
+
+def deepspeed_config(cfg: Config, precision: str) -> dict:
+    return {
+        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
+        "gradient_accumulation_steps": cfg.solver.grad_accum_steps,
+        "gradient_clipping": cfg.solver.grad_clip,
+        "zero_optimization": {"stage": cfg.train.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": precision == "bf16"},
+        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
+        # Buffers in the parameters' dtype (BatchNorm's running statistics): a bf16 BatchNorm weight with fp32
+        # running statistics is refused by batch_norm.
+        "data_types": {"buffer_dtype": precision},
+        "steps_per_print": 2**31 - 1,
+        "wall_clock_breakdown": False,
+    }
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def check_trainable(cfg: Config) -> None:
+    """Refuse what cannot be trained before any work starts."""
+    if cfg.data.test_only or cfg.data.dataset == "occluded_reid":
+        raise ConfigError(
+            f"data set {cfg.data.dataset!r} is test-only (no training split). As in the paper, train on CUHK03-NP "
+            "(fba train -c configs/cuhk03np.yaml) and evaluate that model here: "
+            "fba eval -c configs/occluded_reid.yaml --checkpoint runs/cuhk03np/model.pt"
+        )
+    if cfg.train.zero_stage not in (0, 1, 2, 3):
+        raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {cfg.train.zero_stage}")
+    for key in ("eval_every", "checkpoint_every", "log_every"):
+        if getattr(cfg.train, key) < 1:
+            raise ConfigError(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
+    validate_solver(cfg.solver)
+
+
+def load_data(cfg: Config):
+    """The data set with its captions attached (captions are only read when the model uses them)."""
+    from fba.data import CaptionStore, attach_captions, build_dataset
+
+    dataset = build_dataset(cfg.data.dataset, cfg.data.root, **cfg.data.options)
+    if not cfg.model.cross_modal:
+        return dataset, None
+    captions = Path(cfg.data.captions) if cfg.data.captions else dataset.root / "captions.jsonl"
+    store = CaptionStore.load(captions)
+    dataset, _ = attach_captions(dataset, store, cfg.data.allow_missing_captions)
+    return dataset, store
+
+
+def use_dali(cfg: Config, device: torch.device) -> bool:
+    if cfg.data.loader not in ("auto", "torch", "dali"):
+        raise ConfigError(f"data.loader must be auto, torch or dali, got {cfg.data.loader!r}")
+    if cfg.data.loader == "torch" or (cfg.data.loader == "auto" and device.type != "cuda"):
+        return False
+    try:
+        import fba.data.dali  # noqa: F401
+    except ImportError:
+        if cfg.data.loader == "dali":
+            raise
+        return False
+    return True
+
+
+def build_train_loader(cfg: Config, items, env: DistEnv):
+    if use_dali(cfg, env.device):
+        from fba.data.dali import build_dali_train_loader
+
+        return build_dali_train_loader(cfg, items, env.rank, env.world_size)
+    from fba.data import build_train_loader as build_torch_train_loader
+
+    return build_torch_train_loader(cfg, items, env.rank, env.world_size)
+
+
+def _caption_bank(dataset, split: str, store, model, device: torch.device, env: DistEnv) -> TextBank | None:
+    """Text inputs of one split; with a text cache rank 0 encodes first, the other ranks then read its files."""
+    if store is None:
+        return None
+    from fba.data import CaptionBank
+
+    bank = CaptionBank.for_split(dataset, split, store)
+    if model.text_cache is not None and env.world_size > 1:
+        if env.rank == 0:
+            TextBank.build(model, bank.fg, bank.bg, device, progress=True)
+        dist.barrier()
+    return TextBank.build(model, bank.fg, bank.bg, device, progress=env.rank == 0)
+
+
+class Trainer:
+    """One training run; ``train(cfg)`` is the way in."""
+
+    def __init__(self, cfg: Config, resume: bool = False):
+        import deepspeed
+
+        from fba.losses import FBALoss
+        from fba.model import build_model
+
+        check_trainable(cfg)
+        self.cfg = cfg
+        self.env = env = setup_distributed()
+        self.precision = resolve_precision(cfg.train.precision, env.device)
+        self.dtype = DTYPES[self.precision]
+        self.output_dir = Path(cfg.train.output_dir)
+        self.checkpoint_dir = self.output_dir / "checkpoints"
+        if env.rank == 0:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+        seed_everything(cfg.train.seed)  # the same initial weights on every rank
+        self.dataset, store = load_data(cfg)
+        self.image_size = (cfg.data.height, cfg.data.width)
+        self.num_classes = self.dataset.num_train_pids
+        model = build_model(cfg.model, self.num_classes, self.image_size).to(env.device)
+        self.train_bank = _caption_bank(self.dataset, "train", store, model, env.device, env)
+        self.eval_banks = {
+            split: _caption_bank(self.dataset, split, store, model, env.device, env) for split in ("query", "gallery")
+        } if cfg.eval.feature == "full" else {"query": None, "gallery": None}
+
+        optimizer = torch.optim.Adam(
+            model.trainable_parameters(), lr=cfg.solver.base_lr, weight_decay=cfg.solver.weight_decay,
+            fused=env.device.type == "cuda",
+        )
+        self.scheduler = EpochCosineSchedule(optimizer, cfg.solver)
+        self.engine, _, _, _ = deepspeed.initialize(
+            model=model, optimizer=optimizer, lr_scheduler=self.scheduler, config=deepspeed_config(cfg, self.precision)
+        )
+        if cfg.train.compile:
+            self.engine.compile()
+        self.criterion = FBALoss(cfg.loss, cfg.model)
+        self.loader = build_train_loader(cfg, self.dataset.train, env)
+
+        self.start_epoch, self.step, self.best_map = 0, 0, -1.0
+        self.last_eval: dict[str, float] = {}
+        self.best_eval: dict[str, float] = {}
+        resumed = self._resume() if resume else False
+        if not resumed:
+            seed_everything(cfg.train.seed * 1000 + env.rank)  # augmentation streams differ between ranks
+        self.logger = RunLogger(self.output_dir, env.rank, resume_step=self.step if resumed else None)
+
+    def _resume(self) -> bool:
+        tag = latest_tag(self.checkpoint_dir)
+        if tag is None:
+            warnings.warn(f"--resume: no checkpoint in {self.checkpoint_dir}; starting from the beginning", stacklevel=3)
+            return False
+        state = load_checkpoint(self.engine, self.checkpoint_dir)
+        self.start_epoch = int(state["epoch"]) + 1
+        self.step = int(state["step"])
+        self.best_map = float(state["best_map"])
+        self.best_eval = dict(state.get("best_eval", {}))
+        self.last_eval = dict(state.get("last_eval", {}))
+        self.loader.load_state_dict(state["sampler"])
+        if self.env.rank == 0:
+            print(f"resumed from {self.checkpoint_dir / tag} (epoch {self.start_epoch}, step {self.step})")
+        return True
+
+    @property
+    def module(self) -> torch.nn.Module:
+        return self.engine.module
+
+    def _epoch_length(self, epoch: int) -> int:
+        """Micro-batches of ``epoch``: whole optimiser steps only, cut to ``solver.iters_per_epoch`` if set."""
+        self.loader.set_epoch(epoch)
+        accum = self.cfg.solver.grad_accum_steps
+        steps = len(self.loader) // accum
+        if self.cfg.solver.iters_per_epoch is not None:
+            steps = min(steps, self.cfg.solver.iters_per_epoch)
+        if steps < 1:
+            raise ValueError(
+                f"epoch {epoch}: {len(self.loader)} P x K batches per rank make no optimiser step of "
+                f"{accum} micro-batches; use more identities or a smaller data.batch_size"
+            )
+        return steps * accum
+
+    def _batch_inputs(self, batch: dict):
+        device = self.env.device
+        images = batch["images"].to(device, non_blocking=True).to(self.dtype)
+        pids = batch["pids"].to(device, non_blocking=True)
+        fg = bg = None
+        if self.train_bank is not None:
+            fg, bg = self.train_bank.select(batch["index"], self.dtype)
+        return images, pids, fg, bg
+
+    def train_epoch(self, epoch: int) -> None:
+        cfg, engine = self.cfg, self.engine
+        micro_batches = self._epoch_length(epoch)
+        steps = micro_batches // cfg.solver.grad_accum_steps
+        self.scheduler.begin_epoch(epoch, steps)
+        engine.train()
+        self.logger.start_epoch(epoch, cfg.solver.epochs, steps)
+        names: list[str] | None = None
+        sums: torch.Tensor | None = None
+        count = 0
+        tick = time.perf_counter()
+        batches = iter(self.loader)
+        for micro in range(micro_batches):
+            images, pids, fg, bg = self._batch_inputs(next(batches))
+            outputs = engine(images, fg, bg)
+            total, parts = self.criterion({k: v.float() for k, v in outputs.items()}, pids)
+            boundary = engine.is_gradient_accumulation_boundary()
+            lr = self.scheduler.get_last_lr()[0]
+            engine.backward(total)
+            engine.step()
+            values = torch.stack([total.detach(), *parts.values()])
+            if names is None:
+                names = ["total", *parts]
+            sums = values if sums is None else sums + values
+            count += 1
+            if not boundary:
+                continue
+            self.step += 1
+            last = micro == micro_batches - 1
+            if self.step % cfg.train.log_every == 0 or last:
+                elapsed = time.perf_counter() - tick
+                record = self._log_record(names, sums, count, lr, elapsed)
+                self.logger.log(self.step, epoch, record)
+                self.logger.advance(record["loss/total"], record["images_per_s"])
+                sums, count, tick = None, 0, time.perf_counter()
+            else:
+                self.logger.advance()
+        self.logger.end_epoch()
+
+    def _log_record(self, names: list[str], sums: torch.Tensor, count: int, lr: float, elapsed: float) -> dict:
+        means = sums / count
+        if self.env.world_size > 1:
+            dist.all_reduce(means)
+            means = means / self.env.world_size
+        images = count * self.cfg.data.batch_size * self.env.world_size
+        record = {"lr": lr, "images_per_s": images / max(elapsed, 1e-9)}
+        record.update({f"loss/{name}": value for name, value in zip(names, means.tolist())})
+        return record
+
+    def evaluate(self, epoch: int) -> dict[str, float]:
+        """Retrieval metrics on query/gallery (percent); every rank gets them (rank 0 computes unless ZeRO-3)."""
+        from fba.engine.embedder import Embedder, RetrievalEval
+
+        everyone = self.cfg.train.zero_stage == 3  # partitioned weights: every rank must run the forward
+        record: dict[str, float] = {}
+        if everyone or self.env.rank == 0:
+            evaluation = RetrievalEval(self.cfg, self.dataset, self.eval_banks["query"], self.eval_banks["gallery"])
+            metrics = evaluation.run(Embedder(self.module, self.env.device, self.dtype), progress=self.env.rank == 0)
+            record = metrics_record(metrics)
+        if self.env.world_size > 1 and not everyone:
+            shared = [record]
+            dist.broadcast_object_list(shared, src=0)
+            record = shared[0]
+        self.logger.log(self.step, epoch, record)
+        self.logger.message(
+            f"epoch {epoch + 1}: " + ", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in record.items())
+        )
+        return record
+
+    def run(self, stop_after_epochs: int | None = None) -> TrainResult:
+        cfg = self.cfg
+        best_path = self.output_dir / "best_model.pt"
+        epochs_run = 0
+        for epoch in range(self.start_epoch, cfg.solver.epochs):
+            self.train_epoch(epoch)
+            epochs_run += 1
+            final = epoch == cfg.solver.epochs - 1
+            stopping = stop_after_epochs is not None and epochs_run >= stop_after_epochs
+            if (epoch + 1) % cfg.train.eval_every == 0 or final:
+                self.last_eval = self.evaluate(epoch)
+                if self.last_eval["eval/mAP"] > self.best_map:
+                    self.best_map, self.best_eval = self.last_eval["eval/mAP"], dict(self.last_eval)
+                    self._export(best_path)
+            if (epoch + 1) % cfg.train.checkpoint_every == 0 or final or stopping:
+                save_checkpoint(self.engine, self.checkpoint_dir, f"epoch_{epoch + 1:04d}", {
+                    "epoch": epoch, "step": self.step, "best_map": self.best_map, "best_eval": self.best_eval,
+                    "last_eval": self.last_eval, "sampler": self.loader.state_dict(),
+                }, keep=cfg.train.keep_checkpoints)
+            if stopping:
+                break
+        model_path = self._export(self.output_dir / "model.pt")
+        self.logger.close()
+        return TrainResult(
+            output_dir=self.output_dir,
+            model_path=model_path,
+            metrics_path=self.logger.metrics_path,
+            best_model_path=best_path if best_path.exists() else None,
+            final_metrics=dict(self.last_eval),
+            best_metrics=dict(self.best_eval),
+            epochs_done=self.start_epoch + epochs_run,
+            steps=self.step,
+        )
+
+    def _export(self, path: Path) -> Path:
+        return export_model(self.module, path, self.cfg, self.num_classes, self.image_size, self.cfg.train.zero_stage)
+
+
+def metrics_record(metrics: dict) -> dict[str, float]:
+    """The evaluation record of docs/architecture.md: mAP, R1, R5, R10, mINP in percent."""
+    cmc = np.asarray(metrics["cmc"])
+    record = {"eval/mAP": 100.0 * metrics["mAP"]}
+    for k in (1, 5, 10):
+        record[f"eval/R{k}"] = 100.0 * float(cmc[min(k, len(cmc)) - 1])
+    record["eval/mINP"] = 100.0 * metrics["mINP"]
+    return record
+
+
+def train(cfg: Config, resume: bool = False, stop_after_epochs: int | None = None) -> TrainResult:
+    """Train (or, with ``resume``, continue from the latest checkpoint in ``train.output_dir``).
+
+    ``stop_after_epochs`` ends this call after that many epochs with a checkpoint written, as a killed or
+    time-limited job would; a later ``train(cfg, resume=True)`` continues it.
+    """
+    return Trainer(cfg, resume).run(stop_after_epochs)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("-c", "--config", required=True, help="YAML config, e.g. configs/dukemtmc.yaml")
+    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
+    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.pooling=false solver.epochs=10")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cfg = load_config(args.config, args.overrides)
+        check_trainable(cfg)
+    except ConfigError as err:
+        raise SystemExit(f"fba train: {err}") from None
+    result = train(cfg, resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"model: {result.model_path}\nmetrics log: {result.metrics_path}")
+        if result.final_metrics:
+            print(", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in result.final_metrics.items()))
+    return 0
