@@ -146,7 +146,7 @@ def evaluate(
     return _summarise(*per_query, max_rank=max_rank)
 
 
-def pairwise_distance(qf: Any, gf: Any, metric: str = "euclidean", chunk_size: int = 4096) -> np.ndarray:
+def pairwise_distance(qf: Any, gf: Any, metric: str = "euclidean", chunk_size: int = 1024) -> np.ndarray:
     """Distance matrix [num_query, num_gallery] between two feature sets (NumPy arrays or tensors).
 
     "euclidean" is the true L2 distance (square root of the clamped expansion ``|q|^2 + |g|^2 - 2 q.g``);
@@ -261,16 +261,20 @@ def _query_expanded(columns: np.ndarray, weights: np.ndarray, rank: np.ndarray, 
     return np.concatenate(rows_out), np.concatenate(cols_out), np.concatenate(vals_out)
 
 
-def _jaccard_rows(rows, cols, vals, num: int, query_rows: slice) -> np.ndarray:
+def _inverted_index(rows, cols, vals, num: int) -> tuple[np.ndarray, ...]:
+    """The non-zeros of V grouped by column: ``(column_rows, column_values, column_start, column_length)``."""
+    order = np.argsort(cols, kind="stable")
+    col_len = np.bincount(cols, minlength=num)
+    return rows[order], vals[order], np.cumsum(col_len) - col_len, col_len
+
+
+def _jaccard_rows(rows, cols, vals, inverted, num: int, query_rows: slice) -> np.ndarray:
     """Jaccard distance of the query rows to all rows: ``1 - m / (2 - m)``, ``m = sum_k min(V_ik, V_jk)``.
 
     Only columns where both rows are non-zero contribute, so each non-zero of a query row is paired with the
-    non-zeros of its column (an inverted index), and the minima are summed per (query, row) pair.
+    non-zeros of its column (the inverted index), and the minima are summed per (query, row) pair.
     """
-    order = np.argsort(cols, kind="stable")
-    col_rows, col_vals = rows[order], vals[order]
-    col_len = np.bincount(cols, minlength=num)
-    col_start = np.cumsum(col_len) - col_len
+    col_rows, col_vals, col_start, col_len = inverted
     begin, end = np.searchsorted(rows, [query_rows.start, query_rows.stop])
     q_rows, q_cols, q_vals = rows[begin:end], cols[begin:end], vals[begin:end]
     lens = col_len[q_cols]
@@ -321,10 +325,11 @@ def re_rank(q_g: Any, q_q: Any, g_g: Any, k1: int = 20, k2: int = 6, lambda_valu
         rows, cols = np.nonzero(columns < num)
         vals = weights[rows, cols]
         cols = columns[rows, cols]
+    inverted = _inverted_index(rows, cols, vals, num)
     final = np.empty((num_query, num_gallery), dtype=np.float32)
     block = 64
     for start in range(0, num_query, block):
         stop = min(start + block, num_query)
-        jaccard = _jaccard_rows(rows, cols, vals, num, slice(start, stop))[:, num_query:]
+        jaccard = _jaccard_rows(rows, cols, vals, inverted, num, slice(start, stop))[:, num_query:]
         final[start:stop] = jaccard * (1 - lambda_value) + dist[start:stop, num_query:] * lambda_value
     return final
