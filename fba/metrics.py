@@ -16,9 +16,13 @@ _JUNK_PID = -1
 _ROWS_PER_CHUNK = 256
 
 
-def _to_numpy(array: Any) -> np.ndarray:
+def as_numpy(array: Any) -> np.ndarray:
+    """A NumPy view or copy of an array-like or a tensor on any device (bf16/fp16 tensors become float32)."""
     if hasattr(array, "detach"):
-        array = array.detach().cpu().numpy()
+        array = array.detach()
+        if array.is_floating_point() and array.element_size() < 4:
+            array = array.float()
+        array = array.cpu().numpy()
     return np.asarray(array)
 
 
@@ -36,7 +40,7 @@ def cpp_available() -> bool:
 
 
 def _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids) -> tuple[np.ndarray, ...]:
-    distmat = _to_numpy(distmat)
+    distmat = as_numpy(distmat)
     if distmat.ndim != 2:
         raise ValueError(f"distmat must be 2-D [num_query, num_gallery], got shape {distmat.shape}")
     if distmat.dtype not in (np.float32, np.float64):
@@ -48,7 +52,7 @@ def _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids) -> tuple[np.ndarr
         ("q_pids", q_pids, num_query), ("g_pids", g_pids, num_gallery),
         ("q_camids", q_camids, num_query), ("g_camids", g_camids, num_gallery),
     ):
-        values = _to_numpy(values)
+        values = as_numpy(values)
         if values.ndim != 1 or len(values) != expected:
             side = "query" if name.startswith("q") else "gallery"
             raise ValueError(
@@ -150,15 +154,16 @@ def pairwise_distance(qf: Any, gf: Any, metric: str = "euclidean", chunk_size: i
     """Distance matrix [num_query, num_gallery] between two feature sets (NumPy arrays or tensors).
 
     "euclidean" is the true L2 distance (square root of the clamped expansion ``|q|^2 + |g|^2 - 2 q.g``);
-    "cosine" is ``1 - cos``. Query rows are processed ``chunk_size`` at a time so the float64 temporaries stay
-    small; the result has the features' float dtype (float32 unless both inputs are float64).
+    "cosine" is ``1 - cos``. The arithmetic is float64 on the query tensor's device (so GPU features stay on the
+    GPU), ``chunk_size`` query rows at a time to keep the temporaries small; the result is a NumPy array, float32
+    unless both inputs are float64.
     """
     import torch
 
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
-    q = torch.as_tensor(_to_numpy(qf))
-    g = torch.as_tensor(_to_numpy(gf))
+    q = qf.detach() if torch.is_tensor(qf) else torch.from_numpy(as_numpy(qf))
+    g = (gf.detach() if torch.is_tensor(gf) else torch.from_numpy(as_numpy(gf))).to(q.device)
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
         raise ValueError(f"features must be [N, D] with the same D, got query {tuple(q.shape)} and gallery {tuple(g.shape)}")
     out_dtype = torch.float64 if (q.dtype == torch.float64 and g.dtype == torch.float64) else torch.float32
@@ -172,10 +177,10 @@ def pairwise_distance(qf: Any, gf: Any, metric: str = "euclidean", chunk_size: i
         block = q[start:start + chunk_size]
         dot = block @ g.T
         if metric == "cosine":
-            out[start:start + chunk_size] = 1.0 - dot
+            block_dist = 1.0 - dot
         else:
-            sq = (block * block).sum(1, keepdim=True) + g_sq - 2.0 * dot
-            out[start:start + chunk_size] = sq.clamp_min_(0.0).sqrt_()
+            block_dist = ((block * block).sum(1, keepdim=True) + g_sq - 2.0 * dot).clamp_min_(0.0).sqrt_()
+        out[start:start + chunk_size] = block_dist.to(out_dtype).cpu()
     return out.numpy()
 
 
@@ -297,7 +302,7 @@ def re_rank(q_g: Any, q_q: Any, g_g: Any, k1: int = 20, k2: int = 6, lambda_valu
     Memory: O((Q+G)^2) -- the joint [Q+G, Q+G] float32 distance matrix (1.5 GB for Market-1501, 19,281
     images), plus O((Q+G) * k1^2) for the neighbour sets and the sparse V; everything else is chunked.
     """
-    q_g, q_q, g_g = _to_numpy(q_g), _to_numpy(q_q), _to_numpy(g_g)
+    q_g, q_q, g_g = as_numpy(q_g), as_numpy(q_q), as_numpy(g_g)
     if q_g.ndim != 2:
         raise ValueError(f"q_g must be 2-D [num_query, num_gallery], got shape {q_g.shape}")
     num_query, num_gallery = q_g.shape

@@ -223,3 +223,23 @@ def test_re_rank_validation():
         re_rank(q_g, q_q, g_g[:5])
     with pytest.raises(ValueError, match="k1"):
         re_rank(q_g, q_q, g_g, k1=0)
+
+
+def test_topk_stable_matches_stable_argsort():
+    from fba.metrics import _topk_stable
+
+    rng = np.random.default_rng(3)
+    dist = np.round(rng.random((300, 57)), 1).astype(np.float32)  # many ties, rows span two chunks
+    for k in (1, 7, 57, 80):
+        np.testing.assert_array_equal(_topk_stable(dist, k), np.argsort(dist, axis=1, kind="stable")[:, :k])
+
+
+def test_bf16_tensor_inputs():
+    qf = torch.randn(4, 6, dtype=torch.bfloat16)
+    gf = torch.randn(5, 6, dtype=torch.bfloat16)
+    got = pairwise_distance(qf, gf, metric="cosine")
+    np.testing.assert_allclose(got, pairwise_distance(qf.float().numpy(), gf.float().numpy(), metric="cosine"),
+                               rtol=1e-6, atol=1e-6)
+    result = evaluate(torch.from_numpy(got).bfloat16(), torch.arange(4), torch.arange(5), torch.zeros(4, dtype=torch.long),
+                      torch.ones(5, dtype=torch.long), max_rank=5)
+    assert result["num_valid_queries"] == 4

@@ -17,6 +17,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from fba.metrics import as_numpy
+
 FORMAT_VERSION = 1
 SUFFIXES = (".safetensors", ".npz")
 _METADATA_KEY = "fba_features"
@@ -53,12 +55,6 @@ class FeatureSet:
             split=[split] * int(rows.sum()),
             meta=dict(self.meta),
         )
-
-
-def _as_numpy(values: Any) -> np.ndarray:
-    if hasattr(values, "detach"):
-        values = values.detach().cpu().numpy()
-    return np.asarray(values)
 
 
 def _validate(source: str, fs: FeatureSet) -> FeatureSet:
@@ -100,10 +96,10 @@ def save_features(
     fs = _validate(
         str(path),
         FeatureSet(
-            features=np.ascontiguousarray(_as_numpy(features), dtype=np.float32),
+            features=np.ascontiguousarray(as_numpy(features), dtype=np.float32),
             paths=[str(p) for p in paths],
-            pids=None if pids is None else np.ascontiguousarray(_as_numpy(pids), dtype=np.int64),
-            camids=None if camids is None else np.ascontiguousarray(_as_numpy(camids), dtype=np.int64),
+            pids=None if pids is None else np.ascontiguousarray(as_numpy(pids), dtype=np.int64),
+            camids=None if camids is None else np.ascontiguousarray(as_numpy(camids), dtype=np.int64),
             split=None if split is None else [str(s) for s in split],
             meta=dict(meta or {}),
         ),

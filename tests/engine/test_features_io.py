@@ -140,6 +140,8 @@ def test_fba_eval_features_end_to_end(tmp_path, capsys, suffix, rerank):
 
 
 def test_fba_eval_features_errors(tmp_path):
+    with pytest.raises(SystemExit, match="say what to evaluate"):
+        main(["eval"])
     path = save_features(tmp_path / "nosplit.npz", np.zeros((3, 2)), ["a", "b", "c"], pids=[1, 2, 3], camids=[0, 0, 1])
     with pytest.raises(SystemExit, match="nosplit.npz: cannot evaluate, the file has no split"):
         main(["eval", "--features", str(path)])
