@@ -2,9 +2,13 @@
 
 Every op has a plain PyTorch ``reference`` twin in its own file; the fused versions are tested against it.
 ``cross_modal_attention`` is the one entry point the cross-modal module calls for all four attentions.
+``backend`` (config ``model.kernel``): ``auto`` = Triton for CUDA tensors, reference otherwise; ``reference``,
+``triton`` or ``cuda`` force one (``triton`` runs on CPU tensors only under ``TRITON_INTERPRET=1``).
 """
 from __future__ import annotations
 
+import logging
+import os
 from typing import NamedTuple
 
 import torch
@@ -12,7 +16,17 @@ import torch.nn.functional as F
 
 from . import cross_attention
 
-__all__ = ["CrossModalAttention", "cross_attention_with_stats", "cross_modal_attention"]
+__all__ = ["BACKENDS", "CrossModalAttention", "cross_attention_with_stats", "cross_modal_attention", "resolve_backend"]
+
+BACKENDS = ("auto", "reference", "triton", "cuda")
+_log = logging.getLogger(__name__)
+_warned: set[str] = set()
+
+
+def _warn_once(message: str) -> None:
+    if message not in _warned:
+        _warned.add(message)
+        _log.warning(message)
 
 
 class CrossModalAttention(NamedTuple):
@@ -30,9 +44,42 @@ def cross_attention_with_stats(
     valid_f: torch.Tensor,
     valid_b: torch.Tensor,
     row_start: int = 1,
+    backend: str = "auto",
+    pool_grad: bool = False,
 ):
-    """Image queries over both captions plus the column statistics; semantics in ``cross_attention.reference``."""
-    return cross_attention.reference(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
+    """Image queries over both captions plus the column statistics; semantics in ``cross_attention.reference``.
+
+    The fused kernels give the stats no gradient, so with ``pool_grad`` (gradients through the pooling weights)
+    and autograd recording, the reference path runs instead, said once in the log.
+    """
+    chosen = resolve_backend(backend, q, k_f)
+    if chosen != "reference" and pool_grad and torch.is_grad_enabled():
+        _warn_once(f"fba.kernels: pool_grad needs gradients through the attention stats, which the {chosen} kernel "
+                   "does not give; using the reference path (attention maps materialised)")
+        chosen = "reference"
+    if chosen == "reference":
+        return cross_attention.reference(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
+    return cross_attention.fused(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start, backend=chosen)
+
+
+def resolve_backend(backend: str, q: torch.Tensor, k: torch.Tensor) -> str:
+    """The path that runs for ``backend`` on these inputs: auto picks Triton for CUDA tensors it supports."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown kernel backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend == "auto":
+        if not q.is_cuda:
+            return "reference"
+        reason = cross_attention.unsupported_reason(q, k)
+        if reason:
+            _warn_once(f"fba.kernels: fused cross-attention cannot take {reason}; using the reference path")
+            return "reference"
+        return "triton"
+    if backend == "cuda" and not q.is_cuda:
+        raise ValueError("kernel backend 'cuda' needs CUDA tensors; use 'auto' or 'reference' on CPU")
+    if backend == "triton" and not q.is_cuda and os.environ.get("TRITON_INTERPRET") != "1":
+        raise ValueError("kernel backend 'triton' needs CUDA tensors (or TRITON_INTERPRET=1 for the CPU interpreter); "
+                         "use 'auto' or 'reference' on CPU")
+    return backend
 
 
 def cross_modal_attention(
@@ -45,6 +92,8 @@ def cross_modal_attention(
     txt_valid: torch.Tensor,
     need_stats: bool = False,
     row_start: int = 1,
+    backend: str = "auto",
+    pool_grad: bool = False,
 ) -> CrossModalAttention:
     """Both directions of the shared cross-attention for ``nb`` caption branches (1 = fg, 2 = fg then bg).
 
@@ -60,7 +109,7 @@ def cross_modal_attention(
             raise ValueError("column statistics need both caption branches (fg and bg)")
         o_f, o_b, stats = cross_attention_with_stats(
             q_img, k_txt[:batch], v_txt[:batch], k_txt[batch:], v_txt[batch:],
-            txt_valid[:batch], txt_valid[batch:], row_start,
+            txt_valid[:batch], txt_valid[batch:], row_start, backend=backend, pool_grad=pool_grad,
         )
         img = torch.cat([o_f, o_b])
     else:

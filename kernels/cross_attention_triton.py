@@ -1,0 +1,232 @@
+"""Triton kernels of the image->text cross-attention with the column statistics of differential pooling.
+
+Imported lazily by ``cross_attention`` on first use, because ``triton.jit`` decides at decoration time whether
+to build for the GPU or for the CPU interpreter (``TRITON_INTERPRET=1``), and tests set that variable late.
+
+Forward: one program per (query-row tile, image). It loops over the heads and both caption branches, so it
+holds the head-sum of the fg and bg probabilities of its tile in registers; the tile's column sums go to a
+per-tile partial buffer that ``torch.sum`` reduces (deterministic, and autotune may re-run the kernel freely).
+A caption has at most 128 tokens, so one softmax row fits one tile: no online rescaling. The row
+log-sum-exp is kept for the backward, which recomputes ``P = exp(S - lse)`` (flash attention style).
+
+Backward: one program per (image, head) and branch; it owns the whole key block (k, v, dk, dv in registers)
+and walks the query-row tiles. q is shared by the branches, so the fg launch writes its dq in fp32 and the bg
+launch adds its own and writes dq in the input dtype.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import triton
+import triton.language as tl
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+MIN_BLOCK_N = 16
+MAX_KEYS = 128
+
+
+@triton.jit
+def _dot(a, b, F32: tl.constexpr):
+    # F32: exact fp32 products (fp32 inputs, and the interpreter, whose bf16 dot is wrong).
+    if F32:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32), input_precision="ieee")
+    else:
+        return tl.dot(a, b)
+
+
+@triton.jit
+def _attend_tile(q, K, V, O, LSE, bias, offs_n, offs_m, offs_d, row_ok, col_ok, d_ok,
+                 sk_n, so_n, scale, F32: tl.constexpr):
+    """Softmax(q k^T * scale + bias) v for one (row tile, head, branch); stores o and lse, returns P (fp32)."""
+    k = tl.load(K + offs_m[:, None] * sk_n + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    v = tl.load(V + offs_m[:, None] * sk_n + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    s = _dot(q, tl.trans(k), F32) * scale + bias[None, :]
+    row_max = tl.max(s, axis=1)
+    p = tl.exp(s - row_max[:, None])
+    row_sum = tl.sum(p, axis=1)
+    p = p / row_sum[:, None]
+    o = _dot(p.to(v.dtype), v, F32)
+    tl.store(O + offs_n[:, None] * so_n + offs_d[None, :], o.to(O.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok[None, :])
+    tl.store(LSE + offs_n, row_max + tl.log(row_sum), mask=row_ok)
+    return p
+
+
+@triton.jit
+def _forward_kernel(
+    Q, KF, VF, KB, VB, BIAS_F, BIAS_B, OF, OB, LSE, PART,
+    sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, so_b, so_h, so_n,
+    H, NQ, M, D, N_PART, row_start, scale,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, F32: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_n < NQ
+    col_ok = offs_m < M
+    d_ok = offs_d < D
+    bias_f = tl.load(BIAS_F + b * M + offs_m, mask=col_ok, other=float("-inf"))
+    bias_b = tl.load(BIAS_B + b * M + offs_m, mask=col_ok, other=float("-inf"))
+    w_f = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    w_b = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    lse_branch = H * NQ * tl.num_programs(1)
+    for h in range(H):
+        q = tl.load(Q + b * sq_b + h * sq_h + offs_n[:, None] * sq_n + offs_d[None, :],
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        kv = b * sk_b + h * sk_h
+        o = b * so_b + h * so_h
+        lse = LSE + (b * H + h) * NQ
+        w_f += _attend_tile(q, KF + kv, VF + kv, OF + o, lse, bias_f, offs_n, offs_m, offs_d,
+                            row_ok, col_ok, d_ok, sk_n, so_n, scale, F32)
+        w_b += _attend_tile(q, KB + kv, VB + kv, OB + o, lse + lse_branch, bias_b, offs_n, offs_m, offs_d,
+                            row_ok, col_ok, d_ok, sk_n, so_n, scale, F32)
+    keep = (row_ok & (offs_n >= row_start))[:, None]
+    w_f = tl.where(keep, w_f / H, 0.0)
+    w_b = tl.where(keep, w_b / H, 0.0)
+    part = PART + ((b * N_PART + pid_n) * 3) * M + offs_m
+    tl.store(part, tl.sum(w_f * w_b, axis=0), mask=col_ok)
+    tl.store(part + M, tl.sum(w_f * w_f, axis=0), mask=col_ok)
+    tl.store(part + 2 * M, tl.sum(w_b * w_b, axis=0), mask=col_ok)
+
+
+@triton.jit
+def _backward_kernel(
+    Q, K, V, O, DO, BIAS, LSE, DQ_PART, DQ, DK, DV,
+    sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, so_b, so_h, so_n, sdo_b, sdo_h, sdo_n, sdk_b, sdk_h, sdk_n,
+    H, NQ, M, D, scale,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, F32: tl.constexpr,
+    ACCUMULATE: tl.constexpr,
+):
+    bh = tl.program_id(0)
+    b = bh // H
+    h = bh % H
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    col_ok = offs_m < M
+    d_ok = offs_d < D
+    kv_mask = col_ok[:, None] & d_ok[None, :]
+    kv = b * sk_b + h * sk_h + offs_m[:, None] * sk_n + offs_d[None, :]
+    k = tl.load(K + kv, mask=kv_mask, other=0.0)
+    v = tl.load(V + kv, mask=kv_mask, other=0.0)
+    bias = tl.load(BIAS + b * M + offs_m, mask=col_ok, other=float("-inf"))
+    dk = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    Q += b * sq_b + h * sq_h
+    O += b * so_b + h * so_h
+    DO += b * sdo_b + h * sdo_h
+    LSE += bh * NQ
+    DQ += b * so_b + h * so_h
+    DQ_PART += bh * NQ * D
+    for start in range(0, NQ, BLOCK_N):
+        offs_n = start + tl.arange(0, BLOCK_N)
+        row_ok = offs_n < NQ
+        rows = row_ok[:, None] & d_ok[None, :]
+        q = tl.load(Q + offs_n[:, None] * sq_n + offs_d[None, :], mask=rows, other=0.0)
+        do = tl.load(DO + offs_n[:, None] * sdo_n + offs_d[None, :], mask=rows, other=0.0)
+        o = tl.load(O + offs_n[:, None] * so_n + offs_d[None, :], mask=rows, other=0.0)
+        lse = tl.load(LSE + offs_n, mask=row_ok, other=0.0)
+        s = _dot(q, tl.trans(k), F32) * scale + bias[None, :]
+        p = tl.where(row_ok[:, None], tl.exp(s - lse[:, None]), 0.0)
+        dv += _dot(tl.trans(p.to(do.dtype)), do, F32)
+        dp = _dot(do, tl.trans(v), F32)
+        delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+        ds = p * (dp - delta[:, None])
+        dk += _dot(tl.trans(ds.to(q.dtype)), q, F32)
+        dq = _dot(ds.to(k.dtype), k, F32) * scale
+        part = DQ_PART + offs_n[:, None] * D + offs_d[None, :]
+        if ACCUMULATE:
+            dq += tl.load(part, mask=rows, other=0.0)
+            tl.store(DQ + offs_n[:, None] * so_n + offs_d[None, :], dq.to(DQ.dtype.element_ty), mask=rows)
+        else:
+            tl.store(part, dq, mask=rows)
+    dkv = b * sdk_b + h * sdk_h + offs_m[:, None] * sdk_n + offs_d[None, :]
+    tl.store(DK + dkv, (dk * scale).to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + dkv, dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+def _configs(block_ns, warps, stages):
+    return [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s) for n in block_ns for w in warps for s in stages]
+
+
+if INTERPRET:
+    _forward = _forward_kernel
+    _backward = _backward_kernel
+    FIXED = {"BLOCK_N": MIN_BLOCK_N}  # the interpreter cannot autotune
+else:
+    _forward = triton.autotune(_configs([32, 64], [4, 8], [1, 2]), key=["H", "NQ", "M", "D", "F32"])(
+        _forward_kernel
+    )
+    _backward = triton.autotune(
+        _configs([32, 64], [4, 8], [1, 2]), key=["H", "NQ", "M", "D", "F32", "ACCUMULATE"]
+    )(_backward_kernel)
+    FIXED = {}
+
+
+def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Every buffer a kernel fills whole; tests replace this to poison them with NaN."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _block(n: int) -> int:
+    return max(16, triton.next_power_of_2(n))
+
+
+def _bias(valid: torch.Tensor) -> torch.Tensor:
+    return torch.zeros(valid.shape, dtype=torch.float32, device=valid.device).masked_fill_(~valid, float("-inf"))
+
+
+def _exact(dtype: torch.dtype) -> bool:
+    return bool(INTERPRET) or dtype == torch.float32
+
+
+def forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start: int):
+    """Returns o_f, o_b [B,H,Nq,d] (contiguous, q's dtype), stats [B,3,M] fp32 and lse [2,B,H,Nq] fp32.
+
+    k_f, v_f, k_b, v_b must share one stride layout and every tensor a unit stride on its last axis.
+    """
+    batch, heads, nq, dim = q.shape
+    m = k_f.shape[2]
+    o_f = _empty((batch, heads, nq, dim), q.dtype, q.device)
+    o_b = _empty((batch, heads, nq, dim), q.dtype, q.device)
+    lse = _empty((2, batch, heads, nq), torch.float32, q.device)
+    n_part = triton.cdiv(nq, MIN_BLOCK_N)
+    part = torch.zeros((batch, n_part, 3, m), dtype=torch.float32, device=q.device)
+    grid = lambda meta: (triton.cdiv(nq, meta["BLOCK_N"]), batch)  # noqa: E731
+    _forward[grid](
+        q, k_f, v_f, k_b, v_b, _bias(valid_f), _bias(valid_b), o_f, o_b, lse, part,
+        q.stride(0), q.stride(1), q.stride(2), k_f.stride(0), k_f.stride(1), k_f.stride(2),
+        o_f.stride(0), o_f.stride(1), o_f.stride(2),
+        heads, nq, m, dim, n_part, row_start, dim ** -0.5,
+        BLOCK_M=_block(m), BLOCK_D=_block(dim), F32=_exact(q.dtype), **FIXED,
+    )
+    return o_f, o_b, part.sum(1), lse
+
+
+def backward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse, do_f, do_b):
+    """Gradients (dq, dk_f, dv_f, dk_b, dv_b) from the saved outputs and log-sum-exp.
+
+    o_* are ``forward``'s contiguous outputs; do_* need a unit stride on their last axis.
+    """
+    batch, heads, nq, dim = q.shape
+    m = k_f.shape[2]
+    dq = _empty(o_f.shape, q.dtype, q.device)
+    dq_part = _empty((batch, heads, nq, dim), torch.float32, q.device)
+    grads = []
+    grid = (batch * heads,)
+    for accumulate, (k, v, o, do, valid, lse_branch) in enumerate(
+        ((k_f, v_f, o_f, do_f, valid_f, lse[0]), (k_b, v_b, o_b, do_b, valid_b, lse[1]))
+    ):
+        dk = _empty(k.shape, k.dtype, k.device)  # contiguous, whatever k's layout
+        dv = _empty(k.shape, k.dtype, k.device)
+        _backward[grid](
+            q, k, v, o, do, _bias(valid), lse_branch, dq_part, dq, dk, dv,
+            q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
+            o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2),
+            dk.stride(0), dk.stride(1), dk.stride(2), heads, nq, m, dim, dim ** -0.5,
+            BLOCK_M=_block(m), BLOCK_D=_block(dim), F32=_exact(q.dtype), ACCUMULATE=bool(accumulate), **FIXED,
+        )
+        grads += [dk, dv]
+    return (dq, *grads)

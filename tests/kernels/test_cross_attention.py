@@ -1,0 +1,166 @@
+"""Fused image->text cross-attention with stats (Triton; CUDA on a GPU) against the PyTorch reference."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from fba import kernels
+from fba.kernels import cross_attention
+
+GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+
+
+def make_inputs(batch, heads, nq, m, dim, dtype=torch.float32, device="cpu", padding="random", seed=0):
+    """Fresh random q, k_f, v_f, k_b, v_b (leaf tensors) and key-validity masks with at least one real key."""
+    gen = torch.Generator().manual_seed(seed)
+    q = torch.randn(batch, heads, nq, dim, generator=gen)
+    kv = [torch.randn(batch, heads, m, dim, generator=gen) for _ in range(4)]
+    if padding == "none":
+        valid = [torch.ones(batch, m, dtype=torch.bool) for _ in range(2)]
+    elif padding == "all_but_one":
+        valid = [torch.zeros(batch, m, dtype=torch.bool) for _ in range(2)]
+        for v in valid:
+            v[torch.arange(batch), torch.randint(0, m, (batch,), generator=gen)] = True
+    else:
+        valid = [torch.rand(batch, m, generator=gen) > 0.4 for _ in range(2)]
+        for v in valid:
+            v[:, 0] = True
+    tensors = [t.to(device=device, dtype=dtype).requires_grad_() for t in [q, *kv]]
+    return tensors, [v.to(device) for v in valid]
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    """||x - ref|| / ||ref||, with a floor of 0.1 per element (O(1) inputs) for gradients that vanish exactly."""
+    x, ref = x.double(), ref.double()
+    return ((x - ref).norm() / (ref.norm() + ref.numel() ** 0.5 * 0.1)).item()
+
+
+def run(fn, tensors, valid, row_start, grad_outs):
+    """Outputs (o_f, o_b, stats) and the gradients of <o_f, g_f> + <o_b, g_b> wrt q, k_f, v_f, k_b, v_b."""
+    o_f, o_b, stats = fn(*tensors, *valid, row_start)
+    loss = (o_f.double() * grad_outs[0]).sum() + (o_b.double() * grad_outs[1]).sum()
+    grads = torch.autograd.grad(loss, tensors)
+    return [o_f, o_b, stats, *grads]
+
+
+NAMES = ["o_f", "o_b", "stats", "dq", "dk_f", "dv_f", "dk_b", "dv_b"]
+
+CASES = [  # (B, H, Nq, M, d, padding, row_start)
+    (2, 2, 13, 7, 16, "random", 1),
+    (2, 3, 37, 20, 16, "all_but_one", 1),
+    (1, 4, 17, 16, 32, "none", 0),
+    (2, 2, 5, 9, 24, "random", 2),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}H{}N{}M{}d{}-{}-r{}".format(*c))
+def test_triton_matches_reference_fp32(case, poisoned, device):
+    *shape, padding, row_start = case
+    tensors, valid = make_inputs(*shape, device=device, padding=padding, seed=hash(case) % 1000)
+    grad_outs = [torch.randn(tensors[0].shape, dtype=torch.float64, device=device) for _ in range(2)]
+    got = run(cross_attention.fused, tensors, valid, row_start, grad_outs)
+    want = run(cross_attention.reference, tensors, valid, row_start, grad_outs)
+    for name, g, w in zip(NAMES, got, want):
+        assert g.shape == w.shape and g.dtype == w.dtype, name
+        assert torch.isfinite(g).all(), f"{name} has unwritten (NaN) or non-finite elements"
+        assert rel_err(g, w) <= 1e-5, f"{name}: relative error {rel_err(g, w):.2e}"
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_triton_low_precision_within_twice_pytorch_error(dtype, poisoned, device):
+    """flash-attention's rule: error vs an fp64 reference at most 2x that of PyTorch in the same dtype (+ a floor)."""
+    tensors, valid = make_inputs(2, 2, 21, 13, 16, dtype=dtype, device=device, seed=7)
+    grad_outs = [torch.randn(tensors[0].shape, dtype=torch.float64, device=device) for _ in range(2)]
+    exact = [t.detach().double().requires_grad_() for t in tensors]
+    want = run(cross_attention.reference, exact, valid, 1, grad_outs)
+    same_dtype = run(cross_attention.reference, tensors, valid, 1, grad_outs)
+    got = run(cross_attention.fused, tensors, valid, 1, grad_outs)
+    floor = 2e-3 if dtype == torch.float16 else 1e-2
+    for name, g, s, w in zip(NAMES, got, same_dtype, want):
+        assert g.dtype == s.dtype, name
+        assert torch.isfinite(g).all(), f"{name} has unwritten (NaN) or non-finite elements"
+        assert rel_err(g, w) <= 2 * rel_err(s, w) + floor, f"{name}: {rel_err(g, w):.2e} vs {rel_err(s, w):.2e}"
+
+
+def test_triton_takes_strided_views_like_the_model(poisoned, device):
+    """Heads split from [B, L, H*d] rows and k/v from one chunked projection: non-contiguous, no copies needed."""
+    gen = torch.Generator().manual_seed(3)
+    batch, heads, nq, m, dim = 2, 2, 11, 9, 16
+    q_rows = torch.randn(batch, nq, heads * dim, generator=gen).to(device).requires_grad_()
+    kv_rows = torch.randn(2 * batch, m, 2 * heads * dim, generator=gen).to(device).requires_grad_()
+    valid = torch.rand(2 * batch, m, generator=gen).to(device) > 0.3
+    valid[:, 0] = True
+
+    def split(fn):
+        q = q_rows.view(batch, nq, heads, dim).transpose(1, 2)
+        k, v = (t.reshape(2 * batch, m, heads, dim).transpose(1, 2) for t in kv_rows.chunk(2, dim=-1))
+        assert not q.is_contiguous() and not k.is_contiguous()
+        out = fn(q, k[:batch], v[:batch], k[batch:], v[batch:], valid[:batch], valid[batch:], 1)
+        grads = torch.autograd.grad(out[0].sum() + 2 * out[1].sum(), [q_rows, kv_rows])
+        return [*out, *grads]
+
+    for g, w in zip(split(cross_attention.fused), split(cross_attention.reference)):
+        assert rel_err(g, w) <= 1e-5
+
+
+def test_dispatcher_runs_fused_when_asked_and_reference_on_cpu_auto(poisoned, device, monkeypatch):
+    tensors, valid = make_inputs(2, 2, 9, 6, 16, device=device, seed=11)
+    q, k_f, v_f, k_b, v_b = tensors
+    calls = []
+    real_fused = cross_attention.fused
+    monkeypatch.setattr(cross_attention, "fused", lambda *a, **kw: calls.append(kw["backend"]) or real_fused(*a, **kw))
+    k_txt, v_txt = torch.cat([k_f, k_b]), torch.cat([v_f, v_b])
+    txt_valid = torch.cat(valid)
+    args = (q, k_f, v_f, q[:, :, :6].repeat(2, 1, 1, 1), k_txt, v_txt, txt_valid)
+    ref = kernels.cross_modal_attention(*args, need_stats=True, backend="reference")
+    tri = kernels.cross_modal_attention(*args, need_stats=True, backend="triton")
+    assert calls == ["triton"]
+    kernels.cross_modal_attention(*args, need_stats=True)
+    assert calls == (["triton", "triton"] if device == "cuda" else ["triton"])
+    for g, w in zip(tri, ref):
+        assert rel_err(g, w) <= 1e-5
+
+
+def test_pool_grad_falls_back_to_reference_once_with_a_warning(poisoned, device, caplog):
+    tensors, valid = make_inputs(1, 2, 7, 5, 16, device=device, seed=5)
+    caplog.set_level(logging.WARNING, logger="fba.kernels")
+    kernels._warned.clear()
+    for _ in range(2):
+        o_f, o_b, stats = kernels.cross_attention_with_stats(*tensors, *valid, backend="triton", pool_grad=True)
+    assert stats.requires_grad, "the reference path keeps the stats differentiable for pool_grad"
+    assert sum("pool_grad" in r.message for r in caplog.records) == 1
+    _, _, stats = kernels.cross_attention_with_stats(*tensors, *valid, backend="triton")
+    assert not stats.requires_grad
+
+
+def test_bad_inputs_are_refused_with_clear_errors(device):
+    tensors, valid = make_inputs(1, 2, 5, 4, 16, device=device)
+    with pytest.raises(ValueError, match="unknown kernel backend 'fast'"):
+        kernels.cross_attention_with_stats(*tensors, *valid, backend="fast")
+    with pytest.raises(ValueError, match="valid_f must be a bool"):
+        cross_attention.fused(*tensors, valid[0].float(), valid[1])
+    with pytest.raises(ValueError, match="k_b must be"):
+        cross_attention.fused(tensors[0], tensors[1], tensors[2], tensors[3][:, :, :3], tensors[4], *valid)
+    long_keys, long_valid = make_inputs(1, 1, 3, 129, 16, device=device)
+    with pytest.raises(ValueError, match="129 keys"):
+        cross_attention.fused(*long_keys, *long_valid)
+    if device == "cpu":
+        with pytest.raises(ValueError, match="needs CUDA tensors"):
+            kernels.resolve_backend("cuda", tensors[0], tensors[1])
+
+
+@GPU
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_fused_bf16_at_paper_sizes_on_gpu(backend):
+    """The paper's shapes (ViT-B/16 at 256x128: 1 + 16x8 patches with stride 12 -> 311 rows, 77 caption tokens)."""
+    tensors, valid = make_inputs(4, 12, 311, 77, 64, dtype=torch.bfloat16, device="cuda", seed=1)
+    grad_outs = [torch.randn(tensors[0].shape, dtype=torch.float64, device="cuda") for _ in range(2)]
+    exact = [t.detach().double().requires_grad_() for t in tensors]
+    want = run(cross_attention.reference, exact, valid, 1, grad_outs)
+    same_dtype = run(cross_attention.reference, tensors, valid, 1, grad_outs)
+    got = run(lambda *a: cross_attention.fused(*a, backend=backend), tensors, valid, 1, grad_outs)
+    for name, g, s, w in zip(NAMES, got, same_dtype, want):
+        assert torch.isfinite(g).all(), name
+        assert rel_err(g, w) <= 2 * rel_err(s, w) + 1e-2, f"{name}: {rel_err(g, w):.2e} vs {rel_err(s, w):.2e}"
