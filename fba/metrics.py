@@ -138,7 +138,7 @@ def evaluate(
     match is within the top ``k + 1``; it has ``max_rank`` entries even when the gallery is shorter.
 
     ``backend``: "numpy" (the reference), "cpp" (``fba._C``) or "auto" (C++ when built). Inputs may be NumPy
-    arrays or CPU tensors; ``distmat`` is [num_query, num_gallery], float32 or float64.
+    arrays or tensors (any device); ``distmat`` is [num_query, num_gallery], float32 or float64.
     """
     if backend not in _BACKENDS:
         raise ValueError(f"backend must be one of {_BACKENDS}, got {backend!r}")
