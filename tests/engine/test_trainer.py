@@ -1,0 +1,142 @@
+"""The DeepSpeed trainer end to end on a tiny captioned data set (tiny CLIP, 64x32 images, CPU, bf16, ZeRO 2)."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from _tiny_run import make_tiny_dataset, tiny_config
+from fba.config import ConfigError
+from fba.engine.checkpoint import latest_tag, load_model
+from fba.engine.trainer import Trainer, train
+
+LOSS_KEYS = ("loss/total", "loss/id", "loss/tri", "loss/id_c", "loss/tri_c", "loss/div_tri", "loss/div_con", "loss/div")
+
+
+@pytest.fixture(scope="module")
+def tiny_root(tmp_path_factory) -> Path:
+    return make_tiny_dataset(tmp_path_factory.mktemp("tiny") / "data")
+
+
+def _records(path: Path) -> tuple[list[dict], list[dict]]:
+    records = [json.loads(line) for line in path.read_text().splitlines()]
+    return [r for r in records if "loss/total" in r], [r for r in records if "eval/mAP" in r]
+
+
+def test_one_epoch_lowers_the_loss_and_writes_everything(tiny_root, tmp_path):
+    cfg = tiny_config(tiny_root, tmp_path / "run", "solver.epochs=1")
+    result = train(cfg)
+    steps, evals = _records(result.metrics_path)
+    assert [r["step"] for r in steps] == list(range(1, result.steps + 1)) and result.steps == 4
+    for record in steps:
+        assert set(LOSS_KEYS) <= set(record) and record["epoch"] == 0
+        assert record["lr"] > 0 and record["images_per_s"] > 0
+    assert steps[-1]["loss/total"] < 0.8 * steps[0]["loss/total"]
+    assert len(evals) == 1 and set(evals[0]) == {"step", "epoch", "eval/mAP", "eval/R1", "eval/R5", "eval/R10", "eval/mINP"}
+    assert result.final_metrics == {k: v for k, v in evals[0].items() if k.startswith("eval/")}
+    assert result.best_model_path is not None and result.best_model_path.is_file()
+    assert any((result.output_dir / "tensorboard").iterdir())
+    assert latest_tag(result.output_dir / "checkpoints") == "epoch_0001"
+    model, saved_cfg = load_model(result.model_path)
+    assert saved_cfg.to_dict()["data"] == cfg.to_dict()["data"] and not model.training
+
+
+def test_resume_continues_exactly_like_an_unbroken_run(tiny_root, tmp_path):
+    unbroken = train(tiny_config(tiny_root, tmp_path / "unbroken"))
+    interrupted = tiny_config(tiny_root, tmp_path / "resumed")
+    first = train(interrupted, stop_after_epochs=1)
+    assert first.epochs_done == 1 and first.steps == 4
+    resumed = train(interrupted, resume=True)
+    assert resumed.epochs_done == 2
+    expected, expected_eval = _records(unbroken.metrics_path)
+    got, got_eval = _records(resumed.metrics_path)
+    assert [r["step"] for r in got] == [r["step"] for r in expected] == list(range(1, 9))
+    for a, b in zip(expected, got):
+        assert {k: a[k] for k in (*LOSS_KEYS, "lr", "epoch")} == {k: b[k] for k in (*LOSS_KEYS, "lr", "epoch")}
+    assert [{k: v for k, v in r.items()} for r in got_eval] == expected_eval
+    a, _ = load_model(unbroken.model_path)
+    b, _ = load_model(resumed.model_path)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(x, y), name
+
+
+def test_frozen_text_tower_never_moves_and_cached_features_skip_it(tiny_root, tmp_path):
+    cfg = tiny_config(tiny_root, tmp_path / "run", "solver.epochs=1", f"model.text_cache={tmp_path / 'cache'}")
+    trainer = Trainer(cfg)
+    text_encoder = trainer.module.text_encoder
+    before = {k: v.clone() for k, v in text_encoder.state_dict().items()}
+    optimised = {id(p) for group in trainer.scheduler.optimizer.param_groups for p in group["params"]}
+    assert not any(id(p) in optimised for p in text_encoder.parameters())
+
+    def no_tower(*args, **kwargs):
+        raise AssertionError("the text tower ran inside a training step despite model.text_cache")
+
+    text_encoder.forward = no_tower
+    trainer.run()
+    assert any((tmp_path / "cache").rglob("*.safetensors"))
+    for key, value in text_encoder.state_dict().items():
+        assert torch.equal(value, before[key]), key
+
+
+def test_corrupt_training_image_is_named(tmp_path):
+    root = make_tiny_dataset(tmp_path / "data", train_ids=4, test_ids=2)
+    bad = sorted((root / "bounding_box_train").iterdir())[5]
+    bad.write_bytes(b"this is not a jpeg")
+    with pytest.raises(Exception, match=bad.name):
+        train(tiny_config(root, tmp_path / "run", "solver.epochs=1"))
+
+
+def test_test_only_dataset_and_cpu_fp16_are_refused(tiny_root, tmp_path):
+    with pytest.raises(ConfigError, match="test-only.*cuhk03np"):
+        train(tiny_config(tiny_root, tmp_path / "a", "data.test_only=true"))
+    with pytest.raises(ConfigError, match="fp16 is not supported on the CPU"):
+        train(tiny_config(tiny_root, tmp_path / "b", "train.precision=fp16"))
+
+
+def test_cli_refuses_occluded_reid_config():
+    from fba.cli import main
+
+    with pytest.raises(SystemExit, match="test-only"):
+        main(["train", "-c", "configs/occluded_reid.yaml"])
+
+
+DRIVER = """
+import sys
+sys.path.insert(0, {tests!r})
+from pathlib import Path
+from _tiny_run import tiny_config
+from fba.engine.trainer import train
+train(tiny_config(Path({root!r}), Path({out!r}), *{overrides!r}))
+"""
+
+DETERMINISTIC = ("data.flip_prob=0", "data.padding=0", "data.erasing_prob=0", "train.zero_stage=2")
+
+
+@pytest.mark.slow
+def test_two_ranks_match_one_rank_with_two_micro_batches(tiny_root, tmp_path):
+    """World size 2 (each rank a whole P x K batch) == world size 1 accumulating the same two batches per step."""
+    driver = tmp_path / "driver.py"
+    out = tmp_path / "two_ranks"
+    driver.write_text(DRIVER.format(tests=str(Path(__file__).parent), root=str(tiny_root), out=str(out),
+                                    overrides=DETERMINISTIC))
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}
+    env["OMP_NUM_THREADS"] = "1"
+    from fba.engine.trainer import _free_port
+
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+               "--master-port", str(_free_port()), str(driver)]
+    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr[-4000:]
+    single = train(tiny_config(tiny_root, tmp_path / "one_rank", *DETERMINISTIC, "solver.grad_accum_steps=2"))
+    two, _ = _records(out / "metrics.jsonl")
+    one, _ = _records(single.metrics_path)
+    assert len(two) == len(one) == 4
+    for a, b in zip(one, two):
+        assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
+        assert b["loss/total"] == pytest.approx(a["loss/total"], rel=5e-3)  # without accumulation: 2e-2 off
