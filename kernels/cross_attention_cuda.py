@@ -1,0 +1,41 @@
+"""The CUDA C++ forward of the cross-attention with stats (``csrc/cuda``): the prebuilt ``fba._C_cuda`` when
+``FBA_BUILD_CUDA=1`` built it, else compiled on first use with ``torch.utils.cpp_extension.load`` (a GPU machine
+with nvcc). Same outputs and saved log-sum-exp as ``cross_attention_triton.forward``, so the Triton backward
+serves both.
+"""
+from __future__ import annotations
+
+import functools
+from pathlib import Path
+
+import torch
+
+SOURCES = Path(__file__).resolve().parent.parent / "csrc" / "cuda"
+
+
+@functools.lru_cache(maxsize=None)
+def extension():
+    """The compiled module (built once per process, cached by torch on disk between processes)."""
+    try:
+        from fba import _C_cuda
+
+        return _C_cuda
+    except ImportError:
+        pass
+    sources = sorted(str(p) for p in (*SOURCES.glob("*.cpp"), *SOURCES.glob("*.cu")))
+    if not sources:
+        raise RuntimeError(f"fba.kernels: no CUDA sources in {SOURCES} and no prebuilt fba._C_cuda; "
+                           "reinstall from a source checkout with FBA_BUILD_CUDA=1")
+    from torch.utils.cpp_extension import load
+
+    return load(name="fba_C_cuda", sources=sources, extra_cflags=["-O3"],
+                extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"])
+
+
+def forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start: int):
+    """Returns o_f, o_b [B,H,Nq,d], stats [B,3,M] fp32 and lse [2,B,H,Nq] fp32; CUDA tensors only."""
+    if not q.is_cuda:
+        raise ValueError(f"fba.kernels cuda backend: CPU tensors are refused (q is on {q.device}); "
+                         "use backend 'auto' or 'reference'")
+    o_f, o_b, stats, lse = extension().cross_attention_forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
+    return o_f, o_b, stats, lse
