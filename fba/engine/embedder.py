@@ -137,7 +137,7 @@ class RetrievalEval:
 
         return build_eval_loader(self.cfg, items)
 
-    def run(self, embedder: Embedder, progress: bool = True) -> dict:
+    def run(self, embedder: Embedder, progress: bool = True, metric: str = "cosine", rerank: bool | None = None) -> dict:
         from fba.engine.evaluator import evaluate_features
 
         full = self.cfg.eval.feature == "full" and embedder.uses_captions
@@ -153,7 +153,8 @@ class RetrievalEval:
             ids[split] = (np.array([pid for _, pid, _ in items]), np.array([cam for _, _, cam in items]))
         metrics = evaluate_features(
             features["query"], features["gallery"], ids["query"][0], ids["gallery"][0], ids["query"][1],
-            ids["gallery"][1], rerank=self.cfg.eval.rerank, max_rank=self.cfg.eval.max_rank,
+            ids["gallery"][1], metric=metric, rerank=self.cfg.eval.rerank if rerank is None else rerank,
+            max_rank=self.cfg.eval.max_rank,
         )
         metrics["feature"] = "full" if full else "image"
         return metrics

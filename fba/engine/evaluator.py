@@ -1,4 +1,5 @@
-"""``fba eval``: retrieval metrics for a saved features file (``--features``).
+"""``fba eval``: retrieval metrics for a saved features file (``--features``) or a trained model
+(``-c CONFIG --checkpoint model.pt [overrides]``: the config names the data set, the checkpoint the model).
 
 The command has one mode per source of features; each mode is an option of the ``source`` group and a
 ``_run_<mode>`` function. Whatever the source, the metrics come from :func:`evaluate_features` and are shown by
@@ -68,6 +69,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     source = parser.add_argument_group("source of the features (one)").add_mutually_exclusive_group()
     source.add_argument("--features", type=Path, metavar="FILE",
                         help="a features file (.safetensors or .npz) with query and gallery rows, e.g. from `fba embed`")
+    source.add_argument("--checkpoint", type=Path, metavar="MODEL",
+                        help="a model.pt from `fba train`, evaluated on the query/gallery of -c CONFIG")
+    data = parser.add_argument_group("with --checkpoint")
+    data.add_argument("-c", "--config", type=Path, help="config naming the data set, e.g. configs/occluded_reid.yaml")
+    data.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
+    data.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. eval.feature=image")
     options = parser.add_argument_group("evaluation")
     options.add_argument("--metric", choices=METRICS, default="cosine", help="distance between features")
     options.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")
@@ -78,8 +85,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "features", None) is not None:
         metrics = _run_features(args)
+    elif getattr(args, "checkpoint", None) is not None:
+        metrics = _run_checkpoint(args)
     else:
-        raise SystemExit("fba eval: say what to evaluate, e.g. --features FILE")
+        raise SystemExit("fba eval: say what to evaluate: --features FILE, or -c CONFIG --checkpoint model.pt")
     print(format_metrics(metrics))
     if args.json is not None:
         _write_json(args.json, metrics)
@@ -110,6 +119,37 @@ def _run_features(args: argparse.Namespace) -> dict:
     if "feature" in fs.meta:
         metrics["feature"] = fs.meta["feature"]
     metrics["source"] = str(args.features)
+    return metrics
+
+
+def _run_checkpoint(args: argparse.Namespace) -> dict:
+    """Embed the config's query and gallery with the checkpoint's model (at its own input size) and score them."""
+    import torch
+
+    from fba.config import ConfigError, load_config
+    from fba.engine.checkpoint import load_model
+    from fba.engine.embedder import Embedder, RetrievalEval, default_device
+    from fba.engine.text_bank import TextBank
+    from fba.engine.trainer import load_data
+
+    if args.config is None:
+        raise SystemExit("fba eval --checkpoint: give -c CONFIG naming the data set to evaluate on")
+    try:
+        cfg = load_config(args.config, args.overrides)
+    except ConfigError as err:
+        raise SystemExit(f"fba eval: {err}") from None
+    device = torch.device(args.device) if args.device else default_device()
+    model, model_cfg = load_model(args.checkpoint, device)
+    cfg.model = model_cfg.model
+    cfg.data.height, cfg.data.width = model_cfg.data.height, model_cfg.data.width
+    cfg.eval.max_rank = args.max_rank
+    full = cfg.eval.feature == "full" and model.cross_modal is not None
+    dataset, store = load_data(cfg, captions=full, eval_only=True)
+    banks = {split: TextBank.for_split(model, dataset, split, store, device) if full else None
+             for split in ("query", "gallery")}
+    evaluation = RetrievalEval(cfg, dataset, banks["query"], banks["gallery"])
+    metrics = evaluation.run(Embedder(model, device), metric=args.metric, rerank=args.rerank or cfg.eval.rerank)
+    metrics["source"] = str(args.checkpoint)
     return metrics
 
 

@@ -39,6 +39,14 @@ class TextBank:
         tokens = [model.text_encoder.tokenize(list(captions)) for captions in (fg, bg)]
         return cls(*(t.to(device) for t in tokens))
 
+    @classmethod
+    def for_split(cls, model, dataset, split: str, store, device: torch.device, progress: bool = False) -> TextBank:
+        """The text inputs of one split of ``dataset``, from its captions ``store`` (a CaptionStore)."""
+        from fba.data import CaptionBank
+
+        captions = CaptionBank.for_split(dataset, split, store)
+        return cls.build(model, captions.fg, captions.bg, device, progress)
+
     def __len__(self) -> int:
         return len(self.fg.eot if isinstance(self.fg, TextFeatures) else self.fg)
 

@@ -22,6 +22,7 @@ syncs with the host: loss terms are summed on the device and read at the log int
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import logging
 import os
 import random
@@ -148,15 +149,20 @@ def check_trainable(cfg: Config) -> None:
     validate_solver(cfg.solver)
 
 
-def load_data(cfg: Config):
-    """The data set with its captions attached (captions are only read when the model uses them)."""
+def load_data(cfg: Config, captions: bool | None = None, eval_only: bool = False):
+    """The data set with its captions attached; ``captions`` defaults to whether the model uses them.
+
+    ``eval_only`` leaves the training split out, so only query and gallery images need captions.
+    """
     from fba.data import CaptionStore, attach_captions, build_dataset
 
     dataset = build_dataset(cfg.data.dataset, cfg.data.root, **cfg.data.options)
-    if not cfg.model.cross_modal:
+    if eval_only:
+        dataset = dataclasses.replace(dataset, train=[])
+    if not (cfg.model.cross_modal if captions is None else captions):
         return dataset, None
-    captions = Path(cfg.data.captions) if cfg.data.captions else dataset.root / "captions.jsonl"
-    store = CaptionStore.load(captions)
+    path = Path(cfg.data.captions) if cfg.data.captions else dataset.root / "captions.jsonl"
+    store = CaptionStore.load(path)
     dataset, _ = attach_captions(dataset, store, cfg.data.allow_missing_captions)
     return dataset, store
 
@@ -189,14 +195,11 @@ def _caption_bank(dataset, split: str, store, model, device: torch.device, env: 
     """Text inputs of one split; with a text cache rank 0 encodes first, the other ranks then read its files."""
     if store is None:
         return None
-    from fba.data import CaptionBank
-
-    bank = CaptionBank.for_split(dataset, split, store)
     if model.text_cache is not None and env.world_size > 1:
         if env.rank == 0:
-            TextBank.build(model, bank.fg, bank.bg, device, progress=True)
+            TextBank.for_split(model, dataset, split, store, device, progress=True)
         dist.barrier()
-    return TextBank.build(model, bank.fg, bank.bg, device, progress=env.rank == 0)
+    return TextBank.for_split(model, dataset, split, store, device, progress=env.rank == 0)
 
 
 class Trainer:
