@@ -21,6 +21,7 @@ import argparse
 import io
 import json
 import math
+import multiprocessing
 import shutil
 import time
 import zlib
@@ -462,7 +463,8 @@ def render(job: Job, seed: int, height: int, width: int) -> tuple[str, bytes, di
     small = canvas.reduce(SUPERSAMPLE)
     light = LIGHTS[job.camera["light"]] * float(rng.uniform(0.93, 1.07))
     gain = np.array(CASTS[job.camera["cast"]], np.float32) * light * rng.uniform(0.97, 1.03, size=3)
-    pixels = np.asarray(small, np.float32) * gain + rng.normal(0.0, rng.uniform(2.0, 6.0), size=(height, width, 3))
+    noise = rng.standard_normal((height, width, 3), dtype=np.float32) * np.float32(rng.uniform(2.0, 6.0))
+    pixels = np.asarray(small, np.float32) * gain.astype(np.float32) + noise
     buffer = io.BytesIO()
     Image.fromarray(np.clip(pixels + 0.5, 0, 255).astype(np.uint8)).save(buffer, "JPEG", quality=JPEG_QUALITY)
     scene_attributes = {k: job.camera[k] for k in ("texture", "colour", "floor", "light", "cast", "objects")}
@@ -635,7 +637,7 @@ def _rendered(jobs: list[Job], seed: int, height: int, width: int, workers: int)
     if workers == 1:
         yield from map(_render_star, tasks)
         return
-    with ProcessPoolExecutor(workers) as pool:
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
         yield from pool.map(_render_star, tasks, chunksize=16)
 
 
