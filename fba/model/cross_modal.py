@@ -75,6 +75,8 @@ class CrossAttentionBlock(nn.Module):
         text_valid: torch.Tensor,
         need_stats: bool = False,
         return_maps: bool = False,
+        backend: str = "auto",
+        pool_grad: bool = False,
     ):
         """image [B, L, D], text [nb*B, M, D] (fg block first), text_valid [nb*B, M] bool.
 
@@ -92,7 +94,10 @@ class CrossAttentionBlock(nn.Module):
         h = self.heads
         q_img, k_img, v_img = (_heads(t[:n_img], batch, length, h) for t in (q, k, v))
         q_txt, k_txt, v_txt = (_heads(t[n_img:], text_batch, text_length, h) for t in (q, k, v))
-        attn = kernels.cross_modal_attention(q_img, k_img, v_img, q_txt, k_txt, v_txt, text_valid, need_stats=need_stats)
+        attn = kernels.cross_modal_attention(
+            q_img, k_img, v_img, q_txt, k_txt, v_txt, text_valid,
+            need_stats=need_stats, backend=backend, pool_grad=pool_grad,
+        )
         maps = None
         if return_maps:
             if branches != 2:
@@ -149,7 +154,10 @@ class CrossModalOutput(NamedTuple):
 
 
 class CrossModalModule(nn.Module):
-    """``Linear(embed_dim -> width)`` for the frozen text features, the shared CA, the shared SA stack."""
+    """``Linear(embed_dim -> width)`` for the frozen text features, the shared CA, the shared SA stack.
+
+    ``kernel`` picks the path of CA's attentions (``fba.kernels.BACKENDS``; ``auto``: fused on CUDA).
+    """
 
     def __init__(
         self,
@@ -159,14 +167,18 @@ class CrossModalModule(nn.Module):
         layers: int = 4,
         pooling: bool = False,
         pool_grad: bool = False,
+        kernel: str = "auto",
     ):
         super().__init__()
+        if kernel not in kernels.BACKENDS:
+            raise ValueError(f"unknown model.kernel {kernel!r}; known: {', '.join(kernels.BACKENDS)}")
         self.text_in = nn.Linear(text_dim, width)
         self.cross = CrossAttentionBlock(width, heads)
         self.layers = nn.ModuleList(SelfAttentionLayer(width, heads) for _ in range(layers))
         self.ln_post = nn.LayerNorm(width)
         self.pooling = pooling
         self.pool_grad = pool_grad
+        self.kernel = kernel
         self.apply(_init_weights)
 
     def forward(
@@ -187,7 +199,10 @@ class CrossModalModule(nn.Module):
                              f"{None if bg is None else bg.states.shape[0]} bg captions")
         text = self.text_in(texts.states.to(self.text_in.weight.dtype))
         text_batch, text_length = text.shape[:2]
-        rows, stats, maps = self.cross(image_tokens, text, texts.valid, need_stats=self.pooling, return_maps=return_maps)
+        rows, stats, maps = self.cross(
+            image_tokens, text, texts.valid, need_stats=self.pooling, return_maps=return_maps,
+            backend=self.kernel, pool_grad=self.pool_grad,
+        )
         image_shape, text_shape = (text_batch, length), (text_batch, text_length)
         text_mask = texts.valid[:, None, None, :]
         for layer in self.layers:

@@ -14,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from fba import kernels
 from fba.config import ModelConfig
 
 from .backbone import VisualBackbone, build_backbone, get_arch, load_clip_checkpoint
@@ -23,7 +24,6 @@ from .text import TextEncoder, TextFeatureCache, TextFeatures
 
 __all__ = ["FBA", "build_model"]
 
-KERNELS = ("auto", "reference", "triton", "cuda")
 Text = TextFeatures | torch.Tensor
 
 
@@ -148,8 +148,8 @@ class FBA(nn.Module):
 def build_model(cfg: ModelConfig, num_classes: int, image_size: tuple[int, int] = (384, 128)) -> FBA:
     """The one factory: ``cfg`` fields arch, pretrained, stride, cross_modal, diversity, pooling, pool_grad,
     cross_layers, text_cache, kernel. Never downloads: ``pretrained`` is a local file or None (random init)."""
-    if cfg.kernel not in KERNELS:
-        raise ValueError(f"unknown model.kernel {cfg.kernel!r}; known: {', '.join(KERNELS)}")
+    if cfg.kernel not in kernels.BACKENDS:
+        raise ValueError(f"unknown model.kernel {cfg.kernel!r}; known: {', '.join(kernels.BACKENDS)}")
     if not cfg.cross_modal and (cfg.diversity or cfg.pooling):
         raise ValueError(
             "model.diversity and model.pooling need model.cross_modal=true; "
@@ -166,7 +166,7 @@ def build_model(cfg: ModelConfig, num_classes: int, image_size: tuple[int, int] 
         return FBA(backbone, num_classes)
     text_encoder = TextEncoder(arch, checkpoint)
     cross_modal = CrossModalModule(
-        backbone.width, arch.vision.heads, arch.embed_dim, cfg.cross_layers, cfg.pooling, cfg.pool_grad
+        backbone.width, arch.vision.heads, arch.embed_dim, cfg.cross_layers, cfg.pooling, cfg.pool_grad, cfg.kernel
     )
     cache = TextFeatureCache(cfg.text_cache) if cfg.text_cache else None
     return FBA(backbone, num_classes, text_encoder, cross_modal, cfg.diversity, cache)

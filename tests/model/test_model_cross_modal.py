@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import pytest
 import torch
 import torch.nn.functional as F
 
@@ -158,3 +159,33 @@ def test_pooling_output_and_attention_maps():
     pooled, mask = differential_pool(w_f[:, 1:], w_b[:, 1:], tokens, both)
     torch.testing.assert_close(out.pool_mask, mask, rtol=1e-4, atol=1e-5)
     torch.testing.assert_close(out.fg_txt, pooled, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (fused cross-attention path)")
+@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
+def test_cuda_module_matches_cpu_reference(dtype, tol):
+    """The module on CUDA (fused kernels where the dispatcher picks them) against the CPU reference path."""
+    module = make_module(pooling=True)
+    image, fg, bg = make_inputs(seed=4)
+    with torch.no_grad():
+        want = module(image, fg, bg)
+        cuda = module.cuda()
+        with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
+            got = cuda(image.cuda(), fg.to("cuda"), bg.to("cuda"))
+    for name in ("fg_img", "fg_txt", "bg_img", "bg_txt", "pool_mask"):
+        torch.testing.assert_close(getattr(got, name).float().cpu(), getattr(want, name), rtol=tol, atol=tol)
+
+
+def test_pool_grad_reaches_the_mask_only_when_asked():
+    image, fg, bg = make_inputs(seed=5)
+    for pool_grad in (False, True):
+        module = make_module(pooling=True)
+        module.pool_grad = pool_grad
+        out = module(image, fg, bg)
+        assert out.pool_mask.requires_grad == pool_grad
+        assert out.fg_txt.requires_grad
+
+
+def test_unknown_kernel_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown model.kernel 'magic'"):
+        CrossModalModule(WIDTH, HEADS, TEXT_DIM, LAYERS, kernel="magic")
