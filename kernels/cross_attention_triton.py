@@ -151,18 +151,16 @@ def _configs(block_ns, warps, stages):
     return [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s) for n in block_ns for w in warps for s in stages]
 
 
-if INTERPRET:
-    _forward = _forward_kernel
-    _backward = _backward_kernel
-    FIXED = {"BLOCK_N": MIN_BLOCK_N}  # the interpreter cannot autotune
-else:
-    _forward = triton.autotune(_configs([32, 64], [4, 8], [1, 2]), key=["H", "NQ", "M", "D", "F32"])(
-        _forward_kernel
-    )
+AUTOTUNE = not INTERPRET and os.environ.get("FBA_TRITON_AUTOTUNE", "1") != "0"
+if AUTOTUNE:
+    _forward = triton.autotune(_configs([32, 64], [4, 8], [1]), key=["H", "NQ", "M", "D", "F32"])(_forward_kernel)
     _backward = triton.autotune(
         _configs([32, 64], [4, 8], [1, 2]), key=["H", "NQ", "M", "D", "F32", "ACCUMULATE"]
     )(_backward_kernel)
     FIXED = {}
+else:  # the interpreter cannot autotune; FBA_TRITON_AUTOTUNE=0 skips the search (quick GPU test runs)
+    _forward, _backward = _forward_kernel, _backward_kernel
+    FIXED = {"BLOCK_N": MIN_BLOCK_N} if INTERPRET else {"BLOCK_N": 32, "num_warps": 4}
 
 
 def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:

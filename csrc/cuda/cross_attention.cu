@@ -214,17 +214,24 @@ std::vector<torch::Tensor> cross_attention_forward(torch::Tensor q, torch::Tenso
   const dim3 grid(n_tiles, batch);
   const float scale = 1.f / std::sqrt(static_cast<float>(dim));
   auto stream = c10::cuda::getCurrentCUDAStream();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::ScalarType::Half, at::ScalarType::BFloat16, q.scalar_type(),
-                                  "cross_attention_forward", [&] {
+  const auto launch = [&](auto tag) {
+    using scalar_t = decltype(tag);
     C10_CUDA_CHECK(cudaFuncSetAttribute(forward_kernel<scalar_t>, cudaFuncAttributeMaxDynamicSharedMemorySize,
                                         static_cast<int>(smem)));
     const Branch fg{k_f.data_ptr(), v_f.data_ptr(), valid_f.data_ptr<bool>(), o_f.data_ptr()};
     const Branch bg{k_b.data_ptr(), v_b.data_ptr(), valid_b.data_ptr<bool>(), o_b.data_ptr()};
     forward_kernel<scalar_t><<<grid, kWarps * 32, smem, stream>>>(
-        q.data_ptr<scalar_t>(), fg, bg, lse.data_ptr<float>(), part.data_ptr<float>(), lq, lk,
+        static_cast<const scalar_t*>(q.data_ptr()), fg, bg, lse.data_ptr<float>(), part.data_ptr<float>(), lq, lk,
         static_cast<int>(batch), static_cast<int>(heads), static_cast<int>(nq), static_cast<int>(m),
         static_cast<int>(dim), static_cast<int>(row_start), scale);
     C10_CUDA_KERNEL_LAUNCH_CHECK();
-  });
+  };
+  switch (q.scalar_type()) {
+    case torch::kFloat: launch(float{}); break;
+    case torch::kHalf: launch(c10::Half{}); break;
+    case torch::kBFloat16: launch(c10::BFloat16{}); break;
+    default: TORCH_CHECK(false, "fba._C_cuda.cross_attention_forward: dtype ", q.scalar_type(),
+                         " (float32, float16, bfloat16 only)");
+  }
   return {o_f, o_b, part.sum(1), lse};
 }
