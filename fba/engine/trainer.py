@@ -1,7 +1,8 @@
 """``fba train``: FBA trained with a DeepSpeed engine on every run, one process or many.
 
 Launch: one process (``fba train -c ...``, the distributed environment is filled in: rank 0 of 1), several on
-one node or several nodes (``torchrun`` / ``deepspeed`` set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*). The
+one node or several nodes (``torchrun --nproc_per_node 8 -m fba.cli train -c ...`` or
+``deepspeed --module fba.cli train -c ...``: they set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*). The
 engine runs ZeRO ``train.zero_stage`` (default 2) with ``train.precision``: bf16 where the device has it (and
 on the CPU), fp16 with dynamic loss scaling on GPUs without bf16, or fp32. On the CPU the backend is gloo, the
 optimiser torch's Adam, and DeepSpeed's shared-memory collective (a 100 s C++ build) is switched off.
@@ -425,18 +426,23 @@ def train(cfg: Config, resume: bool = False, stop_after_epochs: int | None = Non
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", required=True, help="YAML config, e.g. configs/dukemtmc.yaml")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
+    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.pooling=false solver.epochs=10")
 
 
 def run(args: argparse.Namespace) -> int:
+    from fba.data import CaptionError, DatasetError
+
+    if args.local_rank is not None:  # the `deepspeed` launcher passes --local_rank; torchrun sets LOCAL_RANK
+        os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
         cfg = load_config(args.config, args.overrides)
-        check_trainable(cfg)
-    except ConfigError as err:
+        result = train(cfg, resume=args.resume)
+    except (ConfigError, DatasetError, CaptionError) as err:
         raise SystemExit(f"fba train: {err}") from None
-    result = train(cfg, resume=args.resume)
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(f"model: {result.model_path}\nmetrics log: {result.metrics_path}")
-        if result.final_metrics:
-            print(", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in result.final_metrics.items()))
+    if dist.is_initialized() and dist.get_rank() != 0:
+        return 0
+    print(f"model: {result.model_path}\nmetrics log: {result.metrics_path}")
+    if result.final_metrics:
+        print(", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in result.final_metrics.items()))
     return 0
