@@ -137,26 +137,31 @@ class RetrievalEval:
 
         return build_eval_loader(self.cfg, items)
 
-    def run(self, embedder: Embedder, progress: bool = True, metric: str = "cosine", rerank: bool | None = None) -> dict:
-        from fba.engine.evaluator import evaluate_features
-
+    def embed(self, embedder: Embedder, progress: bool = True) -> dict:
+        """``{"query": (features, pids, camids), "gallery": (...), "feature": "full" | "image"}``."""
         full = self.cfg.eval.feature == "full" and embedder.uses_captions
-        features, ids = {}, {}
+        result: dict = {"feature": "full" if full else "image"}
         for split in ("query", "gallery"):
             items = self.dataset.split(split)
             bank = self.banks[split] if full else None
             if full and bank is None:
                 raise ValueError(f"eval.feature=full needs the {split} captions")
-            features[split] = embedder.embed_loader(
+            features = embedder.embed_loader(
                 self._loader(items, embedder.device), bank, total=len(items), desc=f"embed {split}", progress=progress
             )
-            ids[split] = (np.array([pid for _, pid, _ in items]), np.array([cam for _, _, cam in items]))
+            result[split] = (features, np.array([pid for _, pid, _ in items]), np.array([cam for _, _, cam in items]))
+        return result
+
+    def run(self, embedder: Embedder, progress: bool = True, metric: str = "cosine", rerank: bool | None = None) -> dict:
+        from fba.engine.evaluator import evaluate_features
+
+        embedded = self.embed(embedder, progress)
+        (qf, q_pids, q_cams), (gf, g_pids, g_cams) = embedded["query"], embedded["gallery"]
         metrics = evaluate_features(
-            features["query"], features["gallery"], ids["query"][0], ids["gallery"][0], ids["query"][1],
-            ids["gallery"][1], metric=metric, rerank=self.cfg.eval.rerank if rerank is None else rerank,
-            max_rank=self.cfg.eval.max_rank,
+            qf, gf, q_pids, g_pids, q_cams, g_cams, metric=metric,
+            rerank=self.cfg.eval.rerank if rerank is None else rerank, max_rank=self.cfg.eval.max_rank,
         )
-        metrics["feature"] = "full" if full else "image"
+        metrics["feature"] = embedded["feature"]
         return metrics
 
 
