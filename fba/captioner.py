@@ -171,6 +171,7 @@ class LlavaCaptioner:
         processor: Any,
         max_new_tokens: tuple[int, int] = (DEFAULT_MAX_NEW_TOKENS_FG, DEFAULT_MAX_NEW_TOKENS_BG),
         prompts: tuple[str, str] = (FG_PROMPT, BG_PROMPT),
+        static_cache: bool = False,
     ):
         if min(max_new_tokens) < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -181,6 +182,7 @@ class LlavaCaptioner:
         if tokenizer.pad_token is None:
             tokenizer.pad_token = tokenizer.eos_token or tokenizer.unk_token
         self.max_new_tokens = max_new_tokens
+        self.static_cache = static_cache
         self.texts = tuple(build_prompt(processor, prompt) for prompt in prompts)
         self.fill = tuple(round(255 * m) for m in processor.image_processor.image_mean)
         self.suppress = [processor.image_token_id] if getattr(processor, "image_token_id", None) is not None else None
@@ -193,6 +195,7 @@ class LlavaCaptioner:
         dtype: str = "auto",
         allow_download: bool = False,
         max_new_tokens: tuple[int, int] = (DEFAULT_MAX_NEW_TOKENS_FG, DEFAULT_MAX_NEW_TOKENS_BG),
+        static_cache: bool = False,
     ) -> LlavaCaptioner:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
@@ -209,7 +212,7 @@ class LlavaCaptioner:
             )
             raise CaptionError(f"cannot load a LLaVA model from {model!r}: {err}{hint}") from err
         logger.info("loaded %s on %s in %s", model, dev, torch_dtype)
-        return cls(network.to(dev), processor, max_new_tokens)
+        return cls(network.to(dev), processor, max_new_tokens, static_cache=static_cache)
 
     def caption(self, images: Sequence[ImageRef]) -> list[Caption]:
         from fba.data.transforms import read_image
@@ -254,6 +257,8 @@ class LlavaCaptioner:
             options["min_new_tokens"] = min_new_tokens
         if self.suppress:
             options["suppress_tokens"] = self.suppress
+        if self.static_cache:
+            options["cache_implementation"] = "static"  # transformers then compiles the decode step on GPU
         with torch.inference_mode():
             out = self.model.generate(**inputs, pad_token_id=self.processor.tokenizer.pad_token_id, **options)
         return out[:, inputs["input_ids"].shape[1] :].tolist()
@@ -292,7 +297,8 @@ class TemplateCaptioner:
 
 def build_llava(args: argparse.Namespace) -> Captioner:
     return LlavaCaptioner.load(
-        args.model, args.device, args.dtype, args.allow_download, (args.max_new_tokens, args.max_new_tokens_bg)
+        args.model, args.device, args.dtype, args.allow_download, (args.max_new_tokens, args.max_new_tokens_bg),
+        static_cache=args.static_cache,
     )
 
 
@@ -330,6 +336,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                         help="auto: bf16 on GPU, fp32 on CPU")
+    parser.add_argument("--static-cache", action="store_true",
+                        help="static KV cache, so transformers compiles the decode step (GPU; first batches compile)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

@@ -268,3 +268,22 @@ def test_missing_model_folder_is_a_clear_error(market_root: Path, tmp_path: Path
     missing = tmp_path / "no_such_model"
     with pytest.raises(CaptionError, match=r"no_such_model.*--allow-download"):
         caption_cli(market_root, tmp_path / "c.jsonl", "--model", str(missing), "--device", "cpu")
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="bf16 captioning on GPU needs CUDA")
+def test_gpu_captions_in_bf16(llava_dir: Path, market_root: Path, tmp_path: Path) -> None:
+    import torch
+
+    captioner = LlavaCaptioner.load(str(llava_dir), max_new_tokens=(6, 5))
+    assert captioner.model.device.type == "cuda" and captioner.model.dtype == torch.bfloat16
+    out = tmp_path / "captions.jsonl"
+    assert caption_cli(market_root, out, "--model", str(llava_dir), "--batch-size", "4", "--max-new-tokens", "6") == 0
+    assert len(CaptionStore.load(out)) == len(dataset_images(build_dataset("market1501", market_root)))
+
+
+@pytest.mark.skipif(not __import__("torch").cuda.is_available(), reason="the compiled static-cache decode runs on CUDA")
+def test_gpu_static_cache_gives_the_dynamic_cache_captions(llava_dir: Path, market_root: Path) -> None:
+    images = dataset_images(build_dataset("market1501", market_root))[:5]
+    dynamic = LlavaCaptioner.load(str(llava_dir), dtype="fp32", max_new_tokens=(6, 5))
+    static = LlavaCaptioner.load(str(llava_dir), dtype="fp32", max_new_tokens=(6, 5), static_cache=True)
+    assert static.caption(images[:3]) + static.caption(images[3:]) == dynamic.caption(images)  # 2nd: a smaller batch
