@@ -27,6 +27,7 @@ import dataclasses
 import logging
 import os
 import random
+import shutil
 import socket
 import time
 import warnings
@@ -252,6 +253,8 @@ class Trainer:
         resumed = self._resume() if resume else False
         if not resumed:
             seed_everything(cfg.train.seed * 1000 + env.rank)  # augmentation streams differ between ranks
+            if env.rank == 0:
+                self._clear_earlier_run()
         self.logger = RunLogger(self.output_dir, env.rank, resume_step=self.step if resumed else None)
 
     def _resume(self) -> bool:
@@ -269,6 +272,14 @@ class Trainer:
         if self.env.rank == 0:
             print(f"resumed from {self.checkpoint_dir / tag} (epoch {self.start_epoch}, step {self.step})")
         return True
+
+    def _clear_earlier_run(self) -> None:
+        """A fresh run replaces what an earlier run left in the same output folder, as it replaces model.pt."""
+        if not self.checkpoint_dir.is_dir():
+            return
+        shutil.rmtree(self.checkpoint_dir)
+        (self.output_dir / "best_model.pt").unlink(missing_ok=True)
+        print(f"fresh run in {self.output_dir}: removed an earlier run's checkpoints (--resume continues one)")
 
     @property
     def module(self) -> torch.nn.Module:

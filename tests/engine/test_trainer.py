@@ -45,6 +45,11 @@ def test_one_epoch_lowers_the_loss_and_writes_everything(tiny_root, tmp_path):
     model, saved_cfg = load_model(result.model_path)
     assert saved_cfg.to_dict()["data"] == cfg.to_dict()["data"] and not model.training
 
+    (result.output_dir / "checkpoints" / "epoch_0007").mkdir()  # left by an earlier, longer run
+    again = train(cfg)
+    assert len(_records(again.metrics_path)[0]) == 4
+    assert sorted(p.name for p in (again.output_dir / "checkpoints").glob("epoch_*")) == ["epoch_0001"]
+
 
 def test_resume_continues_exactly_like_an_unbroken_run(tiny_root, tmp_path):
     unbroken = train(tiny_config(tiny_root, tmp_path / "unbroken"))
