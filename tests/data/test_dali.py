@@ -210,3 +210,19 @@ def test_a_bad_file_is_named(items, tmp_path, damage):
     loader = build_dali_eval_loader(_cfg(eval_batch_size=4), broken, device_id=None)
     with pytest.raises(ImageReadError, match="bad.jpg"):
         list(loader)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="DALI on the GPU (nvJPEG, device='mixed') needs CUDA")
+def test_gpu_pipeline_matches_the_cpu_pipeline(items):
+    """Not run where this was written (no GPU with DALI): the bounds leave room for nvJPEG's own IDCT/upsampling."""
+    cfg = _cfg(height=96, width=32, eval_batch_size=7)
+    cpu = torch.cat([b["images"] for b in build_dali_eval_loader(cfg, items, device_id=None)])
+    gpu_batches = list(build_dali_eval_loader(cfg, items, device_id=torch.cuda.current_device()))
+    assert all(b["images"].is_cuda for b in gpu_batches)
+    diff = (torch.cat([b["images"] for b in gpu_batches]).cpu() - cpu).abs()
+    assert diff.mean() < 0.02 and diff.flatten().quantile(0.99) < 10 * GREY_LEVEL
+    train = build_dali_train_loader(_cfg(seed=3), items, device_id=torch.cuda.current_device())
+    reference = build_train_loader(_cfg(seed=3), items)
+    for a, b in zip(train, reference):
+        assert a["images"].is_cuda and a["images"].shape == b["images"].shape
+        assert torch.equal(a["index"], b["index"]) and torch.equal(a["pids"], b["pids"])
