@@ -287,3 +287,38 @@ def test_gpu_static_cache_gives_the_dynamic_cache_captions(llava_dir: Path, mark
     dynamic = LlavaCaptioner.load(str(llava_dir), dtype="fp32", max_new_tokens=(6, 5))
     static = LlavaCaptioner.load(str(llava_dir), dtype="fp32", max_new_tokens=(6, 5), static_cache=True)
     assert static.caption(images[:3]) + static.caption(images[3:]) == dynamic.caption(images)  # 2nd: a smaller batch
+
+
+@pytest.fixture(scope="module")
+def synthetic_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from fba.data.synthetic import generate
+
+    root = tmp_path_factory.mktemp("synthetic")
+    generate(root, ids=4, cams=2, per_camera=2, height=32, width=16, progress=False, overwrite=True)
+    return root
+
+
+def test_template_backend_rebuilds_the_generators_captions_and_resumes(synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "captions.jsonl"
+    generated = (synthetic_root / "captions.jsonl").read_text(encoding="utf-8").splitlines(keepends=True)
+    out.write_text("".join(generated[:5]) + generated[5][:-30], encoding="utf-8")  # a run killed mid-line
+    args = ["caption", "--dataset", "synthetic", "--root", str(synthetic_root), "--out", str(out), "--no-progress"]
+    assert main([*args, "--backend", "template"]) == 0
+    assert out.read_text(encoding="utf-8").splitlines(keepends=True)[:5] == generated[:5]
+    assert sorted(out.read_text(encoding="utf-8").splitlines()) == sorted(line.rstrip("\n") for line in generated)
+
+
+def test_llava_backend_captions_the_synthetic_set(llava_dir: Path, synthetic_root: Path, tmp_path: Path) -> None:
+    out = tmp_path / "captions.jsonl"
+    assert main(["caption", "--dataset", "synthetic", "--root", str(synthetic_root), "--out", str(out), "--no-progress",
+                 "--model", str(llava_dir), "--batch-size", "8", "--max-new-tokens", "4", "--max-new-tokens-bg", "4",
+                 "--device", "cpu"]) == 0
+    dataset = build_dataset("synthetic", synthetic_root)
+    store = CaptionStore.load(out)
+    assert set(store) == set(CaptionStore.load(synthetic_root / "captions.jsonl"))
+    attach_captions(dataset, store)
+
+
+def test_template_backend_without_attributes_names_the_file(market_root: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"market/attributes.jsonl does not exist"):
+        caption_cli(market_root, tmp_path / "c.jsonl", "--backend", "template")
