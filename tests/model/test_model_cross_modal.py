@@ -162,18 +162,26 @@ def test_pooling_output_and_attention_maps():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device (fused cross-attention path)")
-@pytest.mark.parametrize("dtype, tol", [(torch.float32, 1e-4), (torch.bfloat16, 5e-2)])
-def test_cuda_module_matches_cpu_reference(dtype, tol):
-    """The module on CUDA (fused kernels where the dispatcher picks them) against the CPU reference path."""
+@pytest.mark.parametrize("dtype, tol, mask_tol", [(torch.float32, 1e-4, 1e-3), (torch.bfloat16, 5e-2, 1e-1)])
+def test_cuda_module_matches_cpu_reference(dtype, tol, mask_tol):
+    """The module on CUDA (fused kernels where the dispatcher picks them) against the CPU reference path.
+
+    The pooling mask min-max scales the column similarities, which multiplies errors by 1 / (max s - min s);
+    larger q/k projections make the attention peaked enough for that spread to be >= 0.01 here."""
     module = make_module(pooling=True)
+    with torch.no_grad():
+        module.cross.q_proj.weight.mul_(10)
+        module.cross.kv_proj.weight.mul_(10)
     image, fg, bg = make_inputs(seed=4)
     with torch.no_grad():
         want = module(image, fg, bg)
         cuda = module.cuda()
         with torch.autocast("cuda", dtype=torch.bfloat16, enabled=dtype == torch.bfloat16):
             got = cuda(image.cuda(), fg.to("cuda"), bg.to("cuda"))
-    for name in ("fg_img", "fg_txt", "bg_img", "bg_txt", "pool_mask"):
+    for name in ("fg_img", "bg_img", "bg_txt"):
         torch.testing.assert_close(getattr(got, name).float().cpu(), getattr(want, name), rtol=tol, atol=tol)
+    for name in ("pool_mask", "fg_txt"):
+        torch.testing.assert_close(getattr(got, name).float().cpu(), getattr(want, name), rtol=mask_tol, atol=mask_tol)
 
 
 def test_pool_grad_reaches_the_mask_only_when_asked():
