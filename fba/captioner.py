@@ -329,10 +329,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="local folder of a LLaVA-style model (or a hub id already cached / with --allow-download)")
     parser.add_argument("--allow-download", action="store_true", help="let transformers fetch --model from the hub")
-    parser.add_argument("--out", default=None, help="JSON Lines output (default: <root>/captions.jsonl); resumed if present")
+    parser.add_argument("--out", default=None,
+                        help="JSON Lines output (default: <root>/captions.jsonl); resumed if present")
     parser.add_argument("--batch-size", type=int, default=16, help="images per generate call (2x rows: fg and bg)")
     parser.add_argument("--max-new-tokens", type=int, default=DEFAULT_MAX_NEW_TOKENS_FG, help="token limit, fg caption")
-    parser.add_argument("--max-new-tokens-bg", type=int, default=DEFAULT_MAX_NEW_TOKENS_BG, help="token limit, bg caption")
+    parser.add_argument("--max-new-tokens-bg", type=int, default=DEFAULT_MAX_NEW_TOKENS_BG,
+                        help="token limit, bg caption")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1, ...")
     parser.add_argument("--dtype", choices=("auto", "bf16", "fp16", "fp32"), default="auto",
                         help="auto: bf16 on GPU, fp32 on CPU")

@@ -37,7 +37,7 @@ EXTRA_WORDS = "USER: ASSISTANT: a man woman red blue black coat bag car tree wal
 
 
 def tiny_llava(folder: Path, chat_template: str | None = None) -> Path:
-    """A LLaVA-1.5-shaped model with a 2-layer CLIP tower (28x28, 4 patches) and a 2-layer Llama, saved to ``folder``."""
+    """A LLaVA-1.5-shaped model, 2-layer CLIP tower (28x28, 4 patches) and 2-layer Llama, saved to ``folder``."""
     import torch
     from tokenizers import Tokenizer, models, pre_tokenizers, trainers
     from transformers import (
@@ -190,7 +190,9 @@ def test_empty_answer_is_retried_then_an_error(llava_dir: Path, market_root: Pat
         captioner.caption(images)
 
 
-def test_cli_captions_every_image_once_in_the_spec_format(llava_chat_dir: Path, market_root: Path, tmp_path: Path) -> None:
+def test_cli_captions_every_image_once_in_the_spec_format(
+    llava_chat_dir: Path, market_root: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "captions.jsonl"
     assert llava_cli(market_root, out, llava_chat_dir) == 0
     dataset = build_dataset("market1501", market_root)
@@ -241,7 +243,8 @@ def test_interrupted_run_resumes_without_duplicates_or_gaps(market_root: Path, t
     assert done == {key for key, _ in images[:6]}  # two whole batches written, the third lost
 
     rest = FailAfter(len(images))
-    assert caption_images([i for i in images if i[0] not in done], rest, out, batch_size=3, progress=False) == len(images) - 6
+    todo = [image for image in images if image[0] not in done]
+    assert caption_images(todo, rest, out, batch_size=3, progress=False) == len(images) - 6
     assert rest.seen == [key for key, _ in images[6:]]
     store = CaptionStore.load(out)  # raises on a duplicate
     assert list(store) == [key for key, _ in images]
