@@ -1,0 +1,53 @@
+import json
+
+import pytest
+from PIL import Image
+
+from fba.ablate import ROWS, ablation_table
+from fba.demo import metrics_table, run_demo
+
+
+@pytest.mark.slow
+def test_demo_writes_metrics_and_pictures(tmp_path):
+    out = tmp_path / "demo"
+    summary = run_demo(out, tmp_path / "data", ids=8, cams=2, seed=0, config=_config(),
+                       overrides=["solver.epochs=1", "solver.warmup_epochs=1", "data.batch_size=16",
+                                  "data.num_workers=0", "train.eval_every=1"])
+    for name in ("rank_list.png", "attention.png", "loss_curves.png"):
+        with Image.open(out / name) as image:
+            assert image.size[0] > 100 and image.size[1] > 100
+    table = (out / "metrics.md").read_text()
+    assert "untrained" in table and "trained" in table and "mAP" in table
+    saved = json.loads((out / "metrics.json").read_text())
+    assert saved["feature"] == "full"
+    assert 0 <= saved["untrained"]["mAP"] <= 100 and 0 <= saved["trained"]["mAP"] <= 100
+    assert saved == summary | {"minutes": saved["minutes"]}
+
+
+def _config():
+    from fba.demo import DEMO_CONFIG
+
+    return DEMO_CONFIG
+
+
+def test_metrics_table_puts_untrained_and_trained_side_by_side():
+    untrained = {"mAP": 0.1, "cmc": [0.2] * 10, "mINP": 0.05}
+    trained = {"mAP": 0.5, "cmc": [0.6, 0.7, 0.8, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.95], "mINP": 0.3}
+    lines = metrics_table(untrained, trained).splitlines()
+    assert lines[2].split("|")[1:4] == [" mAP      ", "     10.00 ", "   50.00 "]
+    assert lines[5].split("|")[2:4] == ["     20.00 ", "   95.00 "]  # Rank-10 reads cmc[9]
+
+
+def test_ablation_rows_follow_table_3_and_table_marks_switches():
+    assert [switches for _, switches in ROWS] == [
+        {"cross_modal": False, "diversity": False, "pooling": False},
+        {"cross_modal": True, "diversity": False, "pooling": False},
+        {"cross_modal": True, "diversity": True, "pooling": False},
+        {"cross_modal": True, "diversity": True, "pooling": True},
+    ]
+    metrics = {"eval/mAP": 12.34, "eval/R1": 50.0, "eval/R5": 60.0, "eval/R10": 70.0, "eval/mINP": 5.0}
+    results = [{"row": name, "switches": s, "metrics": metrics, "feature": "image", "minutes": 1.0} for name, s in ROWS]
+    lines = ablation_table(results).splitlines()
+    assert len(lines) == 2 + len(ROWS)
+    assert lines[2].count("✓") == 0 and lines[5].count("✓") == 3
+    assert "| 12.3 | 50.0 |" in lines[3]
