@@ -105,10 +105,10 @@ class Embedder:
             raise ValueError("the loader gave no images to embed")
         index = torch.cat([i for i, _ in rows])
         features = torch.cat([f for _, f in rows])
+        if not torch.equal(torch.sort(index).values, torch.arange(len(index))):
+            raise ValueError("the loader's batch indices do not cover the items exactly once")
         out = torch.empty_like(features)
         out[index] = features
-        if len(index) != len(torch.unique(index)) or int(index.max()) != len(index) - 1:
-            raise ValueError("the loader's batch indices do not cover the items exactly once")
         return out
 
 
