@@ -5,7 +5,7 @@ to build for the GPU or for the CPU interpreter (``TRITON_INTERPRET=1``), and te
 
 Forward: one program per (query-row tile, image). It loops over the heads and both caption branches, so it
 holds the head-sum of the fg and bg probabilities of its tile in registers; the tile's column sums go to a
-per-tile partial buffer that ``torch.sum`` reduces (deterministic, and autotune may re-run the kernel freely).
+partial buffer that ``torch.sum`` reduces (deterministic, and autotune may re-run the kernel freely).
 A caption has at most 128 tokens, so one softmax row fits one tile: no online rescaling. The row
 log-sum-exp is kept for the backward, which recomputes ``P = exp(S - lse)`` (flash attention style).
 
@@ -58,7 +58,7 @@ def _forward_kernel(
     Q, KF, VF, KB, VB, BIAS_F, BIAS_B, OF, OB, LSE, PART,
     sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, so_b, so_h, so_n,
     H, NQ, M, D, N_PART, row_start, scale,
-    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, F32: tl.constexpr,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, F32: tl.constexpr, PART_ROWS: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     b = tl.program_id(1)
@@ -86,10 +86,17 @@ def _forward_kernel(
     keep = (row_ok & (offs_n >= row_start))[:, None]
     w_f = tl.where(keep, w_f / H, 0.0)
     w_b = tl.where(keep, w_b / H, 0.0)
-    part = PART + ((b * N_PART + pid_n) * 3) * M + offs_m
+    # Slots are PART_ROWS rows wide whatever BLOCK_N is: a program fills its first slot and zeroes the others it
+    # covers, so every slot is written once per launch (no zero-fill, nothing left from an autotune trial).
+    slot = pid_n * (BLOCK_N // PART_ROWS)
+    part = PART + ((b * N_PART + slot) * 3) * M + offs_m
     tl.store(part, tl.sum(w_f * w_b, axis=0), mask=col_ok)
     tl.store(part + M, tl.sum(w_f * w_f, axis=0), mask=col_ok)
     tl.store(part + 2 * M, tl.sum(w_b * w_b, axis=0), mask=col_ok)
+    for extra in tl.static_range(1, BLOCK_N // PART_ROWS):
+        zero_ok = col_ok & (slot + extra < N_PART)
+        for c in tl.static_range(3):
+            tl.store(part + (extra * 3 + c) * M, tl.zeros([BLOCK_M], dtype=tl.float32), mask=zero_ok)
 
 
 @triton.jit
@@ -147,20 +154,28 @@ def _backward_kernel(
     tl.store(DV + dkv, dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
-def _configs(block_ns, warps, stages):
-    return [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s) for n in block_ns for w in warps for s in stages]
+def _configs(shapes, stages):
+    return [triton.Config({"BLOCK_N": n}, num_warps=w, num_stages=s) for n, w in shapes for s in stages]
 
 
+# (BLOCK_N, num_warps) pairs whose sm_90 builds spill little or nothing (ptxas, bf16, M=77, d=64): a 128-key
+# tile of k or v alone is 64 pointers per thread at 4 warps, so wide row tiles need 8 warps.
 AUTOTUNE = not INTERPRET and os.environ.get("FBA_TRITON_AUTOTUNE", "1") != "0"
 if AUTOTUNE:
-    _forward = triton.autotune(_configs([32, 64], [4, 8], [1]), key=["H", "NQ", "M", "D", "F32"])(_forward_kernel)
+    _forward = triton.autotune(
+        _configs([(16, 4), (16, 8), (32, 8), (64, 8)], [1]), key=["H", "NQ", "M", "D", "F32"]
+    )(_forward_kernel)
     _backward = triton.autotune(
-        _configs([32, 64], [4, 8], [1, 2]), key=["H", "NQ", "M", "D", "F32", "ACCUMULATE"]
+        _configs([(16, 4), (32, 8), (64, 8)], [1, 2]), key=["H", "NQ", "M", "D", "F32", "ACCUMULATE"]
     )(_backward_kernel)
-    FIXED = {}
-else:  # the interpreter cannot autotune; FBA_TRITON_AUTOTUNE=0 skips the search (quick GPU test runs)
+    FORWARD_CONFIG = BACKWARD_CONFIG = {}
+elif INTERPRET:  # the interpreter cannot autotune
     _forward, _backward = _forward_kernel, _backward_kernel
-    FIXED = {"BLOCK_N": MIN_BLOCK_N} if INTERPRET else {"BLOCK_N": 32, "num_warps": 4}
+    FORWARD_CONFIG = BACKWARD_CONFIG = {"BLOCK_N": MIN_BLOCK_N}
+else:  # FBA_TRITON_AUTOTUNE=0: no search (quick GPU test runs)
+    _forward, _backward = _forward_kernel, _backward_kernel
+    FORWARD_CONFIG = {"BLOCK_N": 16, "num_warps": 8}
+    BACKWARD_CONFIG = {"BLOCK_N": 32, "num_warps": 8}
 
 
 def _empty(shape, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -191,14 +206,14 @@ def forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start: int):
     o_b = _empty((batch, heads, nq, dim), q.dtype, q.device)
     lse = _empty((2, batch, heads, nq), torch.float32, q.device)
     n_part = triton.cdiv(nq, MIN_BLOCK_N)
-    part = torch.zeros((batch, n_part, 3, m), dtype=torch.float32, device=q.device)
+    part = _empty((batch, n_part, 3, m), torch.float32, q.device)
     grid = lambda meta: (triton.cdiv(nq, meta["BLOCK_N"]), batch)  # noqa: E731
     _forward[grid](
         q, k_f, v_f, k_b, v_b, _bias(valid_f), _bias(valid_b), o_f, o_b, lse, part,
         q.stride(0), q.stride(1), q.stride(2), k_f.stride(0), k_f.stride(1), k_f.stride(2),
         o_f.stride(0), o_f.stride(1), o_f.stride(2),
         heads, nq, m, dim, n_part, row_start, dim ** -0.5,
-        BLOCK_M=_block(m), BLOCK_D=_block(dim), F32=_exact(q.dtype), **FIXED,
+        BLOCK_M=_block(m), BLOCK_D=_block(dim), F32=_exact(q.dtype), PART_ROWS=MIN_BLOCK_N, **FORWARD_CONFIG,
     )
     return o_f, o_b, part.sum(1), lse
 
@@ -224,7 +239,7 @@ def backward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse, do_f, do_b)
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2),
             dk.stride(0), dk.stride(1), dk.stride(2), heads, nq, m, dim, dim ** -0.5,
-            BLOCK_M=_block(m), BLOCK_D=_block(dim), F32=_exact(q.dtype), ACCUMULATE=bool(accumulate), **FIXED,
+            BLOCK_M=_block(m), BLOCK_D=_block(dim), F32=_exact(q.dtype), ACCUMULATE=bool(accumulate), **BACKWARD_CONFIG,
         )
         grads += [dk, dv]
     return (dq, *grads)

@@ -68,6 +68,23 @@ def test_triton_matches_reference_fp32(case, poisoned, device):
         assert rel_err(g, w) <= 1e-5, f"{name}: relative error {rel_err(g, w):.2e}"
 
 
+def test_triton_wider_row_tiles_fill_every_stats_slot(poisoned, device, monkeypatch):
+    """Row tiles of 32 cover two 16-row stats slots: the second must be zeroed, the last one past Nq left alone."""
+    from fba.kernels import cross_attention_triton as tri
+
+    monkeypatch.setattr(tri, "_forward", tri._forward_kernel)
+    monkeypatch.setattr(tri, "_backward", tri._backward_kernel)
+    monkeypatch.setattr(tri, "FORWARD_CONFIG", {"BLOCK_N": 32})
+    monkeypatch.setattr(tri, "BACKWARD_CONFIG", {"BLOCK_N": 32})
+    tensors, valid = make_inputs(2, 2, 37, 10, 16, device=device, seed=21)
+    grad_outs = [torch.randn(tensors[0].shape, dtype=torch.float64, device=device) for _ in range(2)]
+    got = run(cross_attention.fused, tensors, valid, 1, grad_outs)
+    want = run(cross_attention.reference, tensors, valid, 1, grad_outs)
+    for name, g, w in zip(NAMES, got, want):
+        assert torch.isfinite(g).all(), f"{name} has unwritten (NaN) or non-finite elements"
+        assert rel_err(g, w) <= 1e-5, f"{name}: relative error {rel_err(g, w):.2e}"
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_triton_low_precision_within_twice_pytorch_error(dtype, poisoned, device):
     """flash-attention's rule: error vs an fp64 reference at most 2x that of PyTorch in the same dtype (+ a floor)."""
