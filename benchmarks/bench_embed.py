@@ -1,0 +1,185 @@
+"""Retrieval embedding through ``fba embed``'s engine (:class:`fba.engine.embedder.Embedder`): latency and throughput.
+
+    python -m benchmarks.bench_embed            # paper size: ViT-B/16, 384x128, stride 12, bf16, batches 1/32/256
+    python -m benchmarks.bench_embed --smoke    # tiny model, 64x32 images, batches 1/4/8 (CPU, make test)
+
+Each case is one ``Embedder.embed`` call per batch, timed on the host as a caller sees it: the pinned host images
+are copied in, the features come back to the host as float32 (so every call ends in a sync). Latency p50/p99 at
+batch 1 and 32, throughput (images / median call) at every batch. Inputs:
+
+- ``image``: the image-only feature (post-BN CLS);
+- ``captions``: the full feature with both captions as CLIP token ids, the frozen text tower in the call;
+- ``captions-cached``: the full feature with the tower's outputs precomputed (``model.text_cache``).
+
+Variants: ``eager-autocast`` (fp32 weights under bf16 autocast: a model as ``load_model`` returns it),
+``eager-bf16`` (weights cast to bf16 once: no per-call weight casts), ``compiled`` (bf16 weights, ``model.extract``
+through ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs on a GPU; CUDA only by default, the
+compilation time is a column). FLOPs from :func:`fba.flops.extract_flops`.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+import traceback
+from dataclasses import asdict, dataclass
+
+import torch
+
+from benchmarks.bench_train_step import (
+    build_bench_model,
+    free_memory,
+    matmul_peak_tflops,
+    resolve_kernel,
+    synthetic_captions,
+)
+from benchmarks.common import device_name, format_table, write_results
+from fba.engine.embedder import Embedder
+from fba.engine.text_bank import TextBank
+from fba.flops import extract_flops, spec_peak_tflops
+
+BENCHMARK_KEY = "embed"
+INPUTS = ("image", "captions", "captions-cached")
+
+
+@dataclass(frozen=True)
+class EmbedShape:
+    arch: str
+    height: int
+    width: int
+    stride: int
+    batches: tuple[int, ...]
+    latency_iters: int  # timed calls at the latency batches (1 and 32): enough for a p99
+    throughput_iters: int  # timed calls at the largest batch
+    warmup: int
+    num_classes: int = 751
+
+
+PAPER = EmbedShape("ViT-B-16", 384, 128, 12, batches=(1, 32, 256), latency_iters=100, throughput_iters=10, warmup=3)
+SMOKE = EmbedShape("tiny", 64, 32, 12, batches=(1, 4, 8), latency_iters=3, throughput_iters=2, warmup=1,
+                   num_classes=16)
+
+
+@dataclass(frozen=True)
+class EmbedVariant:
+    name: str
+    bf16_weights: bool
+    compile: bool = False
+    inputs: tuple[str, ...] = INPUTS
+
+
+VARIANTS = {v.name: v for v in (
+    EmbedVariant("eager-autocast", bf16_weights=False),
+    EmbedVariant("eager-bf16", bf16_weights=True),
+    EmbedVariant("compiled", bf16_weights=True, compile=True, inputs=("image", "captions-cached")),
+)}
+
+
+def _percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
+
+
+def _text(bank: TextBank, kind: str, batch: int, dtype: torch.dtype):
+    if kind == "image":
+        return None
+    return bank.select(torch.arange(batch), dtype)
+
+
+def run_variant(variant: EmbedVariant, shape: EmbedShape, device: torch.device, peak: dict) -> list[dict]:
+    """All (input, batch) cases of one variant on one model; a failing case gives a row with its error."""
+    kernel = resolve_kernel("triton", device)
+    model_cfg, model = build_bench_model(shape, kernel, device)
+    model.eval()
+    dtype = torch.bfloat16
+    if variant.bf16_weights:
+        model.to(dtype)
+    embedder = Embedder(model, device, dtype)
+    most = max(shape.batches)
+    captions = (synthetic_captions(most, seed=3), synthetic_captions(most, seed=4))
+    tokens = TextBank(*(model.text_encoder.tokenize(c).to(device) for c in captions))
+    with torch.no_grad():
+        cached = TextBank(*(model.text_encoder(t) for t in (tokens.fg, tokens.bg)))
+    pin = device.type == "cuda"
+    host_images = torch.randn(most, 3, shape.height, shape.width, pin_memory=pin)
+    rows = []
+    for kind in variant.inputs:
+        if variant.compile:
+            torch._dynamo.reset()
+            model.extract = torch.compile(type(model).extract.__get__(model), mode="reduce-overhead")
+        for batch in shape.batches:
+            row = {"variant": variant.name, "input": kind, "batch": batch, "kernel": kernel}
+            try:
+                bank = cached if kind == "captions-cached" else tokens
+                text = _text(bank, kind, batch, embedder.param_dtype)
+                images = host_images[:batch]
+                start = time.perf_counter()
+                for _ in range(shape.warmup):
+                    embedder.embed(images, text)
+                row["warmup_s"] = time.perf_counter() - start
+                iters = shape.throughput_iters if batch == most else shape.latency_iters
+                times = []
+                for _ in range(iters):
+                    start = time.perf_counter()
+                    embedder.embed(images, text)
+                    times.append(1e3 * (time.perf_counter() - start))
+                p50 = statistics.median(times)
+                flops = extract_flops(model_cfg, (shape.height, shape.width), with_captions=kind != "image",
+                                      cached_text=kind == "captions-cached")
+                achieved = flops.total * batch / (p50 / 1e3) / 1e12
+                row.update({"p50_ms": p50, "p99_ms": _percentile(times, 0.99), "img_per_s": batch / (p50 / 1e3),
+                            "tflops": achieved, "mfu_spec": achieved / peak["spec"] if peak["spec"] else None,
+                            "mfu_measured": achieved / peak["measured"], "iters": iters, "status": "ok"})
+            except Exception as error:  # noqa: BLE001 - one broken case must not hide the others' numbers
+                traceback.print_exc()
+                row["status"] = f"error: {type(error).__name__}: {str(error)[:300]}"
+            rows.append(row)
+    if variant.compile:
+        torch._dynamo.reset()
+    return rows
+
+
+def run_benchmark(shape: EmbedShape, variants: list[str], device: torch.device) -> tuple[list[dict], dict]:
+    peak = {"spec": spec_peak_tflops(device_name(device.type)) if device.type == "cuda" else None,
+            "measured": matmul_peak_tflops(device)}
+    rows = []
+    for name in variants:
+        try:
+            rows.extend(run_variant(VARIANTS[name], shape, device, peak))
+        except Exception as error:  # noqa: BLE001
+            traceback.print_exc()
+            rows.append({"variant": name, "status": f"error: {type(error).__name__}: {str(error)[:300]}"})
+        free_memory(device)
+    config = {"shape": asdict(shape), "variants": {n: asdict(VARIANTS[n]) for n in variants}, "precision": "bf16",
+              "peak_tflops": {"spec_bf16_dense": peak["spec"], "measured_bf16_matmul": peak["measured"]},
+              "timing": "host wall clock per Embedder.embed call: pinned host images in, float32 features out"}
+    return rows, config
+
+
+COLUMNS = ("variant", "input", "batch", "p50_ms", "p99_ms", "img_per_s", "tflops", "mfu_spec", "warmup_s", "status")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny model, small images, few calls (CPU-sized)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
+                        help="default: all on CUDA; eager-autocast and eager-bf16 on the CPU")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--results-dir", default=None, help="where <device>.json goes (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    shape = SMOKE if args.smoke else PAPER
+    variants = args.variants or [n for n, v in VARIANTS.items() if device.type == "cuda" or not v.compile]
+    rows, config = run_benchmark(shape, variants, device)
+    print(f"FBA embedding (Embedder.embed) on {device_name(device.type)}: {shape.arch} {shape.height}x{shape.width} "
+          f"stride {shape.stride}, bf16")
+    print(format_table(rows, COLUMNS))
+    key = BENCHMARK_KEY + ("-smoke" if args.smoke else "")
+    path = write_results(key, rows, kind=device.type, config=config, directory=args.results_dir)
+    print(f"\nwrote {path} [{key}]")
+    return 0 if all(r.get("status") == "ok" for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,420 @@
+"""One FBA training step end to end: images/s, where the step's time goes, peak memory and MFU, variant by variant.
+
+    python -m benchmarks.bench_train_step            # paper size: ViT-B/16, 384x128, stride 12, batch 64 (16 x 4)
+    python -m benchmarks.bench_train_step --smoke    # tiny model, 64x32 images, batch 8, a few steps (CPU, make test)
+
+Variants, side by side in one run (``--variants`` picks some):
+
+=================== ==========================================================================================
+``eager-reference`` eager, ``model.kernel=reference``, caption token ids through the frozen text tower
+``+fused-kernels``  ``model.kernel=triton`` (CUDA only)
+``+cached-text``    ``TextFeatures`` precomputed (``model.text_cache``): no text tower in the step
+``+compile``        backbone and cross-modal module through ``torch.compile`` (fuses LayerNorm/GELU/casts)
+``+deepspeed``      the ``+cached-text`` step through a DeepSpeed engine (bf16, ZeRO-2), as ``fba train`` runs it
+=================== ==========================================================================================
+
+The eager variants keep fp32 weights, run the forward under bf16 autocast and step a (fused on CUDA) Adam; the
+DeepSpeed variant holds bf16 weights with fp32 master copies, as the trainer does. Inputs are synthetic but
+shaped as the trainer's: a pinned host batch copied to the device each step, P x K identities, and the captions
+of the batch gathered from a ``TextBank`` by index (the real JPEG/DALI input pipeline is ``bench_input``).
+
+Time split: marks at section boundaries, CUDA events on a GPU (read once after the timed steps: no host sync in
+the loop) and ``perf_counter`` on the CPU; forward hooks delimit the backbone, text tower and cross-modal module,
+a gradient hook on the backbone's output tokens splits the backward into "everything after the backbone"
+(losses, heads, cross-modal) and the backbone's own. MFU uses :mod:`fba.flops` (model FLOPs, stated in
+docs/performance.md) against the data-sheet bf16 dense peak and against a bf16 matmul peak measured in the run.
+"""
+from __future__ import annotations
+
+import argparse
+import contextlib
+import gc
+import statistics
+import sys
+import time
+import traceback
+import warnings
+from dataclasses import asdict, dataclass
+from typing import Callable
+
+import torch
+
+from benchmarks.common import device_name, format_table, write_results
+from fba.config import Config, ModelConfig
+from fba.engine.text_bank import TextBank
+from fba.flops import spec_peak_tflops, training_flops
+from fba.losses import FBALoss
+from fba.model import build_model
+
+BENCHMARK_KEY = "train_step"
+
+
+@dataclass(frozen=True)
+class Shape:
+    """Model and batch of one run; ``warmup`` steps (compilation, autotuning) are not timed."""
+
+    arch: str
+    height: int
+    width: int
+    stride: int
+    batch: int
+    num_instances: int
+    num_classes: int
+    warmup: int
+    steps: int
+
+
+PAPER = Shape("ViT-B-16", 384, 128, 12, batch=64, num_instances=4, num_classes=751, warmup=3, steps=20)
+SMOKE = Shape("tiny", 64, 32, 12, batch=8, num_instances=4, num_classes=16, warmup=1, steps=3)
+
+
+@dataclass(frozen=True)
+class Variant:
+    name: str
+    kernel: str = "reference"
+    cached_text: bool = False
+    compile: bool = False
+    deepspeed: bool = False
+
+
+VARIANTS = {v.name: v for v in (
+    Variant("eager-reference"),
+    Variant("+fused-kernels", kernel="triton"),
+    Variant("+cached-text", kernel="triton", cached_text=True),
+    Variant("+compile", kernel="triton", cached_text=True, compile=True),
+    Variant("+deepspeed", kernel="triton", cached_text=True, deepspeed=True),
+)}
+SMOKE_VARIANTS = ("eager-reference", "+cached-text", "+deepspeed")
+SECTIONS = ("data", "backbone_fwd", "text_fwd", "cross_modal_fwd", "heads_fwd", "loss_fwd", "after_backbone_bwd",
+            "backbone_bwd", "optimizer", "other")
+WORDS = ("a man woman person wearing red blue black white grey green jacket shirt dress jeans trousers backpack bag "
+         "hat shoes carrying holding walking standing near car bus tree bench door window street crowd bicycle sign "
+         "behind front left right partly covering the with and of in on").split()
+
+
+# ---- helpers shared with bench_embed ---------------------------------------------------------------------------
+
+def synthetic_captions(count: int, seed: int = 0, min_words: int = 4, max_words: int = 45) -> list[str]:
+    """Captions of varied length (a few words up to past the 77-token context), reproducible from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_words, max_words + 1, (count,), generator=gen).tolist()
+    picks = torch.randint(0, len(WORDS), (sum(lengths),), generator=gen).tolist()
+    captions, start = [], 0
+    for length in lengths:
+        captions.append(" ".join(WORDS[i] for i in picks[start:start + length]))
+        start += length
+    return captions
+
+
+def build_bench_model(shape: Shape, kernel: str, device: torch.device, **switches) -> tuple[ModelConfig, torch.nn.Module]:
+    """The FBA of ``shape`` with random weights (no checkpoint is read: speed does not depend on the values)."""
+    cfg = ModelConfig(arch=shape.arch, stride=shape.stride, kernel=kernel, **switches)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "model.pretrained is not set"
+        model = build_model(cfg, shape.num_classes, (shape.height, shape.width))
+    return cfg, model.to(device)
+
+
+def resolve_kernel(kernel: str, device: torch.device) -> str:
+    """Fused kernels exist for CUDA tensors only: on the CPU every variant runs the reference path."""
+    return kernel if device.type == "cuda" else "reference"
+
+
+class Marks:
+    """Labelled time points; a label names the section that *ends* at it. CUDA events on a GPU, else perf_counter."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.points: list[tuple[str, object]] = []
+
+    def mark(self, label: str) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.points.append((label, event))
+        else:
+            self.points.append((label, time.perf_counter()))
+
+    def clear(self) -> None:
+        self.points.clear()
+
+    def _ms(self, start, end) -> float:
+        return start.elapsed_time(end) if self.cuda else 1e3 * (end - start)
+
+    def steps(self) -> list[dict[str, float]]:
+        """Milliseconds per section label for each step (a step begins at a ``start`` mark)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        steps: list[dict[str, float]] = []
+        previous = None
+        for label, point in self.points:
+            if label == "start":
+                steps.append({})
+            elif previous is not None and steps:
+                steps[-1][label] = steps[-1].get(label, 0.0) + self._ms(previous, point)
+            previous = point
+        return steps
+
+
+def synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, size: int | None = None,
+                       repeat: int = 20) -> float:
+    """The bf16 dense matmul rate this device reaches in practice (TFLOP/s): the denominator of a fair MFU."""
+    size = size or (8192 if device.type == "cuda" else 512)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(repeat):
+        a @ b
+    synchronize(device)
+    return 2 * size**3 * repeat / (time.perf_counter() - start) / 1e12
+
+
+def count_host_syncs(fn: Callable[[], object], device: torch.device) -> int | None:
+    """How many synchronising CUDA calls ``fn`` makes (torch's sync debug mode); None on the CPU."""
+    if device.type != "cuda":
+        return None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+    return sum("synchronizing" in str(w.message) for w in caught)
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---- the training step -----------------------------------------------------------------------------------------
+
+@contextlib.contextmanager
+def section_hooks(model: torch.nn.Module, marks: Marks):
+    """Marks around the backbone, text tower and cross-modal module, and where the backbone's gradient arrives."""
+    handles = []
+
+    def around(module: torch.nn.Module | None, label: str) -> None:
+        if module is not None:
+            handles.append(module.register_forward_pre_hook(lambda *_: marks.mark("other")))
+            handles.append(module.register_forward_hook(lambda *_: marks.mark(label)))
+
+    def on_tokens(_module, _args, tokens: torch.Tensor) -> None:
+        if tokens.requires_grad:
+            tokens.register_hook(lambda _grad: marks.mark("after_backbone_bwd"))
+
+    around(model.backbone, "backbone_fwd")
+    around(model.text_encoder, "text_fwd")
+    around(model.cross_modal, "cross_modal_fwd")
+    handles.append(model.backbone.register_forward_hook(on_tokens))
+    try:
+        yield
+    finally:
+        for handle in handles:
+            handle.remove()
+
+
+def _pk_pids(shape: Shape) -> torch.Tensor:
+    identities = torch.randperm(shape.num_classes, generator=torch.Generator().manual_seed(1))
+    return identities[: shape.batch // shape.num_instances].repeat_interleave(shape.num_instances)
+
+
+def _text_bank(model, captions: tuple[list[str], list[str]], cached: bool, device: torch.device) -> TextBank:
+    """Token ids, or the frozen tower's features computed once (what ``model.text_cache`` gives a run)."""
+    tokens = [model.text_encoder.tokenize(c).to(device) for c in captions]
+    if cached:
+        with torch.no_grad():
+            features = [model.text_encoder(t) for t in tokens]
+        return TextBank(*(f._replace(states=f.states.to(torch.float16)) for f in features))
+    return TextBank(*tokens)
+
+
+def _deepspeed_engine(model, model_cfg: ModelConfig, shape: Shape, lr: float):
+    import deepspeed
+
+    from fba.engine.trainer import deepspeed_config, setup_distributed
+
+    setup_distributed()
+    cfg = Config(model=model_cfg)
+    cfg.data.batch_size = shape.batch
+    cfg.data.num_instances = shape.num_instances
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=lr, weight_decay=1e-4,
+                                 fused=next(model.parameters()).is_cuda)
+    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, "bf16"))
+    return engine
+
+
+def run_variant(variant: Variant, shape: Shape, device: torch.device, peaks: dict[str, float | None]) -> dict:
+    """Build the model for ``variant``, run warm-up and timed steps; one result row."""
+    kernel = resolve_kernel(variant.kernel, device)
+    row: dict = {"variant": variant.name, "kernel": kernel, "cached_text": variant.cached_text,
+                 "compile": variant.compile, "deepspeed": variant.deepspeed, "batch": shape.batch}
+    free_memory(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    setup_start = time.perf_counter()
+    model_cfg, model = build_bench_model(shape, kernel, device)
+    dtype = torch.bfloat16
+    captions = (synthetic_captions(4 * shape.batch, seed=1), synthetic_captions(4 * shape.batch, seed=2))
+    bank = _text_bank(model, captions, variant.cached_text, device)
+    criterion = FBALoss(Config().loss, model_cfg)
+    if variant.deepspeed:
+        engine = _deepspeed_engine(model, model_cfg, shape, lr=8e-5)
+        forward, backward, step = engine, engine.backward, engine.step
+        autocast = contextlib.nullcontext()
+    else:
+        optimizer = torch.optim.Adam(model.trainable_parameters(), lr=8e-5, weight_decay=1e-4,
+                                     fused=device.type == "cuda")
+        forward, backward = model, torch.Tensor.backward
+
+        def step() -> None:
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        autocast = torch.autocast(device.type, dtype=dtype)
+    if variant.compile:
+        model.backbone = torch.compile(model.backbone)
+        model.cross_modal = torch.compile(model.cross_modal)
+    model.train()
+
+    pin = device.type == "cuda"
+    host_images = torch.randn(shape.batch, 3, shape.height, shape.width, pin_memory=pin)
+    host_pids = _pk_pids(shape).pin_memory() if pin else _pk_pids(shape)
+    gen = torch.Generator().manual_seed(2)
+    indices = [torch.randperm(len(bank), generator=gen)[: shape.batch] for _ in range(shape.warmup + shape.steps + 1)]
+    marks = Marks(device)
+
+    def train_step(i: int) -> None:
+        marks.mark("start")
+        images = host_images.to(device, non_blocking=True).to(dtype)
+        pids = host_pids.to(device, non_blocking=True)
+        fg, bg = bank.select(indices[i], dtype)
+        marks.mark("data")
+        with autocast:
+            outputs = forward(images, fg, bg)
+        marks.mark("heads_fwd")
+        total, _parts = criterion({k: v.float() for k, v in outputs.items()}, pids)
+        marks.mark("loss_fwd")
+        backward(total)
+        marks.mark("backbone_bwd")
+        step()
+        marks.mark("optimizer")
+
+    with section_hooks(model, marks):
+        for i in range(shape.warmup):
+            train_step(i)
+        synchronize(device)
+        row["setup_s"] = time.perf_counter() - setup_start
+        row["host_syncs"] = count_host_syncs(lambda: train_step(shape.warmup), device)
+        marks.clear()
+        for i in range(shape.steps):
+            train_step(shape.warmup + 1 + i)
+        steps = marks.steps()
+    step_ms = statistics.median(sum(s.values()) for s in steps)
+    flops = training_flops(model_cfg, (shape.height, shape.width), shape.num_classes, cached_text=variant.cached_text)
+    achieved = flops.total * shape.batch / (step_ms / 1e3) / 1e12
+    row.update({
+        "step_ms": step_ms,
+        "img_per_s": shape.batch / (step_ms / 1e3),
+        "tflops": achieved,
+        "mfu_spec": achieved / peaks["spec"] if peaks["spec"] else None,
+        "mfu_measured": achieved / peaks["measured"],
+        "peak_mem_gib": torch.cuda.max_memory_allocated() / 2**30 if device.type == "cuda" else None,
+        "gflop_per_img": flops.total / 1e9,
+    })
+    row.update({f"{name}_ms": statistics.median(s.get(name, 0.0) for s in steps) for name in SECTIONS})
+    row["status"] = "ok"
+    if variant.compile:
+        torch._dynamo.reset()
+    return row
+
+
+def h2d_copy_ms(shape: Shape, device: torch.device, repeat: int = 10) -> dict[str, float] | None:
+    """Host-to-device time of one image batch from pinned and from pageable memory (why the loaders pin)."""
+    if device.type != "cuda":
+        return None
+    result = {}
+    for name, pinned in (("pinned", True), ("pageable", False)):
+        host = torch.randn(shape.batch, 3, shape.height, shape.width, pin_memory=pinned)
+        host.to(device)
+        synchronize(device)
+        start = time.perf_counter()
+        for _ in range(repeat):
+            host.to(device, non_blocking=pinned)
+        synchronize(device)
+        result[name] = 1e3 * (time.perf_counter() - start) / repeat
+    return result
+
+
+def run_benchmark(shape: Shape, variants: list[str], device: torch.device) -> tuple[list[dict], dict]:
+    """One row per variant (a failing variant gives a row with its error and the others still run)."""
+    peaks = {"spec": spec_peak_tflops(device_name(device.type)) if device.type == "cuda" else None,
+             "measured": matmul_peak_tflops(device)}
+    rows = []
+    for name in variants:
+        variant = VARIANTS[name]
+        if variant.kernel != "reference" and device.type != "cuda" and name == "+fused-kernels":
+            rows.append({"variant": name, "status": "skipped: the fused kernels need CUDA tensors"})
+            continue
+        try:
+            rows.append(run_variant(variant, shape, device, peaks))
+        except Exception as error:  # noqa: BLE001 - one broken variant must not hide the others' numbers
+            traceback.print_exc()
+            rows.append({"variant": name, "status": f"error: {type(error).__name__}: {str(error)[:300]}"})
+        free_memory(device)
+    config = {"shape": asdict(shape), "variants": {n: asdict(VARIANTS[n]) for n in variants},
+              "peak_tflops": {"spec_bf16_dense": peaks["spec"], "measured_bf16_matmul": peaks["measured"]},
+              "h2d_copy_ms": h2d_copy_ms(shape, device), "precision": "bf16",
+              "flops_per_image": training_flops(ModelConfig(arch=shape.arch, stride=shape.stride),
+                                                (shape.height, shape.width), shape.num_classes).as_dict()}
+    return rows, config
+
+
+SUMMARY = ("variant", "kernel", "step_ms", "img_per_s", "tflops", "mfu_spec", "mfu_measured", "peak_mem_gib",
+           "host_syncs", "status")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help="tiny model, small images, a few steps (CPU-sized)")
+    parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: all (smoke: a CPU subset)")
+    parser.add_argument("--steps", type=int, help="timed steps per variant")
+    parser.add_argument("--warmup", type=int, help="untimed steps per variant")
+    parser.add_argument("--batch", type=int, help="images per step (a multiple of 4)")
+    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+    parser.add_argument("--results-dir", default=None, help="where <device>.json goes (default benchmarks/results)")
+    args = parser.parse_args(argv)
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    shape = SMOKE if args.smoke else PAPER
+    overrides = {k: v for k, v in (("steps", args.steps), ("warmup", args.warmup), ("batch", args.batch)) if v}
+    if overrides:
+        shape = Shape(**{**asdict(shape), **overrides})
+    if shape.batch % shape.num_instances:
+        parser.error(f"--batch must be a multiple of {shape.num_instances} (P x K sampling)")
+    variants = args.variants or list(SMOKE_VARIANTS if args.smoke else VARIANTS)
+    rows, config = run_benchmark(shape, variants, device)
+    print(f"FBA training step on {device_name(device.type)}: {shape.arch} {shape.height}x{shape.width} stride "
+          f"{shape.stride}, batch {shape.batch}, bf16; peak bf16 TFLOP/s spec {config['peak_tflops']['spec_bf16_dense']}"
+          f", measured {config['peak_tflops']['measured_bf16_matmul']:.4g}")
+    print(format_table(rows, SUMMARY))
+    print("\nmedian ms per section (after_backbone_bwd = losses, heads and cross-modal backward):")
+    print(format_table([r for r in rows if r.get("status") == "ok"], ("variant", *(f"{s}_ms" for s in SECTIONS))))
+    key = BENCHMARK_KEY + ("-smoke" if args.smoke else "")
+    path = write_results(key, rows, kind=device.type, config=config, directory=args.results_dir)
+    print(f"\nwrote {path} [{key}]")
+    return 0 if all(r["status"] == "ok" or r["status"].startswith("skipped") for r in rows) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,20 @@
+"""Smoke test of benchmarks/bench_embed.py: the tiny model on the CPU prints its table and writes its JSON."""
+from __future__ import annotations
+
+import json
+
+from benchmarks import bench_embed
+from benchmarks.common import device_slug
+
+
+def test_bench_embed_smoke_writes_table_and_json(tmp_path, capsys):
+    argv = ["--smoke", "--device", "cpu", "--variants", "eager-bf16", "--results-dir", str(tmp_path)]
+    assert bench_embed.main(argv) == 0
+    printed = capsys.readouterr().out
+    assert "p99_ms" in printed and "captions-cached" in printed
+    entry = json.loads((tmp_path / f"{device_slug('cpu')}.json").read_text())["embed-smoke"]
+    assert entry["commit"] and entry["config"]["shape"]["batches"] == [1, 4, 8]
+    rows = entry["rows"]
+    assert {(r["input"], r["batch"]) for r in rows} == {(i, b) for i in bench_embed.INPUTS for b in (1, 4, 8)}
+    for row in rows:
+        assert row["status"] == "ok" and 0 < row["p50_ms"] <= row["p99_ms"] and row["img_per_s"] > 0
