@@ -32,7 +32,10 @@ def extension():
                 extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"])
 
 
-def forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start: int):
+def forward(
+    q: torch.Tensor, k_f: torch.Tensor, v_f: torch.Tensor, k_b: torch.Tensor, v_b: torch.Tensor,
+    valid_f: torch.Tensor, valid_b: torch.Tensor, row_start: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Returns o_f, o_b [B,H,Nq,d], stats [B,3,M] fp32 and lse [2,B,H,Nq] fp32; CUDA tensors only."""
     if not q.is_cuda:
         raise ValueError(f"fba.kernels cuda backend: CPU tensors are refused (q is on {q.device}); "

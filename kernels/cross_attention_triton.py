@@ -23,7 +23,6 @@ import triton.language as tl
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MIN_BLOCK_N = 16
-MAX_KEYS = 128
 
 
 @triton.jit
@@ -195,7 +194,12 @@ def _exact(dtype: torch.dtype) -> bool:
     return bool(INTERPRET) or dtype == torch.float32
 
 
-def forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start: int):
+Tensor = torch.Tensor
+
+
+def forward(
+    q: Tensor, k_f: Tensor, v_f: Tensor, k_b: Tensor, v_b: Tensor, valid_f: Tensor, valid_b: Tensor, row_start: int
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Returns o_f, o_b [B,H,Nq,d] (contiguous, q's dtype), stats [B,3,M] fp32 and lse [2,B,H,Nq] fp32.
 
     k_f, v_f, k_b, v_b must share one stride layout and every tensor a unit stride on its last axis.
@@ -218,7 +222,10 @@ def forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start: int):
     return o_f, o_b, part.sum(1), lse
 
 
-def backward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse, do_f, do_b):
+def backward(
+    q: Tensor, k_f: Tensor, v_f: Tensor, k_b: Tensor, v_b: Tensor, valid_f: Tensor, valid_b: Tensor,
+    o_f: Tensor, o_b: Tensor, lse: Tensor, do_f: Tensor, do_b: Tensor,
+) -> tuple[Tensor, ...]:
     """Gradients (dq, dk_f, dv_f, dk_b, dv_b) from the saved outputs and log-sum-exp.
 
     o_* are ``forward``'s contiguous outputs; do_* need a unit stride on their last axis.
