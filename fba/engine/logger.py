@@ -7,7 +7,6 @@ holds one record per step whatever happened.
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 
 from tqdm import tqdm
@@ -50,7 +49,7 @@ class RunLogger:
         if not self.enabled:
             return
         record = {"step": int(step), "epoch": int(epoch)}
-        record.update({k: (float(v) if math.isfinite(float(v)) else str(float(v))) for k, v in values.items()})
+        record.update({k: float(v) for k, v in values.items()})
         self._file.write(json.dumps(record) + "\n")
         self._file.flush()
         if self._writer is not None:

@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import random
 import shutil
@@ -355,6 +356,11 @@ class Trainer:
         images = count * self.cfg.data.batch_size * self.env.world_size
         record = {"lr": lr, "images_per_s": images / max(elapsed, 1e-9)}
         record.update({f"loss/{name}": value for name, value in zip(names, means.tolist())})
+        if not math.isfinite(record["loss/total"]):
+            raise FloatingPointError(
+                f"the training loss is {record['loss/total']} at step {self.step}: lower solver.base_lr, set "
+                "solver.grad_clip, or train with train.precision=fp32"
+            )
         return record
 
     def evaluate(self, epoch: int) -> dict[str, float]:

@@ -45,6 +45,10 @@ def test_one_epoch_lowers_the_loss_and_writes_everything(tiny_root, tmp_path):
     model, saved_cfg = load_model(result.model_path)
     assert saved_cfg.to_dict()["data"] == cfg.to_dict()["data"] and not model.training
 
+    from fba.viz import save_loss_curves
+
+    assert save_loss_curves(tmp_path / "curves.png", result.metrics_path).stat().st_size > 0
+
     (result.output_dir / "checkpoints" / "epoch_0007").mkdir()  # left by an earlier, longer run
     again = train(cfg)
     assert len(_records(again.metrics_path)[0]) == 4
@@ -86,6 +90,12 @@ def test_frozen_text_tower_never_moves_and_cached_features_skip_it(tiny_root, tm
     assert any((tmp_path / "cache").rglob("*.safetensors"))
     for key, value in text_encoder.state_dict().items():
         assert torch.equal(value, before[key]), key
+
+
+def test_a_diverging_loss_stops_the_run_with_a_clear_error(tiny_root, tmp_path):
+    with pytest.raises(FloatingPointError, match="training loss is nan at step 2"):
+        train(tiny_config(tiny_root, tmp_path / "run", "solver.base_lr=1e30", "solver.epochs=1",
+                          "train.precision=fp32"))
 
 
 def test_corrupt_training_image_is_named(tmp_path):
