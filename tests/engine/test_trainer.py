@@ -113,6 +113,20 @@ def test_test_only_dataset_and_cpu_fp16_are_refused(tiny_root, tmp_path):
         train(tiny_config(tiny_root, tmp_path / "b", "train.precision=fp16"))
 
 
+def test_precision_and_deepspeed_settings_follow_the_config(tiny_root, tmp_path):
+    from fba.engine.trainer import deepspeed_config, resolve_precision
+
+    cpu = torch.device("cpu")
+    assert resolve_precision("auto", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
+    with pytest.raises(ConfigError, match="train.precision must be one of"):
+        resolve_precision("fp8", cpu)
+    cfg = tiny_config(tiny_root, tmp_path, "solver.grad_clip=1.5", "train.zero_stage=3", "solver.grad_accum_steps=2")
+    ds = deepspeed_config(cfg, "fp16")
+    assert ds["gradient_clipping"] == 1.5 and ds["zero_optimization"]["stage"] == 3
+    assert ds["gradient_accumulation_steps"] == 2 and ds["train_micro_batch_size_per_gpu"] == 8
+    assert ds["fp16"]["enabled"] and ds["fp16"]["loss_scale"] == 0 and not ds["bf16"]["enabled"]
+
+
 def test_cli_refuses_occluded_reid_config():
     from fba.cli import main
 
