@@ -55,6 +55,7 @@ def test_one_epoch_lowers_the_loss_and_writes_everything(tiny_root, tmp_path):
     assert sorted(p.name for p in (again.output_dir / "checkpoints").glob("epoch_*")) == ["epoch_0001"]
 
 
+@pytest.mark.slow
 def test_resume_continues_exactly_like_an_unbroken_run(tiny_root, tmp_path):
     unbroken = train(tiny_config(tiny_root, tmp_path / "unbroken"))
     interrupted = tiny_config(tiny_root, tmp_path / "resumed")
