@@ -122,9 +122,9 @@ class CrossAttentionWithStats(torch.autograd.Function):
         from . import cross_attention_triton
 
         q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse = ctx.saved_tensors
-        do_f = torch.zeros_like(o_f) if do_f is None else _unit_last(do_f)
-        do_b = torch.zeros_like(o_b) if do_b is None else _unit_last(do_b)
-        grads = cross_attention_triton.backward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse, do_f, do_b)
+        grads = cross_attention_triton.backward(
+            q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse, _unit_last(do_f), _unit_last(do_b)
+        )
         return (*grads, None, None, None, None)
 
 
