@@ -181,3 +181,22 @@ def test_fused_bf16_at_paper_sizes_on_gpu(backend):
     for name, g, s, w in zip(NAMES, got, same_dtype, want):
         assert torch.isfinite(g).all(), name
         assert rel_err(g, w) <= 2 * rel_err(s, w) + 1e-2, f"{name}: {rel_err(g, w):.2e} vs {rel_err(s, w):.2e}"
+
+
+@GPU
+@pytest.mark.parametrize("backend", ["triton", "cuda"])
+def test_fused_forward_allocates_no_attention_map_on_gpu(backend):
+    """Beyond its outputs, lse and stats partials, the fused forward allocates less than one [B,H,N,M] fp32 map."""
+    batch, heads, nq, m, dim = 8, 12, 311, 77, 64
+    tensors, valid = make_inputs(batch, heads, nq, m, dim, dtype=torch.bfloat16, device="cuda", seed=2)
+    with torch.no_grad():
+        cross_attention.fused(*tensors, *valid, backend=backend)  # build / autotune outside the measurement
+        torch.cuda.synchronize()
+        base = torch.cuda.memory_allocated()
+        torch.cuda.reset_peak_memory_stats()
+        out = cross_attention.fused(*tensors, *valid, backend=backend)
+        torch.cuda.synchronize()
+    extra = torch.cuda.max_memory_allocated() - base
+    outputs = sum(t.numel() * t.element_size() for t in out)
+    one_map = batch * heads * nq * m * 4
+    assert extra - outputs < one_map // 4, f"{extra - outputs} bytes beyond the outputs; one map is {one_map}"
