@@ -97,14 +97,19 @@ class TrainLoader:
     """The training loader protocol the trainer relies on (the DALI loader implements it too).
 
     ``set_epoch(e)`` before iterating an epoch; ``len()`` is the number of P x K batches of the current epoch.
+    The augmentation streams of the worker processes are seeded from (seed, rank, epoch) in ``set_epoch``, and
+    the workers are started anew each epoch, so a run resumed at epoch ``e`` draws the same flips, crops and
+    erasing boxes as an unbroken one (persistent workers would carry their random state over from epoch 0).
     """
 
-    def __init__(self, loader: DataLoader, sampler: PKSampler):
+    def __init__(self, loader: DataLoader, sampler: PKSampler, seed: int):
         self.loader = loader
         self.sampler = sampler
+        self.seed = seed
 
     def set_epoch(self, epoch: int) -> None:
         self.sampler.set_epoch(epoch)
+        self.loader.generator.manual_seed((self.seed * 1000 + self.sampler.rank) * 100_003 + epoch)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return iter(self.loader)
@@ -136,11 +141,12 @@ def build_train_loader(
         drop_last=True,
         num_workers=data.num_workers,
         pin_memory=torch.cuda.is_available(),
-        persistent_workers=data.num_workers > 0,
-        generator=torch.Generator().manual_seed(cfg.train.seed * 1000 + sampler.rank),
+        generator=torch.Generator(),
         collate_fn=collate_batch,
     )
-    return TrainLoader(loader, sampler)
+    train_loader = TrainLoader(loader, sampler, cfg.train.seed)
+    train_loader.set_epoch(0)
+    return train_loader
 
 
 def build_eval_loader(cfg: Config, items: Sequence[Item]) -> DataLoader:

@@ -21,10 +21,8 @@ are computed once through the cache) and a step gathers the rows of its batch by
 syncs with the host: loss terms are summed on the device and read at the log interval only.
 
 Resume (``--resume``) restores weights, optimiser, schedule, sampler epoch and every rank's RNG, so the loss
-curve continues exactly as an unbroken run's when the augmentation draws from the main process
-(``data.num_workers=0``; tested). With torch DataLoader worker processes the resumed epoch's augmentation draws
-differ (persistent workers keep their own RNG streams from the first epoch on): same data, same schedule,
-different flips and crops.
+curve continues exactly as an unbroken run's (tested). Augmentation in DataLoader worker processes draws from
+streams seeded by (seed, rank, epoch) when the loader's ``set_epoch`` runs, so it resumes exactly too.
 """
 from __future__ import annotations
 

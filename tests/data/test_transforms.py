@@ -111,6 +111,23 @@ def test_train_loader_yields_pk_batches(market_root: Path):
     assert loader.state_dict()["epoch"] == 1
 
 
+def test_worker_augmentation_is_a_function_of_the_epoch(market_root: Path):
+    """A loader resumed at epoch 1 draws the same augmented images as one that went through epoch 0."""
+    ds = build_dataset("market1501", market_root)
+    cfg = tiny_config(num_workers=2, flip_prob=0.5, erasing_prob=0.5)
+    unbroken = build_train_loader(cfg, ds.train)
+    list(unbroken)
+    unbroken.set_epoch(1)
+    resumed = build_train_loader(cfg, ds.train)
+    resumed.load_state_dict(unbroken.state_dict())
+    resumed.set_epoch(1)
+    first, again = next(iter(unbroken)), next(iter(resumed))
+    assert torch.equal(first["index"], again["index"])
+    assert torch.equal(first["images"], again["images"])
+    resumed.set_epoch(2)
+    assert not torch.equal(next(iter(resumed))["images"], first["images"])
+
+
 def test_train_loader_ranks_and_worker_errors(market_root: Path):
     ds = build_dataset("market1501", market_root)
     shares = [build_train_loader(tiny_config(), ds.train, rank=r, world_size=2) for r in range(2)]
