@@ -46,7 +46,7 @@ def cross_attention_with_stats(
     row_start: int = 1,
     backend: str = "auto",
     pool_grad: bool = False,
-):
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Image queries over both captions plus the column statistics; semantics in ``cross_attention.reference``.
 
     The fused kernels give the stats no gradient, so with ``pool_grad`` (gradients through the pooling weights)
