@@ -24,11 +24,13 @@ import sys
 import time
 import traceback
 from dataclasses import asdict, dataclass
+from typing import Iterator
 
 import torch
 
 from benchmarks.bench_train_step import (
     build_bench_model,
+    earlier_rows,
     free_memory,
     matmul_peak_tflops,
     resolve_kernel,
@@ -56,7 +58,7 @@ class EmbedShape:
     num_classes: int = 751
 
 
-PAPER = EmbedShape("ViT-B-16", 384, 128, 12, batches=(1, 32, 256), latency_iters=100, throughput_iters=10, warmup=3)
+PAPER = EmbedShape("ViT-B-16", 384, 128, 12, batches=(1, 32, 256), latency_iters=50, throughput_iters=8, warmup=3)
 SMOKE = EmbedShape("tiny", 64, 32, 12, batches=(1, 4, 8), latency_iters=3, throughput_iters=2, warmup=1,
                    num_classes=16)
 
@@ -140,21 +142,24 @@ def run_variant(variant: EmbedVariant, shape: EmbedShape, device: torch.device, 
     return rows
 
 
-def run_benchmark(shape: EmbedShape, variants: list[str], device: torch.device) -> tuple[list[dict], dict]:
-    peak = {"spec": spec_peak_tflops(device_name(device.type)) if device.type == "cuda" else None,
-            "measured": matmul_peak_tflops(device)}
-    rows = []
+def benchmark_config(shape: EmbedShape, variants: list[str], device: torch.device) -> dict:
+    spec = spec_peak_tflops(device_name(device.type)) if device.type == "cuda" else None
+    return {"shape": asdict(shape), "variants": {n: asdict(VARIANTS[n]) for n in variants}, "precision": "bf16",
+            "peak_tflops": {"spec_bf16_dense": spec, "measured_bf16_matmul": matmul_peak_tflops(device)},
+            "timing": "host wall clock per Embedder.embed call: pinned host images in, float32 features out"}
+
+
+def run_benchmark(shape: EmbedShape, variants: list[str], device: torch.device, config: dict) -> Iterator[list[dict]]:
+    """The rows of each variant, as each finishes."""
+    peak = {"spec": config["peak_tflops"]["spec_bf16_dense"], "measured": config["peak_tflops"]["measured_bf16_matmul"]}
     for name in variants:
         try:
-            rows.extend(run_variant(VARIANTS[name], shape, device, peak))
+            yield run_variant(VARIANTS[name], shape, device, peak)
         except Exception as error:  # noqa: BLE001
             traceback.print_exc()
-            rows.append({"variant": name, "status": f"error: {type(error).__name__}: {str(error)[:300]}"})
-        free_memory(device)
-    config = {"shape": asdict(shape), "variants": {n: asdict(VARIANTS[n]) for n in variants}, "precision": "bf16",
-              "peak_tflops": {"spec_bf16_dense": peak["spec"], "measured_bf16_matmul": peak["measured"]},
-              "timing": "host wall clock per Embedder.embed call: pinned host images in, float32 features out"}
-    return rows, config
+            yield [{"variant": name, "status": f"error: {type(error).__name__}: {str(error)[:300]}"}]
+        finally:
+            free_memory(device)
 
 
 COLUMNS = ("variant", "input", "batch", "p50_ms", "p99_ms", "img_per_s", "tflops", "mfu_spec", "warmup_s", "status")
@@ -167,16 +172,22 @@ def main(argv: list[str] | None = None) -> int:
                         help="default: all on CUDA; eager-autocast and eager-bf16 on the CPU")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--results-dir", default=None, help="where <device>.json goes (default benchmarks/results)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of other variants already in this device's entry (runs split in parts)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shape = SMOKE if args.smoke else PAPER
     variants = args.variants or [n for n, v in VARIANTS.items() if device.type == "cuda" or not v.compile]
-    rows, config = run_benchmark(shape, variants, device)
+    config = benchmark_config(shape, variants, device)
+    key = BENCHMARK_KEY + ("-smoke" if args.smoke else "")
+    rows = earlier_rows(key, device.type, args.results_dir, variants) if args.append else []
+    for variant_rows in run_benchmark(shape, variants, device, config):
+        rows.extend(variant_rows)  # written after every variant: a run cut short keeps what it measured
+        path = write_results(key, rows, kind=device.type, config=config, directory=args.results_dir)
+        print(format_table(variant_rows, COLUMNS), flush=True)
     print(f"FBA embedding (Embedder.embed) on {device_name(device.type)}: {shape.arch} {shape.height}x{shape.width} "
           f"stride {shape.stride}, bf16")
     print(format_table(rows, COLUMNS))
-    key = BENCHMARK_KEY + ("-smoke" if args.smoke else "")
-    path = write_results(key, rows, kind=device.type, config=config, directory=args.results_dir)
     print(f"\nwrote {path} [{key}]")
     return 0 if all(r.get("status") == "ok" for r in rows) else 1
 

@@ -29,17 +29,18 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import json
 import statistics
 import sys
 import time
 import traceback
 import warnings
 from dataclasses import asdict, dataclass
-from typing import Callable
+from typing import Callable, Iterator
 
 import torch
 
-from benchmarks.common import device_name, format_table, write_results
+from benchmarks.common import device_name, device_slug, format_table, results_dir, write_results
 from fba.config import Config, ModelConfig
 from fba.engine.text_bank import TextBank
 from fba.flops import spec_peak_tflops, training_flops
@@ -64,7 +65,7 @@ class Shape:
     steps: int
 
 
-PAPER = Shape("ViT-B-16", 384, 128, 12, batch=64, num_instances=4, num_classes=751, warmup=3, steps=20)
+PAPER = Shape("ViT-B-16", 384, 128, 12, batch=64, num_instances=4, num_classes=751, warmup=3, steps=15)
 SMOKE = Shape("tiny", 64, 32, 12, batch=8, num_instances=4, num_classes=16, warmup=1, steps=3)
 
 
@@ -190,6 +191,15 @@ def count_host_syncs(fn: Callable[[], object], device: torch.device) -> int | No
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchronizing" in str(w.message) for w in caught)
+
+
+def earlier_rows(key: str, kind: str, directory: str | None, replaced: list[str]) -> list[dict]:
+    """Rows already stored under ``key`` for this device, less those of the variants about to be measured again."""
+    path = results_dir(directory) / f"{device_slug(kind)}.json"
+    if not path.exists():
+        return []
+    rows = json.loads(path.read_text()).get(key, {}).get("rows", [])
+    return [row for row in rows if row.get("variant") not in replaced]
 
 
 def free_memory(device: torch.device) -> None:
@@ -357,28 +367,30 @@ def h2d_copy_ms(shape: Shape, device: torch.device, repeat: int = 10) -> dict[st
     return result
 
 
-def run_benchmark(shape: Shape, variants: list[str], device: torch.device) -> tuple[list[dict], dict]:
-    """One row per variant (a failing variant gives a row with its error and the others still run)."""
-    peaks = {"spec": spec_peak_tflops(device_name(device.type)) if device.type == "cuda" else None,
-             "measured": matmul_peak_tflops(device)}
-    rows = []
+def benchmark_config(shape: Shape, variants: list[str], device: torch.device) -> dict:
+    """What the rows were measured with: shapes, variants, the two peaks, the H2D copy times, FLOPs per image."""
+    spec = spec_peak_tflops(device_name(device.type)) if device.type == "cuda" else None
+    return {"shape": asdict(shape), "variants": {n: asdict(VARIANTS[n]) for n in variants}, "precision": "bf16",
+            "peak_tflops": {"spec_bf16_dense": spec, "measured_bf16_matmul": matmul_peak_tflops(device)},
+            "h2d_copy_ms": h2d_copy_ms(shape, device),
+            "flops_per_image": training_flops(ModelConfig(arch=shape.arch, stride=shape.stride),
+                                              (shape.height, shape.width), shape.num_classes).as_dict()}
+
+
+def run_benchmark(shape: Shape, variants: list[str], device: torch.device, config: dict) -> Iterator[dict]:
+    """One row per variant, as each finishes (a failing variant gives a row with its error; the others still run)."""
+    peaks = {"spec": config["peak_tflops"]["spec_bf16_dense"], "measured": config["peak_tflops"]["measured_bf16_matmul"]}
     for name in variants:
-        variant = VARIANTS[name]
-        if variant.kernel != "reference" and device.type != "cuda" and name == "+fused-kernels":
-            rows.append({"variant": name, "status": "skipped: the fused kernels need CUDA tensors"})
+        if name == "+fused-kernels" and device.type != "cuda":
+            yield {"variant": name, "status": "skipped: the fused kernels need CUDA tensors"}
             continue
         try:
-            rows.append(run_variant(variant, shape, device, peaks))
+            yield run_variant(VARIANTS[name], shape, device, peaks)
         except Exception as error:  # noqa: BLE001 - one broken variant must not hide the others' numbers
             traceback.print_exc()
-            rows.append({"variant": name, "status": f"error: {type(error).__name__}: {str(error)[:300]}"})
-        free_memory(device)
-    config = {"shape": asdict(shape), "variants": {n: asdict(VARIANTS[n]) for n in variants},
-              "peak_tflops": {"spec_bf16_dense": peaks["spec"], "measured_bf16_matmul": peaks["measured"]},
-              "h2d_copy_ms": h2d_copy_ms(shape, device), "precision": "bf16",
-              "flops_per_image": training_flops(ModelConfig(arch=shape.arch, stride=shape.stride),
-                                                (shape.height, shape.width), shape.num_classes).as_dict()}
-    return rows, config
+            yield {"variant": name, "status": f"error: {type(error).__name__}: {str(error)[:300]}"}
+        finally:
+            free_memory(device)
 
 
 SUMMARY = ("variant", "kernel", "step_ms", "img_per_s", "tflops", "mfu_spec", "mfu_measured", "peak_mem_gib",
@@ -394,6 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, help="images per step (a multiple of 4)")
     parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
     parser.add_argument("--results-dir", default=None, help="where <device>.json goes (default benchmarks/results)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the rows of other variants already in this device's entry (runs split in parts)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shape = SMOKE if args.smoke else PAPER
@@ -403,15 +417,19 @@ def main(argv: list[str] | None = None) -> int:
     if shape.batch % shape.num_instances:
         parser.error(f"--batch must be a multiple of {shape.num_instances} (P x K sampling)")
     variants = args.variants or list(SMOKE_VARIANTS if args.smoke else VARIANTS)
-    rows, config = run_benchmark(shape, variants, device)
+    config = benchmark_config(shape, variants, device)
+    key = BENCHMARK_KEY + ("-smoke" if args.smoke else "")
+    rows = earlier_rows(key, device.type, args.results_dir, variants) if args.append else []
+    for row in run_benchmark(shape, variants, device, config):
+        rows.append(row)  # written after every variant: a run cut short keeps what it measured
+        path = write_results(key, rows, kind=device.type, config=config, directory=args.results_dir)
+        print(f"{row['variant']}: {row['status']}, {row.get('img_per_s', 0):.4g} img/s", flush=True)
     print(f"FBA training step on {device_name(device.type)}: {shape.arch} {shape.height}x{shape.width} stride "
           f"{shape.stride}, batch {shape.batch}, bf16; peak bf16 TFLOP/s spec {config['peak_tflops']['spec_bf16_dense']}"
           f", measured {config['peak_tflops']['measured_bf16_matmul']:.4g}")
     print(format_table(rows, SUMMARY))
     print("\nmedian ms per section (after_backbone_bwd = losses, heads and cross-modal backward):")
     print(format_table([r for r in rows if r.get("status") == "ok"], ("variant", *(f"{s}_ms" for s in SECTIONS))))
-    key = BENCHMARK_KEY + ("-smoke" if args.smoke else "")
-    path = write_results(key, rows, kind=device.type, config=config, directory=args.results_dir)
     print(f"\nwrote {path} [{key}]")
     return 0 if all(r["status"] == "ok" or r["status"].startswith("skipped") for r in rows) else 1
 
