@@ -59,7 +59,7 @@ class EmbedShape:
 
 
 PAPER = EmbedShape("ViT-B-16", 384, 128, 12, batches=(1, 32, 256), latency_iters=50, throughput_iters=8, warmup=3)
-SMOKE = EmbedShape("tiny", 64, 32, 12, batches=(1, 4, 8), latency_iters=3, throughput_iters=2, warmup=1,
+SMOKE = EmbedShape("tiny", 64, 32, 12, batches=(1, 4, 8), latency_iters=2, throughput_iters=2, warmup=1,
                    num_classes=16)
 
 
