@@ -107,9 +107,10 @@ def synthetic_captions(count: int, seed: int = 0, min_words: int = 4, max_words:
     return captions
 
 
-def build_bench_model(shape: Shape, kernel: str, device: torch.device, **switches) -> tuple[ModelConfig, torch.nn.Module]:
-    """The FBA of ``shape`` with random weights (no checkpoint is read: speed does not depend on the values)."""
-    cfg = ModelConfig(arch=shape.arch, stride=shape.stride, kernel=kernel, **switches)
+def build_bench_model(shape: Shape, kernel: str, device: torch.device) -> tuple[ModelConfig, torch.nn.Module]:
+    """The full FBA of ``shape`` (any object with arch, stride, height, width, num_classes) with random weights:
+    no checkpoint is read, speed does not depend on the values."""
+    cfg = ModelConfig(arch=shape.arch, stride=shape.stride, kernel=kernel)
     torch.manual_seed(0)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # "model.pretrained is not set"
