@@ -38,16 +38,23 @@ def test_metrics_table_puts_untrained_and_trained_side_by_side():
     assert lines[5].split("|")[2:4] == ["     20.00 ", "   95.00 "]  # Rank-10 reads cmc[9]
 
 
-def test_ablation_rows_follow_table_3_and_table_marks_switches():
+def test_ablation_rows_follow_table_3_and_table_averages_seeds():
     assert [switches for _, switches in ROWS] == [
         {"cross_modal": False, "diversity": False, "pooling": False},
         {"cross_modal": True, "diversity": False, "pooling": False},
         {"cross_modal": True, "diversity": True, "pooling": False},
         {"cross_modal": True, "diversity": True, "pooling": True},
     ]
-    metrics = {"eval/mAP": 12.34, "eval/R1": 50.0, "eval/R5": 60.0, "eval/R10": 70.0, "eval/mINP": 5.0}
-    results = [{"row": name, "switches": s, "metrics": metrics, "feature": "image", "minutes": 1.0} for name, s in ROWS]
+    results = []
+    for name, switches in ROWS:
+        for seed, value in ((0, 10.0), (1, 20.0)):
+            record = {"row": name, "seed": seed, "switches": switches, "minutes": 1.0,
+                      "image": {"mAP": value, "R1": 2 * value}}
+            if switches["cross_modal"]:
+                record["full"] = {"mAP": value + 50, "R1": 90.0}
+            results.append(record)
     lines = ablation_table(results).splitlines()
     assert len(lines) == 2 + len(ROWS)
     assert lines[2].count("✓") == 0 and lines[5].count("✓") == 3
-    assert "| 12.3 | 50.0 |" in lines[3]
+    assert "| – | – | 15.0 ± 5.0 | 30.0 ± 10.0 |" in lines[2]  # baseline: no caption feature
+    assert "| 65.0 ± 5.0 | 90.0 ± 0.0 | 15.0 ± 5.0 |" in lines[3]
