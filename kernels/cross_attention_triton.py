@@ -12,6 +12,9 @@ log-sum-exp is kept for the backward, which recomputes ``P = exp(S - lse)`` (fla
 Backward: one program per (image, head) and branch; it owns the whole key block (k, v, dk, dv in registers)
 and walks the query-row tiles. q is shared by the branches, so the fg launch writes its dq in fp32 and the bg
 launch adds its own and writes dq in the input dtype.
+
+Products with ``scale`` are cast back to fp32: under ``torch.compile`` Inductor passes the Python-float scale as
+fp64, which would retype the loop-carried fp32 accumulators and fail compilation.
 """
 from __future__ import annotations
 
@@ -40,7 +43,7 @@ def _attend_tile(q, K, V, O, LSE, bias, offs_n, offs_m, offs_d, row_ok, col_ok, 
     """Softmax(q k^T * scale + bias) v for one (row tile, head, branch); stores o and lse, returns P (fp32)."""
     k = tl.load(K + offs_m[:, None] * sk_n + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
     v = tl.load(V + offs_m[:, None] * sk_n + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-    s = _dot(q, tl.trans(k), F32) * scale + bias[None, :]
+    s = (_dot(q, tl.trans(k), F32) * scale).to(tl.float32) + bias[None, :]
     row_max = tl.max(s, axis=1)
     p = tl.exp(s - row_max[:, None])
     row_sum = tl.sum(p, axis=1)
@@ -134,14 +137,14 @@ def _backward_kernel(
         do = tl.load(DO + offs_n[:, None] * sdo_n + offs_d[None, :], mask=rows, other=0.0)
         o = tl.load(O + offs_n[:, None] * so_n + offs_d[None, :], mask=rows, other=0.0)
         lse = tl.load(LSE + offs_n, mask=row_ok, other=0.0)
-        s = _dot(q, tl.trans(k), F32) * scale + bias[None, :]
+        s = (_dot(q, tl.trans(k), F32) * scale).to(tl.float32) + bias[None, :]
         p = tl.where(row_ok[:, None], tl.exp(s - lse[:, None]), 0.0)
         dv += _dot(tl.trans(p.to(do.dtype)), do, F32)
         dp = _dot(do, tl.trans(v), F32)
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
         ds = p * (dp - delta[:, None])
         dk += _dot(tl.trans(ds.to(q.dtype)), q, F32)
-        dq = _dot(ds.to(k.dtype), k, F32) * scale
+        dq = (_dot(ds.to(k.dtype), k, F32) * scale).to(tl.float32)
         part = DQ_PART + offs_n[:, None] * D + offs_d[None, :]
         if ACCUMULATE:
             dq += tl.load(part, mask=rows, other=0.0)
