@@ -257,7 +257,7 @@ def run(args: argparse.Namespace) -> int:
         paths = read_image_list(args.list, root)
     keys = relative_keys(paths, root)
     device = torch.device(args.device) if args.device else default_device()
-    model, cfg = load_model(args.model, device)
+    model, cfg = load_model(args.model, device, default_dtype(device))
     embedder = Embedder(model, device)
     image_only = args.image_only or not embedder.uses_captions
     captions = None

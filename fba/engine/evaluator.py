@@ -128,7 +128,7 @@ def _run_checkpoint(args: argparse.Namespace) -> dict:
 
     from fba.config import ConfigError, load_config
     from fba.engine.checkpoint import load_model
-    from fba.engine.embedder import Embedder, RetrievalEval, default_device
+    from fba.engine.embedder import Embedder, RetrievalEval, default_device, default_dtype
     from fba.engine.text_bank import TextBank
     from fba.engine.trainer import load_data
 
@@ -139,7 +139,7 @@ def _run_checkpoint(args: argparse.Namespace) -> dict:
     except ConfigError as err:
         raise SystemExit(f"fba eval: {err}") from None
     device = torch.device(args.device) if args.device else default_device()
-    model, model_cfg = load_model(args.checkpoint, device)
+    model, model_cfg = load_model(args.checkpoint, device, default_dtype(device))
     cfg.model = model_cfg.model
     cfg.data.height, cfg.data.width = model_cfg.data.height, model_cfg.data.width
     cfg.eval.max_rank = args.max_rank

@@ -138,6 +138,11 @@ def test_model_export_loads_without_deepspeed_and_extracts_the_same(tmp_path):
     assert loaded_cfg.model.arch == "tiny" and loaded_cfg.model.pretrained is None
     with torch.no_grad():
         assert torch.equal(model.extract(images, (fg, bg)), loaded.extract(images, (fg, bg)))
+    half, _ = ckpt.load_model(path, dtype=torch.bfloat16)
+    assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
+    with torch.no_grad():
+        reference = model.extract(images, (fg, bg))
+        assert torch.allclose(half.extract(images.bfloat16(), (fg, bg)).float(), reference, atol=3e-2)
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="junk.pt"):
         ckpt.load_model(tmp_path / "junk.pt")
