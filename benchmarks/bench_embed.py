@@ -11,7 +11,7 @@ batch 1 and 32, throughput (images / median call) at every batch. Inputs:
 - ``captions``: the full feature with both captions as CLIP token ids, the frozen text tower in the call;
 - ``captions-cached``: the full feature with the tower's outputs precomputed (``model.text_cache``).
 
-Variants: ``eager-autocast`` (fp32 weights under bf16 autocast: a model as ``load_model`` returns it),
+Variants: ``eager-autocast`` (fp32 weights under bf16 autocast: an fp32 model, `fba embed` before bf16 loading),
 ``eager-bf16`` (weights cast to bf16 once: no per-call weight casts), ``compiled`` (bf16 weights, ``model.extract``
 through ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs on a GPU; CUDA only by default, the
 compilation time is a column). FLOPs from :func:`fba.flops.extract_flops`.
