@@ -24,8 +24,10 @@ test: setup
 demo: setup
 	$(VENV)/bin/fba demo
 
+BENCHMARKS := metrics cross_attention input train_step embed
+
 bench: setup
-	$(PY) -m benchmarks.run_all
+	for name in $(BENCHMARKS); do $(PY) -m benchmarks.bench_$$name || exit 1; done
 
 clean:
 	rm -rf build *.egg-info fba/*.so runs/demo

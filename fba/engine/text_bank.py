@@ -52,5 +52,6 @@ class TextBank:
 
     def select(self, index: torch.Tensor, dtype: torch.dtype = torch.float32) -> tuple[Text, Text]:
         """The (fg, bg) inputs of a batch; cached features come in ``dtype`` (the compute dtype)."""
-        index = index.to(self.fg.eot.device if isinstance(self.fg, TextFeatures) else self.fg.device)
+        device = self.fg.eot.device if isinstance(self.fg, TextFeatures) else self.fg.device
+        index = index.to(device, non_blocking=True)  # the loaders pin their batches: no host sync per step
         return _gather(self.fg, index, dtype), _gather(self.bg, index, dtype)
