@@ -121,7 +121,7 @@ def read_metrics(path: str | Path) -> list[dict]:
 
 
 def save_loss_curves(out: str | Path, metrics_file: str | Path, smooth: int = 1) -> Path:
-    """Every ``loss/*`` series against the step, and the evaluation metrics against the epoch when present."""
+    """Every ``loss/*`` series against the step, and the evaluation metrics against the epochs trained."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -134,7 +134,7 @@ def save_loss_curves(out: str | Path, metrics_file: str | Path, smooth: int = 1)
             if key.startswith("loss/"):
                 losses[key[5:]].append((record["step"], value))
             elif key.startswith("eval/") and key[5:] in ("mAP", "R1", "mINP"):
-                evals[key[5:]].append((record["epoch"], value))
+                evals[key[5:]].append((record["epoch"] + 1, value))  # the log's epoch is 0-based
     if not losses:
         raise ValueError(f"{metrics_file}: no loss/* entries to plot")
     panels = 2 if evals else 1
@@ -151,7 +151,7 @@ def save_loss_curves(out: str | Path, metrics_file: str | Path, smooth: int = 1)
         for name, series in sorted(evals.items()):
             epochs, values = np.array(series).T
             axes[0, 1].plot(epochs, values, marker="o", label=name)
-        axes[0, 1].set(xlabel="epoch", ylabel="%", title="evaluation")
+        axes[0, 1].set(xlabel="epochs trained", ylabel="%", title="evaluation")
         axes[0, 1].legend(fontsize=7)
     fig.tight_layout()
     out = Path(out)
