@@ -3,7 +3,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
-from conftest import MARKET_FILES, make_market_tree
+from image_trees import MARKET_FILES, make_market_tree
 
 from fba.data import DATASETS, DatasetError, build_dataset
 

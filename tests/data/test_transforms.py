@@ -6,7 +6,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import write_image
+from image_trees import write_image
 from PIL import Image
 
 from fba.config import Config
