@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from fba.data.datasets import Item
-from fba.data.sampler import PKSampler
+from fba.data.sampler import PKSampler, SamplerEpochs
 from fba.data.transforms import CLIP_MEAN, CLIP_STD, ERASING_RATIO, ERASING_SCALE, ImageReadError, read_image
 
 try:
@@ -264,7 +264,7 @@ class _DALILoader:
                             f"that PIL reads fine: {err}")
 
 
-class DALITrainLoader(_DALILoader):
+class DALITrainLoader(SamplerEpochs, _DALILoader):
     """The ``TrainLoader`` protocol of ``fba.data.transforms`` on DALI: ``set_epoch``, ``__iter__``, ``__len__``,
     ``state_dict`` / ``load_state_dict`` (the sampler's)."""
 
@@ -279,17 +279,6 @@ class DALITrainLoader(_DALILoader):
         self._rng = np.random.default_rng((self.seed, self.sampler.rank, self.sampler.epoch))
         return iter(self.sampler.batches())
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
-
-    def __len__(self) -> int:
-        return self.sampler.num_batches
-
-    def state_dict(self) -> dict[str, int]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.load_state_dict(state)
 
 
 class DALIEvalLoader(_DALILoader):

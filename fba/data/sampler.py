@@ -123,3 +123,22 @@ class PKSampler(Sampler[int]):
                 raise ValueError(f"PKSampler: saved {key}={state[key]}, but this sampler has {getattr(self, key)}")
         self.seed = int(state["seed"])
         self.epoch = int(state["epoch"])
+
+
+class SamplerEpochs:
+    """The epoch half of the train-loader protocol, delegated to the loader's ``PKSampler`` (``self.sampler``):
+    the torch and the DALI train loaders share it, so both resume from the same sampler state."""
+
+    sampler: PKSampler
+
+    def set_epoch(self, epoch: int) -> None:
+        self.sampler.set_epoch(epoch)
+
+    def __len__(self) -> int:
+        return self.sampler.num_batches
+
+    def state_dict(self) -> dict[str, int]:
+        return self.sampler.state_dict()
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        self.sampler.load_state_dict(state)

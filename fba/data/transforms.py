@@ -22,7 +22,7 @@ from torchvision import transforms as T
 from torchvision.transforms import InterpolationMode
 
 from fba.data.datasets import Item
-from fba.data.sampler import PKSampler
+from fba.data.sampler import PKSampler, SamplerEpochs
 
 if TYPE_CHECKING:
     from fba.config import Config
@@ -93,7 +93,7 @@ def collate_batch(samples: Sequence[dict]) -> dict[str, torch.Tensor]:
     }
 
 
-class TrainLoader:
+class TrainLoader(SamplerEpochs):
     """The training loader protocol the trainer relies on (the DALI loader implements it too).
 
     ``set_epoch(e)`` before iterating an epoch; ``len()`` is the number of P x K batches of the current epoch.
@@ -108,20 +108,11 @@ class TrainLoader:
         self.seed = seed
 
     def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+        super().set_epoch(epoch)
         self.loader.generator.manual_seed((self.seed * 1000 + self.sampler.rank) * 100_003 + epoch)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         return iter(self.loader)
-
-    def __len__(self) -> int:
-        return self.sampler.num_batches
-
-    def state_dict(self) -> dict[str, int]:
-        return self.sampler.state_dict()
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        self.sampler.load_state_dict(state)
 
 
 def build_train_loader(
