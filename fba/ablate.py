@@ -11,7 +11,6 @@ the visual feature. The table is Markdown, ready for ``docs/results.md``.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -56,17 +55,16 @@ def ablation_table(results: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def measure(cfg, model_path: Path, feature: str) -> dict[str, float]:
-    """mAP / R-1 (percent) of a trained ``model.pt`` with the given retrieval feature."""
-    from fba.demo import metrics_of, retrieval_features
+def measure(cfg, model_path: Path) -> dict[str, dict[str, float]]:
+    """mAP / R-1 (percent) of a trained ``model.pt`` for each retrieval feature it has ("full", "image")."""
+    from fba.demo import feature_metrics
     from fba.engine.checkpoint import load_model
     from fba.engine.trainer import load_data
 
-    cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature=feature))
     model, _ = load_model(model_path)
     dataset, store = load_data(cfg)
-    metrics = metrics_of(retrieval_features(cfg, model, dataset, store), cfg)
-    return {"mAP": 100 * metrics["mAP"], "R1": 100 * float(metrics["cmc"][0])}
+    return {kind: {"mAP": 100 * m["mAP"], "R1": 100 * float(m["cmc"][0])}
+            for kind, (m, _) in feature_metrics(cfg, model, dataset, store).items()}
 
 
 def run_ablation(out: Path, data: Path, ids: int, cams: int, data_seed: int, seeds: list[int], config: Path,
@@ -86,11 +84,8 @@ def run_ablation(out: Path, data: Path, ids: int, cams: int, data_seed: int, see
             start = time.perf_counter()
             result = train(cfg)
             minutes = (time.perf_counter() - start) / 60
-            record = {"row": row, "seed": seed, "switches": switches, "minutes": minutes,
-                      "image": measure(cfg, result.model_path, "image")}
-            if switches["cross_modal"]:
-                record["full"] = measure(cfg, result.model_path, "full")
-            results.append(record)
+            results.append({"row": row, "seed": seed, "switches": switches, "minutes": minutes,
+                            **measure(cfg, result.model_path)})
             (out / "ablation.json").write_text(json.dumps(results, indent=2))
     table = ablation_table(results)
     (out / "ablation.md").write_text(table + "\n")

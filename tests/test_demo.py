@@ -17,11 +17,13 @@ def test_demo_writes_metrics_and_pictures(tmp_path):
         with Image.open(out / name) as image:
             assert image.size[0] > 100 and image.size[1] > 100
     table = (out / "metrics.md").read_text()
-    assert "untrained" in table and "trained" in table and "mAP" in table
+    for column in ("untrained (full)", "untrained (image)", "trained (full)", "trained (image)", "mAP"):
+        assert column in table
     saved = json.loads((out / "metrics.json").read_text())
-    assert saved["feature"] == "full"
-    assert 0 <= saved["untrained"]["mAP"] <= 100 and 0 <= saved["trained"]["mAP"] <= 100
-    assert saved == summary | {"minutes": saved["minutes"]}
+    for state in ("untrained", "trained"):
+        assert set(saved[state]) == {"full", "image"}
+        assert all(0 <= saved[state][kind]["mAP"] <= 100 for kind in ("full", "image"))
+    assert saved == summary
 
 
 def _config():
@@ -30,12 +32,13 @@ def _config():
     return DEMO_CONFIG
 
 
-def test_metrics_table_puts_untrained_and_trained_side_by_side():
+def test_metrics_table_puts_the_measured_columns_side_by_side():
     untrained = {"mAP": 0.1, "cmc": [0.2] * 10, "mINP": 0.05}
     trained = {"mAP": 0.5, "cmc": [0.6, 0.7, 0.8, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.95], "mINP": 0.3}
-    lines = metrics_table(untrained, trained).splitlines()
-    assert lines[2].split("|")[1:4] == [" mAP      ", "     10.00 ", "   50.00 "]
-    assert lines[5].split("|")[2:4] == ["     20.00 ", "   95.00 "]  # Rank-10 reads cmc[9]
+    lines = metrics_table({"untrained (image)": untrained, "trained (image)": trained}).splitlines()
+    assert lines[0] == "| metric | untrained (image) | trained (image) |"
+    assert lines[2] == "| mAP | 10.00 | 50.00 |"
+    assert lines[5] == "| Rank-10 | 20.00 | 95.00 |"  # reads cmc[9]
 
 
 def test_ablation_rows_follow_table_3_and_table_averages_seeds():
