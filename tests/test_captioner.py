@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from benchmarks.llava_shapes import TINY, llava_processor, random_llava
 from fba.captioner import (
     LLAVA15_PROMPT,
     LlavaCaptioner,
@@ -32,52 +33,12 @@ LLAVA15_CHAT_TEMPLATE = (
     "{% generation %}{{ content['text'] + ' '}}{% endgeneration %}{% endfor %}{% endif %}{% endfor %}"
     "{% if add_generation_prompt %}{{ 'ASSISTANT:' }}{% endif %}"
 )
-SPECIALS = ["<unk>", "<pad>", "<s>", "</s>", "<image>"]
-EXTRA_WORDS = "USER: ASSISTANT: a man woman red blue black coat bag car tree wall street bicycle pole"
 
 
 def tiny_llava(folder: Path, chat_template: str | None = None) -> Path:
     """A LLaVA-1.5-shaped model, 2-layer CLIP tower (28x28, 4 patches) and 2-layer Llama, saved to ``folder``."""
-    import torch
-    from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-    from transformers import (
-        CLIPImageProcessor,
-        CLIPVisionConfig,
-        LlamaConfig,
-        LlavaConfig,
-        LlavaForConditionalGeneration,
-        LlavaProcessor,
-        PreTrainedTokenizerFast,
-    )
-
-    words = Tokenizer(models.WordLevel(unk_token="<unk>"))
-    words.pre_tokenizer = pre_tokenizers.Whitespace()
-    words.train_from_iterator([FG_PROMPT, BG_PROMPT, EXTRA_WORDS], trainers.WordLevelTrainer(special_tokens=SPECIALS))
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=words, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-        extra_special_tokens={"image_token": "<image>"},
-    )
-    image_processor = CLIPImageProcessor(size={"shortest_edge": 28}, crop_size={"height": 28, "width": 28})
-    processor = LlavaProcessor(
-        image_processor=image_processor, tokenizer=tokenizer, patch_size=14, vision_feature_select_strategy="default",
-        num_additional_image_tokens=1, chat_template=chat_template,
-    )
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIALS}
-    config = LlavaConfig(
-        vision_config=CLIPVisionConfig(
-            hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, image_size=28,
-            patch_size=14, projection_dim=32,
-        ),
-        text_config=LlamaConfig(
-            vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
-            num_attention_heads=2, num_key_value_heads=2, max_position_embeddings=256,
-            pad_token_id=ids["<pad>"], bos_token_id=ids["<s>"], eos_token_id=ids["</s>"],
-        ),
-        image_token_index=ids["<image>"], image_seq_length=4, vision_feature_layer=-2,
-        vision_feature_select_strategy="default",
-    )
-    torch.manual_seed(0)
-    LlavaForConditionalGeneration(config).save_pretrained(folder)
+    processor = llava_processor(TINY, chat_template)
+    random_llava(TINY, processor).save_pretrained(folder)
     processor.save_pretrained(folder)
     return folder
 
