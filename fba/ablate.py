@@ -68,25 +68,33 @@ def measure(cfg, model_path: Path) -> dict[str, dict[str, float]]:
 
 
 def run_ablation(out: Path, data: Path, ids: int, cams: int, data_seed: int, seeds: list[int], config: Path,
-                 overrides: list[str]) -> list[dict]:
+                 overrides: list[str], resume: bool = False) -> list[dict]:
+    """Train and measure every (row, seed). With ``resume``, runs already in ``out/ablation.json`` are kept and
+    the first unfinished one continues from its latest checkpoint, so an interrupted ablation loses at most
+    one epoch."""
     from fba.config import load_config
     from fba.engine.trainer import train
 
     ensure_synthetic(data, ids, cams, data_seed)
     out.mkdir(parents=True, exist_ok=True)
-    results = []
+    results_path = out / "ablation.json"
+    results = json.loads(results_path.read_text()) if resume and results_path.exists() else []
+    done = {(r["row"], r["seed"]) for r in results}
     for index, (row, switches) in enumerate(ROWS):
         for seed in seeds:
+            if (row, seed) in done:
+                print(f"[{index + 1}/{len(ROWS)}] {row}, seed {seed}: already in {results_path}")
+                continue
             print(f"[{index + 1}/{len(ROWS)}] {row}, seed {seed}")
             switch_overrides = [f"model.{key}={str(value).lower()}" for key, value in switches.items()]
             cfg = load_config(config, [f"data.root={data}", f"train.output_dir={out / f'row{index}-seed{seed}'}",
                                        f"train.seed={seed}", *overrides, *switch_overrides])
             start = time.perf_counter()
-            result = train(cfg)
+            result = train(cfg, resume=resume)
             minutes = (time.perf_counter() - start) / 60
             results.append({"row": row, "seed": seed, "switches": switches, "minutes": minutes,
                             **measure(cfg, result.model_path)})
-            (out / "ablation.json").write_text(json.dumps(results, indent=2))
+            results_path.write_text(json.dumps(results, indent=2))
     table = ablation_table(results)
     (out / "ablation.md").write_text(table + "\n")
     print(f"\n{table}\n\nwritten to {out / 'ablation.md'}")
@@ -101,9 +109,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data set")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds per row")
     parser.add_argument("-c", "--config", type=Path, default=DEMO_CONFIG)
+    parser.add_argument("--resume", action="store_true",
+                        help="keep the runs already in OUT/ablation.json and continue the unfinished one")
     parser.add_argument("overrides", nargs="*", help="dotted overrides applied to every row, e.g. solver.epochs=8")
 
 
 def run(args: argparse.Namespace) -> int:
-    run_ablation(args.out, args.data, args.ids, args.cams, args.data_seed, args.seeds, args.config, args.overrides)
+    run_ablation(args.out, args.data, args.ids, args.cams, args.data_seed, args.seeds, args.config, args.overrides,
+                 args.resume)
     return 0

@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import pytest
 from PIL import Image
@@ -61,3 +62,34 @@ def test_ablation_rows_follow_table_3_and_table_averages_seeds():
     assert lines[2].count("✓") == 0 and lines[5].count("✓") == 3
     assert "| – | – | 15.0 ± 5.0 | 30.0 ± 10.0 |" in lines[2]  # baseline: no caption feature
     assert "| 65.0 ± 5.0 | 90.0 ± 0.0 | 15.0 ± 5.0 |" in lines[3]
+
+
+def test_ablation_resume_keeps_finished_runs_and_continues_the_rest(tmp_path, monkeypatch):
+    import fba.ablate as ablate
+    import fba.engine.trainer as trainer
+
+    monkeypatch.setattr(ablate, "ensure_synthetic", lambda root, *args: root)
+    trained = []
+
+    class Result:
+        model_path = tmp_path / "model.pt"
+
+    def fake_train(cfg, resume=False):
+        trained.append((cfg.train.output_dir, resume))
+        return Result()
+
+    monkeypatch.setattr(trainer, "train", fake_train)
+    monkeypatch.setattr(ablate, "measure", lambda cfg, path: {kind: {"mAP": 1.0, "R1": 2.0} for kind in ("full", "image")})
+    out = tmp_path / "ablation"
+    out.mkdir()
+    finished = [{"row": ROWS[0][0], "seed": 0, "switches": ROWS[0][1], "minutes": 1.0,
+                 "image": {"mAP": 42.0, "R1": 43.0}}]
+    (out / "ablation.json").write_text(json.dumps(finished))
+
+    results = ablate.run_ablation(out, tmp_path / "data", 4, 2, 0, [0], _config(), [], resume=True)
+
+    assert results[0] == finished[0]
+    assert [r["row"] for r in results] == [name for name, _ in ROWS]
+    assert [Path(d).name for d, _ in trained] == ["row1-seed0", "row2-seed0", "row3-seed0"]
+    assert all(resume for _, resume in trained)
+    assert json.loads((out / "ablation.json").read_text()) == results
