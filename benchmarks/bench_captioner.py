@@ -28,7 +28,7 @@ import torch
 import transformers
 from PIL import Image
 
-from benchmarks.common import device_name, format_table, write_results
+from benchmarks.common import benchmark_parser, device_name, format_table, write_results
 from benchmarks.llava_shapes import LLAVA15_7B, TINY, LlavaShape, llava_processor, random_llava
 from fba.captioner import ImageRef, LlavaCaptioner
 
@@ -93,14 +93,12 @@ def batch_sizes(text: str) -> list[int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser = benchmark_parser(__doc__, "tiny random LLaVA on the CPU")
     parser.add_argument("--batch-sizes", type=batch_sizes, default=None,
                         help="comma-separated images per call (default 16,32; 2,4 with --smoke)")
     parser.add_argument("--batches", type=int, default=None, help="timed calls per batch size (default 2; 1 smoke)")
     parser.add_argument("--static-cache", action="store_true",
                         help="static KV cache: transformers compiles the decode step (GPU)")
-    parser.add_argument("--smoke", action="store_true", help="tiny random LLaVA on the CPU")
-    parser.add_argument("--results-dir", default=None, help="where <device>.json goes (default benchmarks/results)")
     args = parser.parse_args(argv)
     sizes = args.batch_sizes or ([2, 4] if args.smoke else [16, 32])
     batches = args.batches or (1 if args.smoke else 2)

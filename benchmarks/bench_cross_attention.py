@@ -15,7 +15,6 @@ interpreter) so the test suite can check the table and the JSON.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import asdict, dataclass
@@ -24,7 +23,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from benchmarks.common import format_table, measure, write_results
+from benchmarks.common import benchmark_parser, format_table, measure, write_results
 
 BENCHMARK_KEY = "cross_attention"
 
@@ -176,9 +175,7 @@ def benchmark_rows(shape: Shape, impls: list[str], device: str, repeat: int = 3)
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny shapes on the CPU: reference + Triton interpreter")
-    parser.add_argument("--results-dir", default=None, help="where <device>.json goes (default benchmarks/results)")
+    parser = benchmark_parser(__doc__, "tiny shapes on the CPU: reference + Triton interpreter")
     parser.add_argument("--repeat", type=int, default=3, help="CPU repeats per case")
     parser.add_argument("--impls", default=None, help="comma list of reference,sdpa,triton,cuda")
     args = parser.parse_args(argv)

@@ -18,7 +18,6 @@ compilation time is a column). FLOPs from :func:`fba.flops.extract_flops`.
 """
 from __future__ import annotations
 
-import argparse
 import statistics
 import sys
 import time
@@ -36,7 +35,7 @@ from benchmarks.bench_train_step import (
     resolve_kernel,
     synthetic_captions,
 )
-from benchmarks.common import device_name, format_table, write_results
+from benchmarks.common import benchmark_parser, device_name, format_table, write_results
 from fba.engine.embedder import Embedder
 from fba.engine.text_bank import TextBank
 from fba.flops import extract_flops, spec_peak_tflops
@@ -166,14 +165,9 @@ COLUMNS = ("variant", "input", "batch", "p50_ms", "p99_ms", "img_per_s", "tflops
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny model, small images, few calls (CPU-sized)")
+    parser = benchmark_parser(__doc__, "tiny model, small images, few calls (CPU-sized)", device_options=True)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         help="default: all on CUDA; eager-autocast and eager-bf16 on the CPU")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--results-dir", default=None, help="where <device>.json goes (default benchmarks/results)")
-    parser.add_argument("--append", action="store_true",
-                        help="keep the rows of other variants already in this device's entry (runs split in parts)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shape = SMOKE if args.smoke else PAPER

@@ -9,7 +9,6 @@ thread per core, so the comparison is at equal cores.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import tempfile
 import time
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageFilter
 
-from benchmarks.common import format_table, write_results
+from benchmarks.common import benchmark_parser, format_table, write_results
 from fba.config import Config
 from fba.data.datasets import build_dataset
 from fba.data.transforms import build_train_loader
@@ -125,13 +124,10 @@ def run_benchmark(setup: Setup, work_dir: Path, cores: int) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds); stored under 'input-smoke'")
+    parser = benchmark_parser(__doc__, "tiny sizes (seconds); stored under 'input-smoke'")
     parser.add_argument("--cores", type=int, default=os.cpu_count() or 1,
                         help="torch DataLoader workers and DALI threads (default: all cores)")
     parser.add_argument("--work-dir", help="where the generated images go (default: a temporary directory)")
-    parser.add_argument("--results-dir",
-                        help="where the device's JSON goes (default benchmarks/results, or $FBA_BENCH_RESULTS)")
     args = parser.parse_args(argv)
     setup = SMOKE if args.smoke else FULL
     with tempfile.TemporaryDirectory(prefix="fba-bench-input-") as tmp:

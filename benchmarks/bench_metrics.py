@@ -9,14 +9,13 @@ on several cameras (some on the query's own camera, which the protocol drops), p
 """
 from __future__ import annotations
 
-import argparse
 import functools
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pytest
 
-from benchmarks.common import format_table, measure, write_results
+from benchmarks.common import benchmark_parser, format_table, measure, write_results
 from fba.metrics import cpp_available, evaluate
 
 
@@ -87,10 +86,8 @@ def run_benchmark(problems: dict[str, Problem], repeat: int = 3) -> list[dict]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny sizes (seconds); stored under 'metrics-smoke'")
+    parser = benchmark_parser(__doc__, "tiny sizes (seconds); stored under 'metrics-smoke'")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of the C++ path (NumPy runs once at full size)")
-    parser.add_argument("--results-dir", help="where the device's JSON goes (default benchmarks/results, or $FBA_BENCH_RESULTS)")
     args = parser.parse_args(argv)
     problems = SMOKE_PROBLEMS if args.smoke else PROBLEMS
     rows = run_benchmark(problems, repeat=args.repeat)

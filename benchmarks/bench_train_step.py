@@ -25,7 +25,6 @@ docs/performance.md) against the data-sheet bf16 dense peak and against a bf16 m
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import gc
 import json
@@ -39,7 +38,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from benchmarks.common import device_name, device_slug, format_table, results_dir, write_results
+from benchmarks.common import benchmark_parser, device_name, device_slug, format_table, results_dir, write_results
 from fba.config import Config, ModelConfig
 from fba.engine.text_bank import TextBank
 from fba.flops import spec_peak_tflops, training_flops
@@ -398,16 +397,11 @@ SUMMARY = ("variant", "kernel", "step_ms", "img_per_s", "tflops", "mfu_spec", "m
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--smoke", action="store_true", help="tiny model, small images, a few steps (CPU-sized)")
+    parser = benchmark_parser(__doc__, "tiny model, small images, a few steps (CPU-sized)", device_options=True)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS), help="default: all (smoke: a CPU subset)")
     parser.add_argument("--steps", type=int, help="timed steps per variant")
     parser.add_argument("--warmup", type=int, help="untimed steps per variant")
     parser.add_argument("--batch", type=int, help="images per step (a multiple of 4)")
-    parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
-    parser.add_argument("--results-dir", default=None, help="where <device>.json goes (default benchmarks/results)")
-    parser.add_argument("--append", action="store_true",
-                        help="keep the rows of other variants already in this device's entry (runs split in parts)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     shape = SMOKE if args.smoke else PAPER

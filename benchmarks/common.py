@@ -19,6 +19,7 @@ keeps the others. Each entry holds::
 """
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import platform
@@ -138,6 +139,20 @@ def format_table(rows: Sequence[dict], columns: Iterable[str] | None = None, flo
     rule = "-+-".join("-" * width for width in widths)
     body = [" | ".join(cell.rjust(width) for cell, width in zip(line, widths)) for line in cells]
     return "\n".join([header, rule, *body])
+
+
+def benchmark_parser(doc: str | None, smoke_help: str, device_options: bool = False) -> argparse.ArgumentParser:
+    """The options every benchmark takes (``--smoke``, ``--results-dir``; with ``device_options`` also
+    ``--device`` and ``--append`` for the GPU benchmarks that are run in parts), so they read the same."""
+    parser = argparse.ArgumentParser(description=(doc or "").split("\n\n")[0])
+    parser.add_argument("--smoke", action="store_true", help=smoke_help)
+    parser.add_argument("--results-dir", default=None,
+                        help=f"where <device>.json goes (default benchmarks/results, or ${RESULTS_ENV})")
+    if device_options:
+        parser.add_argument("--device", default=None, help="cuda or cpu (default: cuda when available)")
+        parser.add_argument("--append", action="store_true",
+                            help="keep the rows of other variants already in this device's entry (runs split in parts)")
+    return parser
 
 
 def results_dir(override: str | os.PathLike | None = None) -> Path:
