@@ -4,13 +4,14 @@ Images are composed with PIL (fast, no figure state); only the loss curves use m
 """
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from pathlib import Path
 from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw
+
+from fba.jsonl import parse_object
 
 CORRECT = (40, 180, 60)
 WRONG = (220, 40, 40)
@@ -113,10 +114,7 @@ def read_metrics(path: str | Path) -> list[dict]:
     with open(path) as handle:
         for number, line in enumerate(handle, 1):
             if line.strip():
-                try:
-                    records.append(json.loads(line))
-                except json.JSONDecodeError as error:
-                    raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+                records.append(parse_object(line, f"{path}:{number}"))
     return records
 
 

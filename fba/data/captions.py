@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
 from fba.data.datasets import SPLITS, Item, ReIDDataset, relabel
+from fba.jsonl import parse_object
 
 FG_PROMPT = "Describe the appearance of persons in the image, focusing on their appearance, attire and accessories."
 BG_PROMPT = (
@@ -101,15 +102,8 @@ class CaptionStore(Mapping[str, Caption]):
 
 
 def _parse_line(line: str, where: str) -> tuple[str, Caption]:
-    try:
-        record = json.loads(line)
-    except json.JSONDecodeError as err:
-        raise CaptionError(f"{where}: not valid JSON ({err.msg})") from None
-    if not isinstance(record, dict):
-        raise CaptionError(f"{where}: expected a JSON object with keys image, fg, bg")
+    record = parse_object(line, where, ("image", "fg", "bg"), CaptionError)
     for key in ("image", "fg", "bg"):
-        if key not in record:
-            raise CaptionError(f"{where}: missing key {key!r}")
         value = record[key]
         if not isinstance(value, str) or not value.strip():
             raise CaptionError(f"{where}: {key!r} must be a non-empty string, got {value!r}")

@@ -35,6 +35,8 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from fba.jsonl import parse_object
+
 VERSION = "1"
 SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
 GENERATED_FILES = ("captions.jsonl", "attributes.jsonl", "meta.json")
@@ -591,15 +593,7 @@ def read_attributes(path: str | Path) -> dict[str, dict[str, Any]]:
             if not line.strip():
                 continue
             where = f"{path}, line {line_no}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as err:
-                raise SynthError(f"{where}: not valid JSON ({err.msg})") from None
-            if not isinstance(record, dict):
-                raise SynthError(f"{where}: expected a JSON object")
-            missing = [key for key in RECORD_KEYS if key not in record]
-            if missing:
-                raise SynthError(f"{where}: missing keys {', '.join(missing)}")
+            record = parse_object(line, where, RECORD_KEYS, SynthError)
             if record["image"] in records:
                 raise SynthError(f"{where}: duplicate image {record['image']!r}")
             records[record["image"]] = record

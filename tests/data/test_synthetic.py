@@ -185,7 +185,7 @@ def test_bad_arguments_are_refused(tmp_path: Path, capsys: pytest.CaptureFixture
 def test_read_attributes_names_the_bad_line(tmp_path: Path) -> None:
     path = tmp_path / "attributes.jsonl"
     path.write_text('{"image": "query/0001_c1s1_000000_00.jpg"}\n')
-    with pytest.raises(SynthError, match=r"attributes.jsonl, line 1: missing keys pid, camid"):
+    with pytest.raises(SynthError, match=r"attributes.jsonl, line 1: missing keys 'pid', 'camid'"):
         read_attributes(path)
     path.write_text("\nnot json\n")
     with pytest.raises(SynthError, match="line 2: not valid JSON"):
