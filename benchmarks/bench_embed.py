@@ -29,13 +29,12 @@ import torch
 
 from benchmarks.bench_train_step import (
     build_bench_model,
-    earlier_rows,
     free_memory,
     matmul_peak_tflops,
     resolve_kernel,
     synthetic_captions,
 )
-from benchmarks.common import benchmark_parser, device_name, format_table, write_results
+from benchmarks.common import benchmark_parser, device_name, earlier_rows, format_table, write_results
 from fba.engine.embedder import Embedder
 from fba.engine.text_bank import TextBank
 from fba.flops import extract_flops, spec_peak_tflops

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import contextlib
 import gc
-import json
 import statistics
 import sys
 import time
@@ -38,7 +37,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from benchmarks.common import benchmark_parser, device_name, device_slug, format_table, results_dir, write_results
+from benchmarks.common import benchmark_parser, device_name, earlier_rows, format_table, write_results
 from fba.config import Config, ModelConfig
 from fba.engine.text_bank import TextBank
 from fba.flops import spec_peak_tflops, training_flops
@@ -191,15 +190,6 @@ def count_host_syncs(fn: Callable[[], object], device: torch.device) -> int | No
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchronizing" in str(w.message) for w in caught)
-
-
-def earlier_rows(key: str, kind: str, directory: str | None, replaced: list[str]) -> list[dict]:
-    """Rows already stored under ``key`` for this device, less those of the variants about to be measured again."""
-    path = results_dir(directory) / f"{device_slug(kind)}.json"
-    if not path.exists():
-        return []
-    rows = json.loads(path.read_text()).get(key, {}).get("rows", [])
-    return [row for row in rows if row.get("variant") not in replaced]
 
 
 def free_memory(device: torch.device) -> None:

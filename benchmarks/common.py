@@ -164,6 +164,16 @@ def results_dir(override: str | os.PathLike | None = None) -> Path:
     return DEFAULT_RESULTS_DIR
 
 
+def earlier_rows(key: str, kind: str, directory: str | None, replaced: list[str]) -> list[dict]:
+    """For ``--append``: the rows stored under ``key`` for this device, less those of the variants about to be
+    measured again."""
+    path = results_dir(directory) / f"{device_slug(kind)}.json"
+    if not path.exists():
+        return []
+    rows = json.loads(path.read_text()).get(key, {}).get("rows", [])
+    return [row for row in rows if row.get("variant") not in replaced]
+
+
 def write_results(
     benchmark: str,
     rows: Sequence[dict],

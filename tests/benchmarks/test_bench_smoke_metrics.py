@@ -38,3 +38,13 @@ def test_format_table_and_slug():
     assert lines[0].split() == ["name", "|", "seconds"] and "0.1235" in table and len(lines) == 4
     assert device_slug("cpu", "Intel(R) Xeon(R) Platinum 8480+ CPU @ 2.00GHz") == "cpu-intel-xeon-platinum-8480"
     assert device_slug("cuda", "NVIDIA H100 80GB HBM3") == "cuda-nvidia-h100-80gb-hbm3"
+
+
+def test_earlier_rows_keeps_the_variants_not_measured_again(tmp_path):
+    from benchmarks.common import earlier_rows
+
+    assert earlier_rows("train_step", "cpu", str(tmp_path), ["a"]) == []
+    rows = [{"variant": "a", "x": 1}, {"variant": "b", "x": 2}, {"variant": "c", "x": 3}]
+    write_results("train_step", rows, kind="cpu", config={}, directory=tmp_path)
+    assert earlier_rows("train_step", "cpu", str(tmp_path), ["a", "c"]) == [{"variant": "b", "x": 2}]
+    assert earlier_rows("embed", "cpu", str(tmp_path), []) == []
