@@ -249,8 +249,13 @@ def _expanded_weights(dist: np.ndarray, rank: np.ndarray, k1: int) -> tuple[np.n
 
 
 def _query_expanded(columns: np.ndarray, weights: np.ndarray, rank: np.ndarray, k2: int) -> tuple[np.ndarray, ...]:
-    """Non-zeros of V after query expansion (each row the mean of its k2 nearest rows), as COO, row-major."""
+    """Non-zeros of V after query expansion (each row the mean of its k2 nearest rows), as COO, row-major.
+
+    With fewer than k2 images the mean is over all of them, as the reference's ``initial_rank[i, :k2]`` is then
+    the shorter list; ``rank`` already holds at most that many columns.
+    """
     num = len(columns)
+    k2 = min(k2, rank.shape[1])
     rows_out, cols_out, vals_out = [], [], []
     for start in range(0, num, _ROWS_PER_CHUNK):
         block_rows = np.arange(start, min(start + _ROWS_PER_CHUNK, num))

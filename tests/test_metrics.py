@@ -225,6 +225,16 @@ def test_re_rank_validation():
         re_rank(q_g, q_q, g_g, k1=0)
 
 
+@pytest.mark.parametrize("num_query,num_gallery", [(2, 3), (1, 1), (3, 2)])
+def test_re_rank_with_fewer_images_than_k2(num_query, num_gallery):
+    # Q + G < k2 (and < k1 + 1): neighbour lists are the shorter lists, as the reference's slices are.
+    q_g, q_q, g_g = _features(6, num_query, num_gallery)
+    got = re_rank(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3)
+    expected = re_ranking_reference(q_g, q_q, g_g, k1=20, k2=6, lambda_value=0.3)
+    assert got.shape == (num_query, num_gallery) and np.isfinite(got).all()
+    np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_topk_stable_matches_stable_argsort():
     from fba.metrics import _topk_stable
 
