@@ -39,35 +39,20 @@ def ensure_synthetic(root: Path, ids: int, cams: int, seed: int) -> Path:
     return root
 
 
-def retrieval_features(cfg: Config, model: torch.nn.Module, dataset, store) -> dict:
-    """Query and gallery features of ``model`` exactly as the trainer's evaluation computes them."""
-    from fba.engine.embedder import Embedder, RetrievalEval
-    from fba.engine.text_bank import TextBank
-
-    device = next(model.parameters()).device
-    banks = {"query": None, "gallery": None}
-    if store is not None and cfg.eval.feature == "full":
-        banks = {split: TextBank.for_split(model, dataset, split, store, device) for split in banks}
-    return RetrievalEval(cfg, dataset, banks["query"], banks["gallery"]).embed(Embedder(model, device))
-
-
-def metrics_of(features: dict, cfg: Config) -> dict:
-    from fba.engine.evaluator import evaluate_features
-
-    (qf, q_pids, q_cams), (gf, g_pids, g_cams) = features["query"], features["gallery"]
-    return evaluate_features(qf, gf, q_pids, g_pids, q_cams, g_cams, rerank=cfg.eval.rerank, max_rank=cfg.eval.max_rank)
-
-
 def feature_metrics(cfg: Config, model: torch.nn.Module, dataset, store) -> dict[str, tuple[dict, dict]]:
     """``{kind: (metrics, features)}`` for each retrieval feature the model has: "full" (CLS, F_f^V, F_f^T, with
     captions) and "image" (CLS only). The synthetic captions are written from the generator's identity
     attributes, so the image-only numbers are the ones that say what the visual encoder learned."""
     kinds = ("full", "image") if model.cross_modal is not None and store is not None else ("image",)
+    from fba.engine.embedder import Embedder, RetrievalEval
+
+    device = next(model.parameters()).device
     results = {}
     for kind in kinds:
         kind_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature=kind))
-        features = retrieval_features(kind_cfg, model, dataset, store)
-        results[kind] = (metrics_of(features, kind_cfg), features)
+        evaluation = RetrievalEval.for_model(kind_cfg, model, dataset, store, device)
+        features = evaluation.embed(Embedder(model, device))
+        results[kind] = (evaluation.score(features), features)
     return results
 
 

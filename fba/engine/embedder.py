@@ -126,6 +126,15 @@ class RetrievalEval:
         self.dataset = dataset
         self.banks = {"query": query_bank, "gallery": gallery_bank}
 
+    @classmethod
+    def for_model(cls, cfg, model: nn.Module, dataset, store, device: torch.device) -> RetrievalEval:
+        """With the query and gallery captions of ``store`` encoded by ``model``'s text tower when the full
+        feature is asked for and the model has a cross-modal module (else image-only, no text work)."""
+        banks = {"query": None, "gallery": None}
+        if cfg.eval.feature == "full" and store is not None and model.cross_modal is not None:
+            banks = {split: TextBank.for_split(model, dataset, split, store, device) for split in banks}
+        return cls(cfg, dataset, banks["query"], banks["gallery"])
+
     def _loader(self, items, device: torch.device):
         from fba.engine.trainer import use_dali
 
@@ -152,10 +161,10 @@ class RetrievalEval:
             result[split] = (features, np.array([pid for _, pid, _ in items]), np.array([cam for _, _, cam in items]))
         return result
 
-    def run(self, embedder: Embedder, progress: bool = True, metric: str = "cosine", rerank: bool | None = None) -> dict:
+    def score(self, embedded: dict, metric: str = "cosine", rerank: bool | None = None) -> dict:
+        """The metrics of features from :meth:`embed` (``rerank`` None: the config's ``eval.rerank``)."""
         from fba.engine.evaluator import evaluate_features
 
-        embedded = self.embed(embedder, progress)
         (qf, q_pids, q_cams), (gf, g_pids, g_cams) = embedded["query"], embedded["gallery"]
         metrics = evaluate_features(
             qf, gf, q_pids, g_pids, q_cams, g_cams, metric=metric,
@@ -163,6 +172,25 @@ class RetrievalEval:
         )
         metrics["feature"] = embedded["feature"]
         return metrics
+
+    def save(self, embedded: dict, path: Path, meta: dict | None = None) -> Path:
+        """Write features from :meth:`embed` with their split, pids, camids and paths, so that
+        ``fba eval --features`` can score them again (other distance, re-ranking) without the model."""
+        from fba.engine.features_io import save_features
+
+        splits = ("query", "gallery")
+        return save_features(
+            path,
+            torch.cat([torch.as_tensor(embedded[split][0]) for split in splits]),
+            [str(item[0]) for split in splits for item in self.dataset.split(split)],
+            pids=np.concatenate([embedded[split][1] for split in splits]),
+            camids=np.concatenate([embedded[split][2] for split in splits]),
+            split=[split for split in splits for _ in range(len(embedded[split][1]))],
+            meta={"feature": embedded["feature"], **(meta or {})},
+        )
+
+    def run(self, embedder: Embedder, progress: bool = True, metric: str = "cosine", rerank: bool | None = None) -> dict:
+        return self.score(self.embed(embedder, progress), metric, rerank)
 
 
 def list_image_folder(folder: Path) -> list[Path]:

@@ -74,6 +74,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("with --checkpoint")
     data.add_argument("-c", "--config", type=Path, help="config naming the data set, e.g. configs/occluded_reid.yaml")
     data.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
+    data.add_argument("--save-features", type=Path, metavar="FILE",
+                      help="also write the query and gallery features (.safetensors or .npz) for --features")
     data.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. eval.feature=image")
     options = parser.add_argument_group("evaluation")
     options.add_argument("--metric", choices=METRICS, default="cosine", help="distance between features")
@@ -129,7 +131,6 @@ def _run_checkpoint(args: argparse.Namespace) -> dict:
     from fba.config import ConfigError, load_config
     from fba.engine.checkpoint import load_model
     from fba.engine.embedder import Embedder, RetrievalEval, default_device, default_dtype
-    from fba.engine.text_bank import TextBank
     from fba.engine.trainer import load_data
 
     if args.config is None:
@@ -145,10 +146,12 @@ def _run_checkpoint(args: argparse.Namespace) -> dict:
     cfg.eval.max_rank = args.max_rank
     full = cfg.eval.feature == "full" and model.cross_modal is not None
     dataset, store = load_data(cfg, captions=full, eval_only=True)
-    banks = {split: TextBank.for_split(model, dataset, split, store, device) if full else None
-             for split in ("query", "gallery")}
-    evaluation = RetrievalEval(cfg, dataset, banks["query"], banks["gallery"])
-    metrics = evaluation.run(Embedder(model, device), metric=args.metric, rerank=args.rerank or cfg.eval.rerank)
+    evaluation = RetrievalEval.for_model(cfg, model, dataset, store if full else None, device)
+    embedded = evaluation.embed(Embedder(model, device))
+    if args.save_features is not None:
+        path = evaluation.save(embedded, args.save_features, {"model": str(args.checkpoint), "dataset": cfg.data.dataset})
+        print(f"wrote the query and gallery features to {path} (fba eval --features {path})")
+    metrics = evaluation.score(embedded, metric=args.metric, rerank=args.rerank or cfg.eval.rerank)
     metrics["source"] = str(args.checkpoint)
     return metrics
 

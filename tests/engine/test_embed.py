@@ -110,3 +110,17 @@ def test_eval_checkpoint_mode_matches_the_trainers_evaluation(trained, tmp_path,
     assert 100 * metrics["mAP"] == pytest.approx(result.final_metrics["eval/mAP"], abs=2.0)
     with pytest.raises(SystemExit, match="-c CONFIG"):
         main(["eval", "--checkpoint", str(result.model_path)])
+
+
+def test_eval_saves_features_that_eval_features_scores_the_same(trained, tmp_path):
+    root, result = trained
+    saved, first, second = tmp_path / "feats.safetensors", tmp_path / "a.json", tmp_path / "b.json"
+    assert main(["eval", "-c", str(result.output_dir / "config.yaml"), "--checkpoint", str(result.model_path),
+                 "--save-features", str(saved), "--json", str(first), "eval.feature=full"]) == 0
+    fs = load_features(saved)
+    assert fs.split == ["query"] * 4 + ["gallery"] * 8
+    assert len(fs.pids) == len(fs.camids) == len(fs.paths) == 12 and fs.meta["feature"] == "full"
+    assert all((root / "query").as_posix() in p for p in fs.paths[:4])
+    assert main(["eval", "--features", str(saved), "--json", str(second)]) == 0
+    a, b = json.loads(first.read_text()), json.loads(second.read_text())
+    assert a["mAP"] == pytest.approx(b["mAP"], abs=1e-6) and a["cmc"] == pytest.approx(b["cmc"], abs=1e-6)
