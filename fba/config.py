@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+import typing
 from typing import Any
 
 import yaml
@@ -135,10 +136,20 @@ def _coerce(value: Any, current: Any, where: str) -> Any:
     return value
 
 
+def _declared_scalar(obj: Any, key: str) -> Any:
+    """A value of the field's declared scalar type (``int | None`` -> 0), so that ``_coerce`` checks fields
+    whose default is None as strictly as the others; None when the field is not a plain scalar."""
+    hint = typing.get_type_hints(type(obj))[key]
+    kinds = [kind for kind in typing.get_args(hint) or (hint,) if kind is not type(None)]
+    return kinds[0]() if len(kinds) == 1 and kinds[0] in (bool, int, float, str) else None
+
+
 def _set(obj: Any, key: str, value: Any, where: str) -> None:
     if key not in _valid_keys(obj):
         raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(_valid_keys(obj))}")
     current = getattr(obj, key)
+    if current is None:
+        current = _declared_scalar(obj, key)
     if dataclasses.is_dataclass(current):
         if not isinstance(value, dict):
             raise ConfigError(f"{where}: {key!r} is a section; valid keys: {', '.join(_valid_keys(current))}")
@@ -163,13 +174,22 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
         parts = dotted.strip().split(".")
         target: Any = cfg
         for depth, part in enumerate(parts[:-1]):
-            if part not in _valid_keys(target) or not dataclasses.is_dataclass(getattr(target, part)):
+            if isinstance(target, dict):  # free-form options, e.g. data.options.subset=detected
+                target = target.setdefault(part, {})
+                if not isinstance(target, dict):
+                    raise ConfigError(f"override {item!r}: {'.'.join(parts[:depth + 1])!r} is a value, not a mapping")
+                continue
+            section = getattr(target, part) if part in _valid_keys(target) else None
+            if not (isinstance(section, dict) or dataclasses.is_dataclass(section)):
                 raise ConfigError(
                     f"override {item!r}: unknown section {'.'.join(parts[:depth + 1])!r}; "
                     f"valid: {', '.join(_valid_keys(target))}"
                 )
-            target = getattr(target, part)
-        _set(target, parts[-1], yaml.safe_load(raw), dotted)
+            target = section
+        if isinstance(target, dict):
+            target[parts[-1]] = yaml.safe_load(raw)
+        else:
+            _set(target, parts[-1], yaml.safe_load(raw), dotted)
     return cfg
 
 

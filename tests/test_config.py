@@ -50,6 +50,16 @@ def test_dotted_overrides_change_values_with_types():
     assert config_from_dict(cfg.to_dict()) == cfg
 
 
+def test_overrides_reach_into_option_mappings_and_type_check_fields_that_default_to_none():
+    cfg = load_config(CONFIGS / "cuhk03np.yaml", ["data.options.subset=detected", "solver.iters_per_epoch=7",
+                                                  "model.pretrained=123"])
+    assert cfg.data.options == {"subset": "detected"}
+    assert cfg.solver.iters_per_epoch == 7 and cfg.model.pretrained == "123"
+    assert load_config(None, ["solver.iters_per_epoch=null"]).solver.iters_per_epoch is None
+    with pytest.raises(ConfigError, match=r"'data.options.subset' is a value, not a mapping"):
+        load_config(CONFIGS / "cuhk03np.yaml", ["data.options.subset.deep=1"])
+
+
 @pytest.mark.parametrize("override,message", [
     ("model.poolin=false", r"unknown key 'poolin'; valid keys: .*pooling"),
     ("modle.pooling=false", r"unknown section 'modle'; valid: data, model, loss, solver, train, eval"),
@@ -58,6 +68,8 @@ def test_dotted_overrides_change_values_with_types():
     ("model.pooling=maybe", r"model.pooling: expected true/false"),
     ("model.pooling", r"not of the form section.key=value"),
     ("model=tiny", r"'model' is a section; valid keys: arch"),
+    ("solver.iters_per_epoch=abc", r"solver.iters_per_epoch: expected an integer"),
+    ("model.arch.depth=2", r"unknown section 'model.arch'"),
 ])
 def test_bad_overrides_are_errors_listing_what_is_valid(override, message):
     with pytest.raises(ConfigError, match=message):

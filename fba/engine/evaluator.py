@@ -3,7 +3,7 @@
 
 The command has one mode per source of features; each mode is an option of the ``source`` group and a
 ``_run_<mode>`` function. Whatever the source, the metrics come from :func:`evaluate_features` and are shown by
-:func:`format_metrics`, which the trainer reuses for its periodic evaluation.
+:func:`format_metrics`.
 """
 from __future__ import annotations
 
