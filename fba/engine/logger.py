@@ -1,17 +1,20 @@
 """Training logs: a tqdm bar per epoch, TensorBoard scalars and the ``metrics.jsonl`` file of docs/architecture.md.
 
 Only rank 0 writes; on other ranks every method is a no-op. A resumed run first drops the records written
-after the checkpoint it resumes from (a killed run may have logged steps that are replayed now), so the file
-holds one record per step whatever happened.
+after the checkpoint it resumes from (a killed run may have logged steps that are replayed now, and may have
+been cut off in the middle of its last line), so the file holds one record per step whatever happened. A fresh
+run starts both logs anew, so that no earlier run's curves mix with its own.
 """
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 from tqdm import tqdm
 
 from fba.engine.checkpoint import atomic_write_bytes
+from fba.jsonl import parse_object
 
 METRICS_FILE = "metrics.jsonl"
 
@@ -35,13 +38,18 @@ class RunLogger:
             self._writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=resume_step and resume_step + 1)
 
     def _truncate(self, resume_step: int | None) -> None:
+        if resume_step is None:
+            self.metrics_path.unlink(missing_ok=True)
+            shutil.rmtree(self.output_dir / "tensorboard", ignore_errors=True)
+            return
         if not self.metrics_path.exists():
             return
-        if resume_step is None:
-            self.metrics_path.unlink()
-            return
-        kept = [line for line in self.metrics_path.read_text().splitlines()
-                if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+        text = self.metrics_path.read_text()
+        lines = text.splitlines()
+        if lines and not text.endswith("\n"):
+            lines.pop()  # cut off mid-write by the kill this run resumes from
+        kept = [line for number, line in enumerate(lines, 1) if line.strip()
+                and parse_object(line, f"{self.metrics_path}, line {number}").get("step", 0) <= resume_step]
         atomic_write_bytes(self.metrics_path, "".join(f"{line}\n" for line in kept).encode())
 
     def log(self, step: int, epoch: int, values: dict[str, float]) -> None:
