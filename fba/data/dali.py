@@ -221,7 +221,12 @@ class _DALILoader:
 
     def _start_epoch(self) -> DALIGenericIterator:
         """A fresh iterator for the first epoch or after one left half way (its prefetched batches belong to
-        the old epoch), ``reset()`` after an epoch that ran to its end."""
+        the old epoch), ``reset()`` after an epoch that ran to its end.
+
+        An epoch ran to its end once all ``len(self)`` batches were served, with or without the StopIteration
+        after them: the trainer takes exactly that many and never asks again, and by then DALI has already
+        found the source exhausted (its prefetch asked for the batch after the last), so ``reset()`` is valid.
+        """
         if self._iterator is not None and self._finished:
             self._iterator.reset()
         else:
@@ -235,6 +240,7 @@ class _DALILoader:
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
         iterator = self._start_epoch()
+        planned, served = len(self), 0
         while True:
             try:
                 outputs = next(iterator)[0]
@@ -248,6 +254,8 @@ class _DALILoader:
             index = outputs["index"].reshape(-1).to(torch.int64)
             if index.tolist() != batch:
                 raise RuntimeError(f"DALI returned indices {index.tolist()} for the batch fed as {batch}")
+            served += 1
+            self._finished = served >= planned
             yield {"images": outputs["images"], "pids": self.pids[index], "camids": self.camids[index],
                    "index": index}
 

@@ -19,6 +19,7 @@ from torchvision.transforms import InterpolationMode
 pytest.importorskip("nvidia.dali")
 
 from fba.config import Config  # noqa: E402
+from fba.data import dali as dali_module  # noqa: E402
 from fba.data.dali import (  # noqa: E402
     build_dali_eval_loader, build_dali_train_loader, sample_erasing_box, sample_train_params,
 )
@@ -111,6 +112,24 @@ def _reference_train_image(path: str, height: int, width: int, padding: int, par
     return TF.normalize(TF.to_tensor(image), CLIP_MEAN, CLIP_STD)
 
 
+def _erased_values_of_a_torchvision_batch(batch: dict, items, rng: np.random.Generator, height: int, width: int,
+                                          padding: int) -> list[torch.Tensor]:
+    """Assert that ``batch`` is torchvision's flip / crop of its images with the parameters the epoch's ``rng``
+    draws next, outside the erasing boxes; return the values inside the boxes (the erasing noise)."""
+    params = sample_train_params(rng, len(batch["index"]), height, width, 0.5, padding, 0.5)
+    erased_values = []
+    for n, i in enumerate(batch["index"].tolist()):
+        reference = _reference_train_image(items[i][0], height, width, padding, params, n)
+        top, left = params["erase_anchor"][n].astype(int)
+        h, w = params["erase_shape"][n].astype(int)
+        box = torch.zeros(height, width, dtype=torch.bool)
+        box[top:top + h, left:left + w] = True
+        got = batch["images"][n]
+        assert (got - reference)[:, ~box].abs().max() <= GREY_LEVEL + 1e-4
+        erased_values.append(got[:, box].flatten())
+    return erased_values
+
+
 def test_train_augmentation_equals_torchvision_for_the_same_parameters(items):
     cfg = _cfg(height=40, width=20, padding=4, seed=5)
     loader = build_dali_train_loader(cfg, items, device_id=None)
@@ -118,16 +137,7 @@ def test_train_augmentation_equals_torchvision_for_the_same_parameters(items):
     rng = np.random.default_rng((5, 0, 2))
     erased_values = []
     for batch in loader:
-        params = sample_train_params(rng, len(batch["index"]), 40, 20, 0.5, 4, 0.5)
-        for n, i in enumerate(batch["index"].tolist()):
-            reference = _reference_train_image(items[i][0], 40, 20, 4, params, n)
-            top, left = params["erase_anchor"][n].astype(int)
-            h, w = params["erase_shape"][n].astype(int)
-            box = torch.zeros(40, 20, dtype=torch.bool)
-            box[top:top + h, left:left + w] = True
-            got = batch["images"][n]
-            assert (got - reference)[:, ~box].abs().max() <= GREY_LEVEL + 1e-4
-            erased_values.append(got[:, box].flatten())
+        erased_values += _erased_values_of_a_torchvision_batch(batch, items, rng, 40, 20, 4)
     noise = torch.cat(erased_values)
     assert noise.numel() > 300
     assert abs(noise.mean()) < 0.15 and abs(noise.std() - 1) < 0.15
@@ -175,16 +185,47 @@ def test_erasing_box_sampler_follows_torchvision_rules():
     assert abs(np.mean(areas) - np.mean(ref_areas)) < 0.01
 
 
-def test_same_seed_same_batches_new_epoch_new_parameters(items):
-    def first_batch(seed: int, epoch: int) -> dict:
+def test_same_seed_same_batches_new_epoch_new_parameters(items, tmp_path):
+    def first_batch(items, seed: int, epoch: int) -> dict:
         loader = build_dali_train_loader(_cfg(seed=seed), items, device_id=None)
         loader.set_epoch(epoch)
         return next(iter(loader))
 
-    a, b = first_batch(7, 0), first_batch(7, 0)
+    a, b = first_batch(items, 7, 0), first_batch(items, 7, 0)
     assert torch.equal(a["index"], b["index"]) and torch.equal(a["images"], b["images"])
-    c = first_batch(7, 1)
-    assert not torch.equal(a["images"], c["images"])
+    # One file behind every item: the batches of two epochs can differ only in their augmentation (the
+    # erasing noise repeats, each loader's pipeline being seeded alike), so they are equal if the epoch is ignored.
+    Image.open(items[0][0]).save(tmp_path / "same.png")
+    same = [(str(tmp_path / "same.png"), pid, 0) for pid in range(8) for _ in range(2)]
+    c, d = first_batch(same, 7, 0), first_batch(same, 7, 1)
+    assert not torch.equal(c["images"], d["images"])
+
+
+def test_epochs_taken_as_the_trainer_takes_them_reuse_the_pipeline(items, monkeypatch):
+    # The trainer calls next() exactly len(loader) times and never sees StopIteration: that is a finished
+    # epoch, so the next one resets the same pipeline instead of building a new one.
+    build, built = dali_module._build_pipeline, []
+
+    def counting_build(*args, **kwargs):
+        built.append(build(*args, **kwargs))
+        return built[-1]
+
+    monkeypatch.setattr(dali_module, "_build_pipeline", counting_build)
+    cfg = _cfg(height=40, width=20, padding=4, seed=5)
+    loader = build_dali_train_loader(cfg, items, device_id=None)
+    reference = build_train_loader(cfg, items)
+    for epoch in range(3):
+        loader.set_epoch(epoch)
+        reference.set_epoch(epoch)
+        rng = np.random.default_rng((5, 0, epoch))
+        batches = iter(loader)
+        indices = []
+        for _ in range(len(loader)):
+            batch = next(batches)  # checked at once: DALI may reuse its output buffers for later batches
+            _erased_values_of_a_torchvision_batch(batch, items, rng, 40, 20, 4)
+            indices.append(batch["index"].tolist())
+        assert indices == [b["index"].tolist() for b in reference]
+    assert len(built) == 1
 
 
 def test_abandoned_epoch_does_not_leak_into_the_next(items):
