@@ -73,6 +73,7 @@ def run_ablation(out: Path, data: Path, ids: int, cams: int, data_seed: int, see
     the first unfinished one continues from its latest checkpoint, so an interrupted ablation loses at most
     one epoch."""
     from fba.config import load_config
+    from fba.engine.checkpoint import atomic_write_bytes
     from fba.engine.trainer import train
 
     ensure_synthetic(data, ids, cams, data_seed)
@@ -94,7 +95,7 @@ def run_ablation(out: Path, data: Path, ids: int, cams: int, data_seed: int, see
             minutes = (time.perf_counter() - start) / 60
             results.append({"row": row, "seed": seed, "switches": switches, "minutes": minutes,
                             **measure(cfg, result.model_path)})
-            results_path.write_text(json.dumps(results, indent=2))
+            atomic_write_bytes(results_path, json.dumps(results, indent=2).encode())  # the resume state
     table = ablation_table(results)
     (out / "ablation.md").write_text(table + "\n")
     print(f"\n{table}\n\nwritten to {out / 'ablation.md'}")
