@@ -27,7 +27,10 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 OCCLUDED_REID_EXTENSIONS = IMAGE_EXTENSIONS + (".tif", ".tiff")
 JUNK_ID = -1
 
-_MARKET_NAME = re.compile(r"([-\d]+)_c(\d+)")
+_MARKET_NAME = re.compile(r"(-?\d+)_c(\d+)")
+# What int() takes, checked before calling it; str.isdigit() also passes "²", on which int() raises.
+_INTEGER = re.compile(r"-?\d+")
+_DIGITS = re.compile(r"\d+")
 
 
 class DatasetError(ValueError):
@@ -197,7 +200,7 @@ def read_occluded_reid(root: Path) -> ReIDDataset:
             raise DatasetError(f"missing split folder {folder}")
         items: list[Item] = []
         for person in sorted(p for p in folder.iterdir() if p.is_dir()):
-            if not person.name.isdigit():
+            if not _DIGITS.fullmatch(person.name):
                 raise DatasetError(f"cannot parse the id from folder name {person} (expected digits, e.g. 001)")
             pid = int(person.name)
             items += [(str(path), pid, camid) for path in _image_files(person, OCCLUDED_REID_EXTENSIONS)]
@@ -214,11 +217,11 @@ def _read_msmt_list(list_file: Path, image_dir: Path) -> list[Item]:
             continue
         fields = line.split()
         where = f"{list_file}, line {line_no}"
-        if len(fields) != 2 or not fields[1].lstrip("-").isdigit():
+        if len(fields) != 2 or not _INTEGER.fullmatch(fields[1]):
             raise DatasetError(f"{where}: expected '<relative path> <id>', got {line!r}")
         relative, pid = fields[0], int(fields[1])
         name_fields = Path(relative).stem.split("_")
-        if len(name_fields) < 3 or not name_fields[2].isdigit() or int(name_fields[2]) < 1:
+        if len(name_fields) < 3 or not _DIGITS.fullmatch(name_fields[2]) or int(name_fields[2]) < 1:
             raise DatasetError(
                 f"{where}: cannot parse the camera from {relative!r} (expected e.g. 0000_000_01_0303morning_0015_0.jpg)"
             )

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -89,6 +90,13 @@ def test_occluded_reid_bad_folder_name(tmp_path: Path):
         build_dataset("occluded_reid", tmp_path)
 
 
+def test_occluded_reid_folder_name_of_non_decimal_digits(tmp_path: Path):
+    # "²".isdigit() is True but int("²") raises: the reader's error must come first, naming the folder.
+    touch(tmp_path, "occluded_body_images/00²/1.jpg", "whole_body_images/001/1.jpg")
+    with pytest.raises(DatasetError, match=r"occluded_body_images/00²"):
+        build_dataset("occluded_reid", tmp_path)
+
+
 def make_msmt(root: Path) -> Path:
     train = ["0000/0000_000_01_0303morning_0015_0.jpg 0", "0000/0000_001_05_0303morning_0016_0.jpg 0",
              "0003/0003_000_02_0303noon_0001_0.jpg 3"]
@@ -131,6 +139,19 @@ def test_msmt17_errors_name_list_file_and_line(tmp_path: Path):
         build_dataset("msmt17", root)
 
 
+@pytest.mark.parametrize("line,error", [
+    ("0010/0010_000_07_0303afternoon_0003_0.jpg --3", "expected"),
+    ("0010/0010_000_07_0303afternoon_0003_0.jpg 1-0", "expected"),
+    ("0010/0010_000_07_0303afternoon_0003_0.jpg -", "expected"),
+    ("0010/0010_000_²_0303afternoon_0003_0.jpg 10", "cannot parse the camera"),
+])
+def test_msmt17_malformed_numbers_are_reader_errors(tmp_path: Path, line: str, error: str):
+    root = make_msmt(tmp_path)
+    (root / "list_query.txt").write_text(line + "\n")
+    with pytest.raises(DatasetError, match=rf"list_query\.txt, line 1: {error}"):
+        build_dataset("msmt17", root)
+
+
 def test_unknown_name_lists_valid_names(tmp_path: Path):
     with pytest.raises(DatasetError, match="valid names: .*market1501.*msmt17"):
         build_dataset("market", tmp_path)
@@ -163,6 +184,13 @@ def test_empty_split_and_junk_only_split(tmp_path: Path):
 def test_unparsable_file_name(market_root: Path):
     touch(market_root, "bounding_box_train/person_12.jpg")
     with pytest.raises(DatasetError, match=r"cannot parse .*bounding_box_train/person_12\.jpg"):
+        build_dataset("market1501", market_root)
+
+
+@pytest.mark.parametrize("name", ["12-3_c1s1_000001_00.jpg", "-_c1.jpg", "--1_c1s1_000001_00.jpg", "1-_c2.jpg"])
+def test_file_name_with_a_malformed_id(market_root: Path, name: str):
+    touch(market_root, f"bounding_box_train/{name}")
+    with pytest.raises(DatasetError, match=rf"cannot parse .*bounding_box_train/{re.escape(name)}"):
         build_dataset("market1501", market_root)
 
 
