@@ -19,8 +19,12 @@ def pool_mask_from_stats(dot: torch.Tensor, sq_f: torch.Tensor, sq_b: torch.Tens
 
     A constant s over the valid columns gives 0 / (0 + 1e-6) = 0 everywhere, as SPEC's formula does.
     """
-    one = torch.ones_like(sq_f)  # padded columns have zero norm: keep sqrt's gradient finite there
-    sim = dot / (torch.where(valid, sq_f, one).sqrt() * torch.where(valid, sq_b, one).sqrt() + EPS)
+    def norm(sq: torch.Tensor) -> torch.Tensor:
+        # A zero column (padding, or a softmax that underflowed) has dot = 0 too, so s_j = 0 with any norm;
+        # a norm of 1 there keeps sqrt's gradient finite.
+        return torch.where(valid & (sq > 0), sq, torch.ones_like(sq)).sqrt()
+
+    sim = dot / (norm(sq_f) * norm(sq_b) + EPS)
     lowest = sim.masked_fill(~valid, float("inf")).amin(dim=-1, keepdim=True)
     highest = sim.masked_fill(~valid, float("-inf")).amax(dim=-1, keepdim=True)
     mask = (sim - lowest) / (highest - lowest + EPS)
@@ -51,7 +55,7 @@ def pool_from_stats(
         mask = pool_mask_from_stats(dot.float(), sq_f.float(), sq_b.float(), valid)
     else:
         with torch.no_grad():
-            mask = pool_mask_from_stats(dot.detach().float(), sq_f.detach().float(), sq_b.detach().float(), valid)
+            mask = pool_mask_from_stats(dot.float(), sq_f.float(), sq_b.float(), valid)
     return _pool(mask, tokens), mask
 
 

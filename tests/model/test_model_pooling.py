@@ -49,12 +49,27 @@ def test_differential_pool_matches_numpy_spec():
     assert torch.allclose(mask.amax(-1), torch.ones(3), atol=1e-5) and mask.masked_fill(~valid, 1).amin(-1).eq(0).all()
 
 
-def test_pool_from_stats_equals_pool_from_maps():
+def test_pool_from_stats_matches_numpy_spec():
     w_f, w_b, tokens, valid = random_maps(seed=1)
     stats = torch.stack([(w_f * w_b).sum(1), (w_f**2).sum(1), (w_b**2).sum(1)], 1)
-    a = pool_from_stats(stats[:, 0], stats[:, 1], stats[:, 2], tokens, valid)
-    b = differential_pool(w_f, w_b, tokens, valid)
-    torch.testing.assert_close(a, b)
+    pooled, mask = pool_from_stats(stats[:, 0], stats[:, 1], stats[:, 2], tokens, valid)
+    want_pooled, want_mask = spec_pool_numpy(*(t.double().numpy() for t in (w_f, w_b, tokens)), valid.numpy())
+    np.testing.assert_allclose(mask.numpy(), want_mask, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(pooled.numpy(), want_pooled, rtol=1e-5, atol=1e-5)
+
+
+def test_pool_grad_stays_finite_for_a_column_no_patch_attends_to():
+    w_f, w_b, tokens, valid = random_maps(seed=5)
+    w_f = w_f.clone()
+    w_f[0, :, 2] = 0  # a valid column whose softmax underflowed in every row
+    w_f.requires_grad_(True)
+    w_b.requires_grad_(True)
+    pooled, mask = differential_pool(w_f, w_b, tokens, valid, pool_grad=True)
+    pooled.square().sum().backward()
+    assert torch.isfinite(w_f.grad).all() and torch.isfinite(w_b.grad).all()
+    want_pooled, want_mask = spec_pool_numpy(*(t.detach().double().numpy() for t in (w_f, w_b, tokens)),
+                                             valid.numpy())
+    np.testing.assert_allclose(mask.detach().numpy(), want_mask, rtol=1e-5, atol=1e-6)
 
 
 def test_kernel_reference_stats_exclude_the_cls_row():
