@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import logging
+import zlib
 
 import pytest
 import torch
@@ -58,7 +59,7 @@ CASES = [  # (B, H, Nq, M, d, padding, row_start)
 @pytest.mark.parametrize("case", CASES, ids=lambda c: "B{}H{}N{}M{}d{}-{}-r{}".format(*c))
 def test_triton_matches_reference_fp32(case, poisoned, device):
     *shape, padding, row_start = case
-    tensors, valid = make_inputs(*shape, device=device, padding=padding, seed=hash(case) % 1000)
+    tensors, valid = make_inputs(*shape, device=device, padding=padding, seed=zlib.crc32(repr(case).encode()) % 1000)
     grad_outs = [torch.randn(tensors[0].shape, dtype=torch.float64, device=device) for _ in range(2)]
     got = run(cross_attention.fused, tensors, valid, row_start, grad_outs)
     want = run(cross_attention.reference, tensors, valid, row_start, grad_outs)
@@ -171,7 +172,7 @@ def test_bad_inputs_are_refused_with_clear_errors(device):
 @GPU
 @pytest.mark.parametrize("backend", ["triton", "cuda"])
 def test_fused_bf16_at_paper_sizes_on_gpu(backend):
-    """The paper's shapes (ViT-B/16 at 256x128: 1 + 16x8 patches with stride 12 -> 311 rows, 77 caption tokens)."""
+    """The paper's shapes (ViT-B/16 at 384x128 with stride 12: 1 + 31x10 patches -> 311 rows, 77 caption tokens)."""
     tensors, valid = make_inputs(4, 12, 311, 77, 64, dtype=torch.bfloat16, device="cuda", seed=1)
     grad_outs = [torch.randn(tensors[0].shape, dtype=torch.float64, device="cuda") for _ in range(2)]
     exact = [t.detach().double().requires_grad_() for t in tensors]
