@@ -91,9 +91,10 @@ class TextEncoder(nn.Module):
 
     @property
     def identity(self) -> str:
-        """Arch name + a hash of the current weights (recomputed only when a weight tensor was modified)."""
+        """Arch name + a hash of the current weights, recomputed when a weight tensor was modified in place or
+        replaced (``.to(dtype)`` makes new tensors without bumping any version), so cache keys never go stale."""
         params = list(self.tower.state_dict().values())
-        versions = tuple(p._version for p in params)
+        versions = tuple((p._version, p.data_ptr(), p.dtype) for p in params)
         if self._fingerprint is None or self._fingerprint[0] != versions:
             digest = hashlib.sha256()
             for name, tensor in self.tower.state_dict().items():

@@ -61,6 +61,12 @@ def test_identity_follows_the_weights():
     b.load_state_dict(a.state_dict())
     assert a.identity == b.identity
     assert a.identity.startswith("tiny-")
+    fp32 = a.identity
+    a.to(torch.bfloat16)  # new tensors, no version bump
+    assert a.identity != fp32
+    c = TextEncoder(TINY).to(torch.bfloat16)
+    c.load_state_dict(a.state_dict())
+    assert c.identity == a.identity
 
 
 def test_cache_second_call_reads_from_disk(tmp_path):
