@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tqdm import tqdm
 
-from fba.data.captions import BG_PROMPT, FG_PROMPT, Caption, CaptionError, CaptionStore
+from fba.data.captions import BG_PROMPT, FG_PROMPT, Caption, CaptionError, CaptionStore, parse_caption_line
 from fba.data.datasets import SPLITS, ReIDDataset, build_dataset
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def dataset_images(dataset: ReIDDataset) -> list[ImageRef]:
 
 
 def resume(out: Path) -> set[str]:
-    """The images already captioned in ``out``; a cut-off last line (a killed run) is removed from the file.
+    """The images already captioned in ``out``, after mending a last line that has no newline.
 
     Every complete line is validated (``CaptionStore.load``): a malformed line in the middle of the file is an
     error naming the file and line, never silently skipped.
@@ -74,11 +74,24 @@ def resume(out: Path) -> set[str]:
         return set()
     data = out.read_bytes()
     if data and not data.endswith(b"\n"):
-        keep = data.rfind(b"\n") + 1
+        _mend_last_line(out, data)
+    return set(CaptionStore.load(out))
+
+
+def _mend_last_line(out: Path, data: bytes) -> None:
+    """A last line without its newline is a cut-off write of a killed run, dropped, unless it is a valid record
+    (a hand-edited file): that caption is kept and given its newline, so the next record starts a line of its own.
+    """
+    keep = data.rfind(b"\n") + 1
+    try:
+        parse_caption_line(data[keep:].decode("utf-8"), f"{out}, last line")
+    except (CaptionError, UnicodeDecodeError):  # a cut may also split a multi-byte character
         logger.warning("%s: dropping a cut-off last line (%d bytes) left by an interrupted run", out, len(data) - keep)
         with out.open("r+b") as sink:
             sink.truncate(keep)
-    return set(CaptionStore.load(out))
+        return
+    with out.open("ab") as sink:
+        sink.write(b"\n")
 
 
 def record_line(image: str, caption: Caption) -> str:

@@ -212,6 +212,36 @@ def test_interrupted_run_resumes_without_duplicates_or_gaps(market_root: Path, t
     assert all(store[key] == Caption(f"fg of {key}", f"bg of {key}") for key, _ in images)
 
 
+FIRST_RECORD = '{"image": "a.jpg", "fg": "x", "bg": "y"}\n'
+
+
+@pytest.mark.parametrize("cut", [
+    b'{"image": "b.jpg", "fg": "x", "bg": "y"',
+    b'{"image": "b.jpg", "fg": "x", "bg": ',
+    '{"image": "b.jpg", "fg": "x", "bg": "é'.encode()[:-1],  # half of a two-byte character
+])
+def test_resume_drops_a_cut_off_last_line(tmp_path: Path, cut: bytes) -> None:
+    out = tmp_path / "captions.jsonl"
+    out.write_bytes(FIRST_RECORD.encode() + cut)
+    assert resume(out) == {"a.jpg"}
+    assert out.read_text(encoding="utf-8") == FIRST_RECORD
+
+
+def test_resume_keeps_a_complete_last_record_without_its_newline(tmp_path: Path) -> None:
+    # A hand-edited file often lacks the final newline: its last caption is kept, not replaced by a new one.
+    out = tmp_path / "captions.jsonl"
+    last = '{"image": "b.jpg", "fg": "edited fg", "bg": "edited bg"}'
+    out.write_text(FIRST_RECORD + last, encoding="utf-8")
+    assert resume(out) == {"a.jpg", "b.jpg"}
+    assert out.read_text(encoding="utf-8") == FIRST_RECORD + last + "\n"
+
+    backend = FailAfter(1)
+    assert caption_images([("c.jpg", "/unused/c.jpg")], backend, out, batch_size=1, progress=False) == 1
+    store = CaptionStore.load(out)
+    assert list(store) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert store["b.jpg"] == Caption("edited fg", "edited bg")
+
+
 def test_resume_rejects_a_broken_complete_line(tmp_path: Path) -> None:
     out = tmp_path / "captions.jsonl"
     out.write_text('{"image": "a.jpg", "fg": "x", "bg": "y"}\n{"image": "b.jpg", "fg": ""\n', encoding="utf-8")

@@ -63,7 +63,7 @@ class CaptionStore(Mapping[str, Caption]):
                 if not line.strip():
                     continue
                 where = f"{path}, line {line_no}"
-                key, caption = _parse_line(line, where)
+                key, caption = parse_caption_line(line, where)
                 if key in captions:
                     raise CaptionError(f"{where}: duplicate image {key!r} (first on line {first_line[key]})")
                 captions[key], first_line[key] = caption, line_no
@@ -101,7 +101,9 @@ class CaptionStore(Mapping[str, Caption]):
         return len(self._captions)
 
 
-def _parse_line(line: str, where: str) -> tuple[str, Caption]:
+def parse_caption_line(line: str, where: str) -> tuple[str, Caption]:
+    """One caption record as ``(image key, Caption)``; a :class:`CaptionError` prefixed by ``where`` if it is not
+    one (the captioner also asks this of a last line without its newline: complete record or cut-off write)."""
     record = parse_object(line, where, ("image", "fg", "bg"), CaptionError)
     for key in ("image", "fg", "bg"):
         value = record[key]
