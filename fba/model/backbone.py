@@ -7,7 +7,6 @@ resized (bilinear, CLS position kept, as TransReID does). Keeping open_clip's mo
 """
 from __future__ import annotations
 
-import hashlib
 import warnings
 import zipfile
 from dataclasses import dataclass
@@ -90,12 +89,11 @@ def patch_grid(image_size: tuple[int, int], patch_size: int, stride: int) -> tup
 
 @dataclass
 class ClipCheckpoint:
-    """A CLIP checkpoint split by tower, keys relative to each tower, fp32, plus a fingerprint of the file."""
+    """A CLIP checkpoint split by tower, keys relative to each tower, fp32."""
 
     path: Path
     visual: dict[str, torch.Tensor]
     text: dict[str, torch.Tensor]
-    fingerprint: str
 
 
 _TEXT_KEYS = ("transformer.", "token_embedding.", "positional_embedding", "ln_final.", "text_projection")
@@ -126,14 +124,6 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def _file_fingerprint(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 22), b""):
-            digest.update(block)
-    return digest.hexdigest()[:16]
-
-
 def load_clip_checkpoint(path: str | Path) -> ClipCheckpoint:
     """Read an open_clip state dict (any of its layouts) or OpenAI's JIT archive from a local file; never download.
 
@@ -158,7 +148,7 @@ def load_clip_checkpoint(path: str | Path) -> ClipCheckpoint:
                 raise ValueError(f"{path}: unexpected key {key!r}; is this a CLIP ViT checkpoint?")
     if not visual:
         raise ValueError(f"{path}: no 'visual.*' weights found; is this a CLIP ViT checkpoint?")
-    return ClipCheckpoint(path, visual, text, _file_fingerprint(path))
+    return ClipCheckpoint(path, visual, text)
 
 
 def load_tower(module: nn.Module, state: dict[str, torch.Tensor], what: str, source: Path) -> None:
