@@ -30,10 +30,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from torchvision.transforms import InterpolationMode
 
 from fba.data.datasets import Item
 from fba.data.sampler import PKSampler, SamplerEpochs
-from fba.data.transforms import CLIP_MEAN, CLIP_STD, ERASING_RATIO, ERASING_SCALE, ImageReadError, read_image
+from fba.data.transforms import (
+    CLIP_MEAN, CLIP_STD, ERASING_RATIO, ERASING_SCALE, INTERPOLATION, ImageReadError, read_image,
+)
 
 try:
     from nvidia.dali import fn, pipeline_def, types
@@ -49,7 +52,8 @@ if TYPE_CHECKING:
 PIXEL_MEAN = [255.0 * m for m in CLIP_MEAN]
 PIXEL_STD = [255.0 * s for s in CLIP_STD]
 ERASING_TRIES = 10
-INTERPOLATION = types.INTERP_CUBIC
+# The torch loaders' resize interpolation in DALI's terms; a KeyError here: a new mode needs its DALI twin.
+DALI_INTERPOLATION = {InterpolationMode.BICUBIC: types.INTERP_CUBIC}[INTERPOLATION]
 
 
 def default_device_id() -> int | None:
@@ -136,7 +140,7 @@ TRAIN_INPUTS = ("mirror", "crop_start", "erase_anchor", "erase_shape", "noise_sh
 
 def _decode_resize(encoded, height: int, width: int, on_gpu: bool):
     images = fn.decoders.image(encoded, device="mixed" if on_gpu else "cpu", output_type=types.RGB)
-    return fn.resize(images, size=[height, width], interp_type=INTERPOLATION, antialias=True)
+    return fn.resize(images, size=[height, width], interp_type=DALI_INTERPOLATION, antialias=True)
 
 
 def _normalise(images, mirror=0):
@@ -276,17 +280,17 @@ class DALITrainLoader(SamplerEpochs, _DALILoader):
     """The ``TrainLoader`` protocol of ``fba.data.transforms`` on DALI: ``set_epoch``, ``__iter__``, ``__len__``,
     ``state_dict`` / ``load_state_dict`` (the sampler's)."""
 
+    _rng: np.random.Generator  # the epoch's parameter generator, made where the source starts the epoch
+
     def __init__(self, items: Sequence[Item], sampler: PKSampler, seed: int, params: Callable[..., dict],
                  build: Callable[[_BatchSource], object]):
         self.sampler = sampler
         self.seed = seed
-        self._rng = np.random.default_rng((seed, sampler.rank, sampler.epoch))
         super().__init__(items, _BatchSource(items, self._epoch_batches, lambda n: params(self._rng, n)), build)
 
     def _epoch_batches(self) -> Iterator[list[int]]:
         self._rng = np.random.default_rng((self.seed, self.sampler.rank, self.sampler.epoch))
         return iter(self.sampler.batches())
-
 
 
 class DALIEvalLoader(_DALILoader):

@@ -39,7 +39,6 @@ from fba.jsonl import parse_object
 
 VERSION = "1"
 SPLIT_FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
-GENERATED_FILES = ("captions.jsonl", "attributes.jsonl", "meta.json")
 SUPERSAMPLE = 2
 JPEG_QUALITY = 90
 

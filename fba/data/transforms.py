@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-INTERPOLATION = "bicubic"
+INTERPOLATION = InterpolationMode.BICUBIC  # of the resize, also the DALI loader's
 ERASING_SCALE = (0.02, 0.33)
 ERASING_RATIO = (0.3, 3.3)
 
@@ -42,7 +42,7 @@ def build_train_transform(
     height: int, width: int, flip_prob: float = 0.5, padding: int = 10, erasing_prob: float = 0.5
 ) -> Callable[[Image.Image], torch.Tensor]:
     return T.Compose([
-        T.Resize((height, width), interpolation=InterpolationMode.BICUBIC),
+        T.Resize((height, width), interpolation=INTERPOLATION),
         T.RandomHorizontalFlip(p=flip_prob),
         T.Pad(padding),
         T.RandomCrop((height, width)),
@@ -54,7 +54,7 @@ def build_train_transform(
 
 def build_eval_transform(height: int, width: int) -> Callable[[Image.Image], torch.Tensor]:
     return T.Compose([
-        T.Resize((height, width), interpolation=InterpolationMode.BICUBIC),
+        T.Resize((height, width), interpolation=INTERPOLATION),
         T.ToTensor(),
         T.Normalize(CLIP_MEAN, CLIP_STD),
     ])
