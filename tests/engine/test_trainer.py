@@ -80,8 +80,11 @@ def test_frozen_text_tower_never_moves_and_cached_features_skip_it(tiny_root, tm
     trainer = Trainer(cfg)
     text_encoder = trainer.module.text_encoder
     before = {k: v.clone() for k, v in text_encoder.state_dict().items()}
-    optimised = {id(p) for group in trainer.scheduler.optimizer.param_groups for p in group["params"]}
-    assert not any(id(p) in optimised for p in text_encoder.parameters())
+    # ZeRO hands the optimiser one flat partition, so count elements rather than compare parameter objects
+    optimised = sum(p.numel() for group in trainer.scheduler.optimizer.param_groups for p in group["params"])
+    trainable = sum(p.numel() for p in trainer.module.trainable_parameters())
+    tower = sum(p.numel() for p in text_encoder.parameters())
+    assert trainable <= optimised < trainable + tower
 
     def no_tower(*args, **kwargs):
         raise AssertionError("the text tower ran inside a training step despite model.text_cache")
