@@ -27,12 +27,13 @@ import re
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
+
+from fba.atomic import atomic_write_bytes
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -184,7 +185,7 @@ def write_results(
 ) -> Path:
     """Store ``rows`` under the key ``benchmark`` of this device's results file, keeping other benchmarks' keys.
 
-    The file is rewritten through a temporary file and ``os.replace``; an unreadable existing file is an error
+    The file is rewritten atomically (:mod:`fba.atomic`); an unreadable existing file is an error
     (it is never silently overwritten).
     """
     path = results_dir(directory) / f"{device_slug(kind)}.json"
@@ -206,13 +207,4 @@ def write_results(
         "config": config or {},
         "rows": list(rows),
     }
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as handle:
-            json.dump(data, handle, indent=2, sort_keys=False)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())

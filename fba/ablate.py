@@ -73,7 +73,7 @@ def run_ablation(out: Path, data: Path, ids: int, cams: int, data_seed: int, see
     the first unfinished one continues from its latest checkpoint, so an interrupted ablation loses at most
     one epoch."""
     from fba.config import load_config
-    from fba.engine.checkpoint import atomic_write_bytes
+    from fba.atomic import atomic_write_bytes
     from fba.engine.trainer import train
 
     ensure_synthetic(data, ids, cams, data_seed)

@@ -10,12 +10,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
-import tempfile
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from fba.atomic import atomic_path
 from fba.data.datasets import SPLITS, Item, ReIDDataset, relabel
 from fba.jsonl import parse_object
 
@@ -71,19 +70,11 @@ class CaptionStore(Mapping[str, Caption]):
 
     def save(self, path: str | Path) -> None:
         """Write the store as JSON Lines, sorted by image; atomic (a temporary file renamed over ``path``)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as out:
-                for key in sorted(self._captions):
-                    caption = self._captions[key]
-                    out.write(json.dumps({"image": key, "fg": caption.fg, "bg": caption.bg}, ensure_ascii=False))
-                    out.write("\n")
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
+        with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as out:
+            for key in sorted(self._captions):
+                caption = self._captions[key]
+                out.write(json.dumps({"image": key, "fg": caption.fg, "bg": caption.bg}, ensure_ascii=False))
+                out.write("\n")
 
     def __getitem__(self, image: str) -> Caption:
         try:

@@ -25,6 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+from fba.atomic import atomic_path, atomic_write_bytes, fsync_path
 from fba.config import Config, config_from_dict
 
 LATEST = "latest"
@@ -36,50 +37,17 @@ def _barrier() -> None:
         dist.barrier()
 
 
-def _fsync_path(path: Path) -> None:
-    flags = os.O_RDONLY | (getattr(os, "O_DIRECTORY", 0) if path.is_dir() else 0)
-    fd = os.open(path, flags)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def fsync_tree(root: Path) -> None:
     """fsync every file under ``root`` and the directories themselves, so a rename publishes durable data."""
     for folder, _, files in os.walk(root):
         for name in files:
-            _fsync_path(Path(folder) / name)
-        _fsync_path(Path(folder))
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` through a fsynced temporary file in the same directory and ``os.replace``."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with open(tmp, "wb") as out:
-            out.write(data)
-            out.flush()
-            os.fsync(out.fileno())
-        os.replace(tmp, path)
-        _fsync_path(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+            fsync_path(Path(folder) / name)
+        fsync_path(Path(folder))
 
 
 def atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         torch.save(obj, tmp)
-        _fsync_path(tmp)
-        os.replace(tmp, path)
-        _fsync_path(path.parent)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def rng_state() -> dict:
@@ -126,7 +94,7 @@ def save_checkpoint(engine, checkpoint_dir: str | Path, tag: str, client_state: 
         if final_dir.exists():
             shutil.rmtree(final_dir)
         os.rename(tmp_dir, final_dir)
-        _fsync_path(checkpoint_dir)
+        fsync_path(checkpoint_dir)
         atomic_write_bytes(checkpoint_dir / LATEST, f"{tag}\n".encode())
         _prune(checkpoint_dir, keep, tag)
     _barrier()

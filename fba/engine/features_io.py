@@ -10,13 +10,13 @@ from __future__ import annotations
 import io
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
 
+from fba.atomic import atomic_write_bytes
 from fba.metrics import as_numpy
 
 FORMAT_VERSION = 1
@@ -104,17 +104,7 @@ def save_features(
             meta=dict(meta or {}),
         ),
     )
-    payload = _encode_safetensors(fs) if suffix == ".safetensors" else _encode_npz(fs)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(payload)
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
-    return path
+    return atomic_write_bytes(path, _encode_safetensors(fs) if suffix == ".safetensors" else _encode_npz(fs))
 
 
 def _encode_safetensors(fs: FeatureSet) -> bytes:

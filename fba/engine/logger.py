@@ -13,7 +13,7 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from fba.engine.checkpoint import atomic_write_bytes
+from fba.atomic import atomic_write_bytes
 from fba.jsonl import parse_object
 
 METRICS_FILE = "metrics.jsonl"

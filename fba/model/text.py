@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from functools import lru_cache
 from pathlib import Path
 from typing import NamedTuple, Sequence
@@ -18,6 +17,8 @@ from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer
 from torch import nn
 from tqdm import tqdm
+
+from fba.atomic import atomic_path
 
 from .backbone import ClipArch, ClipCheckpoint, load_tower
 
@@ -180,9 +181,8 @@ class TextFeatureCache:
         folder = self._tower_dir(identity)
         folder.mkdir(parents=True, exist_ok=True)
         path = folder / f"{hashlib.sha256(''.join(keys).encode()).hexdigest()[:24]}.safetensors"
-        tmp = folder / f".tmp-{os.getpid()}-{path.name}"
-        save_file({"states": rows.contiguous(), "offsets": offsets}, str(tmp), metadata={"keys": json.dumps(keys)})
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            save_file({"states": rows.contiguous(), "offsets": offsets}, str(tmp), metadata={"keys": json.dumps(keys)})
         self._shards[path] = (rows, offsets)
         return path
 
