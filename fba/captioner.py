@@ -16,7 +16,6 @@ line, and captions only the images still missing.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import os
 import re
@@ -26,7 +25,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from tqdm import tqdm
 
-from fba.data.captions import BG_PROMPT, FG_PROMPT, Caption, CaptionError, CaptionStore, parse_caption_line
+from fba.data.captions import (
+    BG_PROMPT, FG_PROMPT, Caption, CaptionError, CaptionStore, caption_line, parse_caption_line,
+)
 from fba.data.datasets import SPLITS, ReIDDataset, build_dataset
 
 if TYPE_CHECKING:
@@ -94,13 +95,6 @@ def _mend_last_line(out: Path, data: bytes) -> None:
         sink.write(b"\n")
 
 
-def record_line(image: str, caption: Caption) -> str:
-    for name, text in (("fg", caption.fg), ("bg", caption.bg)):
-        if not isinstance(text, str) or not text.strip():
-            raise CaptionError(f"refusing to write an empty {name} caption for image {image!r}")
-    return json.dumps({"image": image, "fg": caption.fg, "bg": caption.bg}, ensure_ascii=False) + "\n"
-
-
 def caption_images(
     images: Sequence[ImageRef], captioner: Captioner, out: Path, batch_size: int, progress: bool = True
 ) -> int:
@@ -117,7 +111,7 @@ def caption_images(
             captions = captioner.caption(batch)
             if len(captions) != len(batch):
                 raise RuntimeError(f"the captioner returned {len(captions)} captions for {len(batch)} images")
-            sink.write("".join(record_line(image, caption) for (image, _), caption in zip(batch, captions)))
+            sink.write("".join(caption_line(image, caption) for (image, _), caption in zip(batch, captions)))
             sink.flush()
             os.fsync(sink.fileno())
             written += len(batch)

@@ -38,6 +38,14 @@ class Caption:
     bg: str
 
 
+def caption_line(image: str, caption: Caption) -> str:
+    """One line of the caption file (SPEC §1); empty captions are refused, as the reader would refuse them."""
+    for name, text in (("fg", caption.fg), ("bg", caption.bg)):
+        if not isinstance(text, str) or not text.strip():
+            raise CaptionError(f"refusing to write an empty {name} caption for image {image!r}")
+    return json.dumps({"image": image, "fg": caption.fg, "bg": caption.bg}, ensure_ascii=False) + "\n"
+
+
 def normalize_key(image: str) -> str:
     """Caption keys are POSIX paths relative to the data set root (``./a//b.jpg`` and ``a/b.jpg`` are one key)."""
     return PurePosixPath(image).as_posix()
@@ -71,10 +79,7 @@ class CaptionStore(Mapping[str, Caption]):
     def save(self, path: str | Path) -> None:
         """Write the store as JSON Lines, sorted by image; atomic (a temporary file renamed over ``path``)."""
         with atomic_path(path) as tmp, tmp.open("w", encoding="utf-8") as out:
-            for key in sorted(self._captions):
-                caption = self._captions[key]
-                out.write(json.dumps({"image": key, "fg": caption.fg, "bg": caption.bg}, ensure_ascii=False))
-                out.write("\n")
+            out.writelines(caption_line(key, self._captions[key]) for key in sorted(self._captions))
 
     def __getitem__(self, image: str) -> Caption:
         try:

@@ -35,6 +35,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 from tqdm import tqdm
 
+from fba.data.captions import Caption, caption_line
 from fba.jsonl import parse_object
 
 VERSION = "1"
@@ -661,9 +662,7 @@ def generate(out: str | Path, ids: int = 50, cams: int = 4, seed: int = 0, occlu
     with (out / "attributes.jsonl").open("w", encoding="utf-8") as file:
         file.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
     with (out / "captions.jsonl").open("w", encoding="utf-8") as file:
-        for r in records:
-            fg, bg = describe(r)
-            file.write(json.dumps({"image": r["image"], "fg": fg, "bg": bg}, ensure_ascii=False) + "\n")
+        file.writelines(caption_line(r["image"], Caption(*describe(r))) for r in records)
 
     counts = {split: sum(job.split == split for job in jobs) for split in SPLIT_FOLDERS}
     ids_per_split = {split: len({job.pid for job in jobs if job.split == split and job.pid > 0})
