@@ -12,8 +12,13 @@ from typing import Any
 import numpy as np
 
 _BACKENDS = ("auto", "numpy", "cpp")
-_JUNK_PID = -1
+JUNK_PID = -1
 _ROWS_PER_CHUNK = 256
+
+
+def protocol_keep(pids: np.ndarray, camids: np.ndarray, q_pid: int, q_camid: int) -> np.ndarray:
+    """Which gallery entries count for one query under SPEC §8: not the same id in the same camera, not junk."""
+    return ~(((pids == q_pid) & (camids == q_camid)) | (pids == JUNK_PID))
 
 
 def as_numpy(array: Any) -> np.ndarray:
@@ -81,7 +86,7 @@ def _rank_metrics_numpy(distmat, q_pids, g_pids, q_camids, g_camids) -> tuple[np
         for offset, order in enumerate(indices):
             q = start + offset
             pids, camids = g_pids[order], g_camids[order]
-            keep = ~(((pids == q_pids[q]) & (camids == q_camids[q])) | (pids == _JUNK_PID))
+            keep = protocol_keep(pids, camids, q_pids[q], q_camids[q])
             raw_cmc = (pids[keep] == q_pids[q]).astype(np.int64)
             if not raw_cmc.any():
                 continue

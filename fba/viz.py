@@ -12,6 +12,7 @@ import numpy as np
 from PIL import Image
 
 from fba.jsonl import parse_object
+from fba.metrics import protocol_keep
 
 CORRECT = (40, 180, 60)
 WRONG = (220, 40, 40)
@@ -31,7 +32,7 @@ def ranked_gallery(
 ) -> np.ndarray:
     """Gallery indices in rank order under the Market protocol (same id and camera, and junk id -1, removed)."""
     order = np.argsort(distances, kind="stable")
-    keep = ~(((g_pids[order] == q_pid) & (g_camids[order] == q_camid)) | (g_pids[order] == -1))
+    keep = protocol_keep(g_pids[order], g_camids[order], q_pid, q_camid)
     return order[keep][:topk]
 
 

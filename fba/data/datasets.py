@@ -21,11 +21,12 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fba.metrics import JUNK_PID
+
 Item = tuple[str, int, int]
 SPLITS = ("train", "query", "gallery")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 OCCLUDED_REID_EXTENSIONS = IMAGE_EXTENSIONS + (".tif", ".tiff")
-JUNK_ID = -1
 
 _MARKET_NAME = re.compile(r"(-?\d+)_c(\d+)")
 # What int() takes, checked before calling it; str.isdigit() also passes "²", on which int() raises.
@@ -114,7 +115,7 @@ def relabel(items: Iterable[Item]) -> list[Item]:
 
 
 def _drop_junk(items: list[Item]) -> tuple[list[Item], int]:
-    kept = [item for item in items if item[1] != JUNK_ID]
+    kept = [item for item in items if item[1] != JUNK_PID]
     return kept, len(items) - len(kept)
 
 
@@ -133,7 +134,7 @@ def _parse_market_name(path: Path) -> tuple[int, int]:
     if match is None:
         raise DatasetError(f"cannot parse id and camera from file name {path} (expected e.g. 0002_c1s1_000451_03.jpg)")
     pid, cam = int(match.group(1)), int(match.group(2))
-    if pid < JUNK_ID or cam < 1:
+    if pid < JUNK_PID or cam < 1:
         raise DatasetError(f"bad id {pid} or camera {cam} in file name {path} (ids >= -1, cameras from 1)")
     return pid, cam - 1
 
