@@ -28,7 +28,7 @@ import torch
 import transformers
 from PIL import Image
 
-from benchmarks.common import benchmark_parser, device_name, format_table, write_results
+from benchmarks.common import benchmark_parser, device_name, format_table, synchronize, write_results
 from benchmarks.llava_shapes import LLAVA15_7B, TINY, LlavaShape, llava_processor, random_llava
 from fba.captioner import ImageRef, LlavaCaptioner
 
@@ -55,11 +55,6 @@ def prompt_tokens(captioner: LlavaCaptioner, shape: LlavaShape) -> list[int]:
     return [len(captioner.processor(images=[blank], text=[text])["input_ids"][0]) for text in captioner.texts]
 
 
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-
-
 def measure_batch_size(
     captioner: LlavaCaptioner, images: list[ImageRef], batch_size: int, batches: int, device: torch.device
 ) -> dict:
@@ -67,14 +62,14 @@ def measure_batch_size(
     start = time.perf_counter()
     for _ in range(2):
         captioner.caption(images[:batch_size])
-    sync(device)
+    synchronize(device)
     warmup = time.perf_counter() - start
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     start = time.perf_counter()
     for k in range(1, batches + 1):
         captioner.caption(images[batch_size * k : batch_size * (k + 1)])
-    sync(device)
+    synchronize(device)
     seconds = (time.perf_counter() - start) / batches
     rate = batch_size / seconds
     return {"batch_size": batch_size, "s_per_batch": seconds, "images_per_s": rate,

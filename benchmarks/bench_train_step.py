@@ -37,7 +37,7 @@ from typing import Callable, Iterator
 
 import torch
 
-from benchmarks.common import benchmark_parser, device_name, earlier_rows, format_table, write_results
+from benchmarks.common import benchmark_parser, device_name, earlier_rows, format_table, synchronize, write_results
 from fba.config import Config, ModelConfig
 from fba.engine.text_bank import TextBank
 from fba.flops import spec_peak_tflops, training_flops
@@ -155,11 +155,6 @@ class Marks:
                 steps[-1][label] = steps[-1].get(label, 0.0) + self._ms(previous, point)
             previous = point
         return steps
-
-
-def synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def matmul_peak_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, size: int | None = None,

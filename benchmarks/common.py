@@ -110,6 +110,14 @@ class Timing:
         return {"best_s": self.best, "median_s": self.median, **asdict(self)}
 
 
+def synchronize(device: Any) -> None:
+    """Wait for the device's queued work, so a timer read after it measures the work (no-op off CUDA)."""
+    if getattr(device, "type", device) == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
 def measure(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> tuple[Timing, Any]:
     """Time ``fn()`` ``repeat`` times after ``warmup`` untimed calls; returns the timing and the last result."""
     result = None

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fba.engine.text_bank import Text, TextBank
-from fba.model.text import TextFeatures
+from fba.engine.text_bank import TextBank
+from fba.model.text import Text, TextFeatures
 
 EMBED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 

@@ -11,9 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
-from fba.model.text import TextFeatures
-
-Text = TextFeatures | torch.Tensor
+from fba.model.text import Text, TextFeatures
 
 
 def _gather(text: Text, index: torch.Tensor, dtype: torch.dtype) -> Text:

@@ -20,11 +20,9 @@ from fba.config import ModelConfig
 from .backbone import VisualBackbone, build_backbone, get_arch, load_clip_checkpoint
 from .cross_modal import CrossModalModule, CrossModalOutput
 from .heads import BNNeckHead
-from .text import TextEncoder, TextFeatureCache, TextFeatures
+from .text import Text, TextEncoder, TextFeatureCache, TextFeatures
 
 __all__ = ["FBA", "build_model"]
-
-Text = TextFeatures | torch.Tensor
 
 
 class FBA(nn.Module):

@@ -22,7 +22,7 @@ from fba.atomic import atomic_path
 
 from .backbone import ClipArch, ClipCheckpoint, load_tower
 
-__all__ = ["TextEncoder", "TextFeatureCache", "TextFeatures", "tokenize"]
+__all__ = ["Text", "TextEncoder", "TextFeatureCache", "TextFeatures", "tokenize"]
 
 
 class TextFeatures(NamedTuple):
@@ -42,6 +42,9 @@ class TextFeatures(NamedTuple):
     def from_eot(states: torch.Tensor, eot: torch.Tensor) -> "TextFeatures":
         positions = torch.arange(states.shape[1], device=eot.device)
         return TextFeatures(states, positions[None, :] <= eot[:, None], eot)
+
+
+Text = TextFeatures | torch.Tensor  # the tower's outputs, or token ids for the model to encode
 
 
 @lru_cache(maxsize=1)
