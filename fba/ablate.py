@@ -57,14 +57,13 @@ def ablation_table(results: list[dict]) -> str:
 
 def measure(cfg, model_path: Path) -> dict[str, dict[str, float]]:
     """mAP / R-1 (percent) of a trained ``model.pt`` for each retrieval feature it has ("full", "image")."""
-    from fba.demo import feature_metrics
+    from fba.demo import feature_metrics, headline
     from fba.engine.checkpoint import load_model
     from fba.engine.trainer import load_data
 
     model, _ = load_model(model_path)
     dataset, store = load_data(cfg)
-    return {kind: {"mAP": 100 * m["mAP"], "R1": 100 * float(m["cmc"][0])}
-            for kind, (m, _) in feature_metrics(cfg, model, dataset, store).items()}
+    return {kind: headline(m) for kind, (m, _) in feature_metrics(cfg, model, dataset, store).items()}
 
 
 def run_ablation(out: Path, data: Path, ids: int, cams: int, data_seed: int, seeds: list[int], config: Path,

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from fba.config import Config, load_config
+from fba.metrics import percent_metrics
 from fba.model.text import TextFeatures
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "synthetic.yaml"
@@ -97,13 +98,19 @@ def draw_pictures(out: Path, cfg: Config, model, dataset, store, features: dict,
     return pictures
 
 
+def headline(metrics: dict) -> dict[str, float]:
+    """mAP and Rank-1 in percent: what the demo's summary and the ablation table report."""
+    percent = percent_metrics(metrics)
+    return {"mAP": percent["mAP"], "R1": percent["R1"]}
+
+
 def metrics_table(columns: dict[str, dict]) -> str:
     """Markdown table: one row per metric (percent), one column per measured model/feature."""
     names = list(columns)
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "--:|" * len(names)]
-    for label, key in (("mAP", "mAP"), ("Rank-1", 1), ("Rank-5", 5), ("Rank-10", 10), ("mINP", "mINP")):
-        values = [100 * (m[key] if isinstance(key, str) else m["cmc"][key - 1]) for m in columns.values()]
-        lines.append(f"| {label} | " + " | ".join(f"{v:.2f}" for v in values) + " |")
+    percent = [percent_metrics(m) for m in columns.values()]
+    for name in percent[0]:
+        lines.append(f"| {name.replace('R', 'Rank-')} | " + " | ".join(f"{p[name]:.2f}" for p in percent) + " |")
     return "\n".join(lines)
 
 
@@ -143,7 +150,7 @@ def run_demo(out: Path, data: Path, ids: int, cams: int, seed: int, config: Path
     table = metrics_table(columns)
     minutes = (time.perf_counter() - start) / 60
     summary = {
-        state: {kind: {"mAP": 100 * m["mAP"], "R1": 100 * float(m["cmc"][0])} for kind, (m, _) in measured.items()}
+        state: {kind: headline(m) for kind, (m, _) in measured.items()}
         for state, measured in (("untrained", untrained), ("trained", trained))
     }
     summary.update(minutes=minutes, model=str(result.model_path))

@@ -16,6 +16,16 @@ JUNK_PID = -1
 _ROWS_PER_CHUNK = 256
 
 
+def percent_metrics(metrics: dict) -> dict[str, float]:
+    """``evaluate``'s result as the field reports it: mAP, R1, R5, R10 (those within the CMC's length) and mINP,
+    in percent. Logs, tables and summaries all read it from here."""
+    cmc = np.asarray(metrics["cmc"])
+    record = {"mAP": 100.0 * float(metrics["mAP"])}
+    record.update({f"R{k}": 100.0 * float(cmc[k - 1]) for k in (1, 5, 10) if k <= len(cmc)})
+    record["mINP"] = 100.0 * float(metrics["mINP"])
+    return record
+
+
 def protocol_keep(pids: np.ndarray, camids: np.ndarray, q_pid: int, q_camid: int) -> np.ndarray:
     """Which gallery entries count for one query under SPEC §8: not the same id in the same camera, not junk."""
     return ~(((pids == q_pid) & (camids == q_camid)) | (pids == JUNK_PID))

@@ -253,3 +253,11 @@ def test_bf16_tensor_inputs():
     result = evaluate(torch.from_numpy(got).bfloat16(), torch.arange(4), torch.arange(5), torch.zeros(4, dtype=torch.long),
                       torch.ones(5, dtype=torch.long), max_rank=5)
     assert result["num_valid_queries"] == 4
+
+
+def test_percent_metrics_reports_the_ranks_the_cmc_has():
+    from fba.metrics import percent_metrics
+
+    metrics = {"mAP": 0.5, "mINP": 0.25, "cmc": [0.6, 0.7, 0.8, 0.9, 0.95]}
+    assert percent_metrics(metrics) == pytest.approx({"mAP": 50.0, "R1": 60.0, "R5": 95.0, "mINP": 25.0})
+    assert list(percent_metrics({**metrics, "cmc": np.linspace(0.1, 1.0, 10)})) == ["mAP", "R1", "R5", "R10", "mINP"]

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from fba.engine.features_io import FeatureSet, FeaturesFileError, load_features
-from fba.metrics import evaluate, pairwise_distance, re_rank
+from fba.metrics import evaluate, pairwise_distance, percent_metrics, re_rank
 
 METRICS = ("cosine", "euclidean")
 
@@ -45,10 +45,7 @@ def evaluate_features(
 
 def format_metrics(metrics: dict) -> str:
     """A two-column table: mAP, rank-1/5/10, mINP (percent), valid queries, and how the features were compared."""
-    cmc = np.asarray(metrics["cmc"])
-    rows = [("mAP", f"{100 * metrics['mAP']:.2f}")]
-    rows += [(f"Rank-{k}", f"{100 * cmc[k - 1]:.2f}") for k in (1, 5, 10) if k <= len(cmc)]
-    rows.append(("mINP", f"{100 * metrics['mINP']:.2f}"))
+    rows = [(name.replace("R", "Rank-"), f"{value:.2f}") for name, value in percent_metrics(metrics).items()]
     valid = str(metrics["num_valid_queries"])
     if "num_query" in metrics:
         valid += f" / {metrics['num_query']}"

@@ -49,6 +49,7 @@ from fba.engine.checkpoint import export_model, latest_tag, load_checkpoint, sav
 from fba.engine.logger import RunLogger
 from fba.engine.schedule import EpochCosineSchedule, validate_solver
 from fba.engine.text_bank import TextBank
+from fba.metrics import percent_metrics
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -427,12 +428,7 @@ class Trainer:
 
 def metrics_record(metrics: dict) -> dict[str, float]:
     """The evaluation record of docs/architecture.md: mAP, R1, R5, R10, mINP in percent."""
-    cmc = np.asarray(metrics["cmc"])
-    record = {"eval/mAP": 100.0 * metrics["mAP"]}
-    for k in (1, 5, 10):
-        record[f"eval/R{k}"] = 100.0 * float(cmc[min(k, len(cmc)) - 1])
-    record["eval/mINP"] = 100.0 * metrics["mINP"]
-    return record
+    return {f"eval/{name}": value for name, value in percent_metrics(metrics).items()}
 
 
 def train(cfg: Config, resume: bool = False, stop_after_epochs: int | None = None) -> TrainResult:
