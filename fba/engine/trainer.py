@@ -374,17 +374,19 @@ class Trainer:
 
         everyone = self.cfg.train.zero_stage == 3  # partitioned weights: every rank must run the forward
         record: dict[str, float] = {}
+        feature = ""
         if everyone or self.env.rank == 0:
             evaluation = RetrievalEval(self.cfg, self.dataset, self.eval_banks["query"], self.eval_banks["gallery"])
             metrics = evaluation.run(Embedder(self.module, self.env.device, self.dtype), progress=self.env.rank == 0)
-            record = metrics_record(metrics)
+            record, feature = metrics_record(metrics), metrics["feature"]
         if self.env.world_size > 1 and not everyone:
             shared = [record]
             dist.broadcast_object_list(shared, src=0)
             record = shared[0]
         self.logger.log(self.step, epoch, record)
         self.logger.message(
-            f"epoch {epoch + 1}: " + ", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in record.items())
+            f"epoch {epoch + 1} ({feature} feature): "
+            + ", ".join(f"{k.split('/')[1]} {v:.2f}" for k, v in record.items())
         )
         return record
 
