@@ -150,6 +150,12 @@ def load_features(path: str | os.PathLike) -> FeatureSet:
     return _validate(str(path), fs)
 
 
+def _check_version(path: Path, version: int | None) -> None:
+    """A file from a newer fba (or none) is refused by name rather than misread."""
+    if version != FORMAT_VERSION:
+        raise FeaturesFileError(f"{path}: features format version {version}, this fba reads {FORMAT_VERSION}")
+
+
 def _decode_safetensors(path: Path) -> FeatureSet:
     from safetensors import safe_open
 
@@ -159,6 +165,7 @@ def _decode_safetensors(path: Path) -> FeatureSet:
             raise FeaturesFileError(f"{path}: safetensors file without the '{_METADATA_KEY}' metadata entry")
         tensors = {name: handle.get_tensor(name) for name in handle.keys()}
     header = json.loads(metadata[_METADATA_KEY])
+    _check_version(path, header.get("version"))
     if "features" not in tensors:
         raise FeaturesFileError(f"{path}: no 'features' tensor (found {sorted(tensors)})")
     return FeatureSet(
@@ -177,6 +184,7 @@ def _decode_npz(path: Path) -> FeatureSet:
     for name in ("features", "paths"):
         if name not in arrays:
             raise FeaturesFileError(f"{path}: no '{name}' array (found {sorted(arrays)})")
+    _check_version(path, int(arrays["version"]) if "version" in arrays else None)
     split = arrays.get("split")
     return FeatureSet(
         features=arrays["features"],

@@ -81,8 +81,19 @@ def test_npz_without_features_or_with_bad_lengths(tmp_path):
     np.savez(path, paths=np.array(["a"]))
     with pytest.raises(FeaturesFileError, match=r"partial.npz: no 'features' array"):
         load_features(path)
-    np.savez(path, features=np.zeros((2, 3), np.float32), paths=np.array(["a"]))
+    np.savez(path, features=np.zeros((2, 3), np.float32), paths=np.array(["a"]), version=np.array(1))
     with pytest.raises(FeaturesFileError, match=r"partial.npz: paths has 1 entries but there are 2"):
+        load_features(path)
+
+
+@pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
+def test_a_file_of_another_format_version_is_refused_by_name(tmp_path, suffix, monkeypatch):
+    import fba.engine.features_io as features_io
+
+    monkeypatch.setattr(features_io, "FORMAT_VERSION", 2)
+    path = save_features(tmp_path / f"future{suffix}", np.zeros((1, 2)), ["a.jpg"])
+    monkeypatch.setattr(features_io, "FORMAT_VERSION", 1)
+    with pytest.raises(FeaturesFileError, match=rf"future{suffix}: features format version 2, this fba reads 1"):
         load_features(path)
 
 
