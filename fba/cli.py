@@ -1,13 +1,16 @@
 """The ``fba`` command: one sub-command per job, each living in the module that does the work.
 
 Each target module exposes ``add_arguments(parser)`` and ``run(args) -> int | None``. Modules are imported only
-when their command runs, so ``fba synth`` never pays for importing DeepSpeed or DALI.
+when their command runs, so ``fba synth`` never pays for importing DeepSpeed or DALI. Bad input
+(``fba.errors.InputError``) is printed on one line and exits 2; anything else keeps its traceback.
 """
 from __future__ import annotations
 
 import argparse
 import importlib
 import sys
+
+from fba.errors import InputError
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "synth": ("fba.data.synthetic", "generate the synthetic person data set (Market-1501 layout + captions)"),
@@ -42,7 +45,11 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog=f"fba {name}", description=help_text)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
-    return int(module.run(args) or 0)
+    try:
+        return int(module.run(args) or 0)
+    except InputError as err:
+        print(f"fba {name}: error: {err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from fba.errors import InputError
+
 
 @dataclass
 class DataConfig:
@@ -103,7 +105,7 @@ class Config:
         return dataclasses.asdict(self)
 
 
-class ConfigError(ValueError):
+class ConfigError(InputError):
     """A config file or override names a key that does not exist or gives a value of the wrong type."""
 
 

@@ -16,6 +16,7 @@ from pathlib import Path, PurePosixPath
 
 from fba.atomic import atomic_path
 from fba.data.datasets import SPLITS, Item, ReIDDataset, relabel
+from fba.errors import InputError
 from fba.jsonl import parse_object
 
 FG_PROMPT = "Describe the appearance of persons in the image, focusing on their appearance, attire and accessories."
@@ -28,7 +29,7 @@ MAX_LISTED = 20
 logger = logging.getLogger(__name__)
 
 
-class CaptionError(ValueError):
+class CaptionError(InputError):
     """A captions file is malformed, or a data set has images without captions; the message names the file."""
 
 

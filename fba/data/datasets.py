@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from fba.errors import InputError
 from fba.metrics import JUNK_PID
 
 Item = tuple[str, int, int]
@@ -34,7 +35,7 @@ _INTEGER = re.compile(r"-?\d+")
 _DIGITS = re.compile(r"\d+")
 
 
-class DatasetError(ValueError):
+class DatasetError(InputError):
     """A data set on disk does not have the layout its reader expects; the message names the path."""
 
 

@@ -36,6 +36,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from fba.data.captions import Caption, caption_line
+from fba.errors import InputError
 from fba.jsonl import parse_object
 
 VERSION = "1"
@@ -72,7 +73,7 @@ OCCLUDERS = ("railing", "car", "pole", "person")
 OCCLUSION_RATE = {"train": 0.5, "query": 0.9, "gallery": 0.3}
 
 
-class SynthError(ValueError):
+class SynthError(InputError):
     """Bad arguments to the generator, or a malformed ``attributes.jsonl``; the message names what is wrong."""
 
 

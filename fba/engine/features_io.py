@@ -17,6 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from fba.atomic import atomic_write_bytes
+from fba.errors import InputError
 from fba.metrics import as_numpy
 
 FORMAT_VERSION = 1
@@ -24,7 +25,7 @@ SUFFIXES = (".safetensors", ".npz")
 _METADATA_KEY = "fba_features"
 
 
-class FeaturesFileError(ValueError):
+class FeaturesFileError(InputError):
     """A features file that cannot be read or holds inconsistent fields; the message names the file."""
 
 
