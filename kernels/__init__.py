@@ -2,25 +2,44 @@
 
 Every op has a plain PyTorch ``reference`` twin in its own file; the fused versions are tested against it.
 ``cross_modal_attention`` is the one entry point the cross-modal module calls for all four attentions.
-``backend`` (config ``model.kernel``): ``auto`` = Triton for CUDA tensors, reference otherwise; ``reference``,
-``triton`` or ``cuda`` force one (``triton`` runs on CPU tensors only under ``TRITON_INTERPRET=1``).
+``backend`` (config ``model.kernel``): ``auto`` = the custom op ``fba::cross_attention_with_stats`` with Triton
+inside for CUDA tensors it supports and the PyTorch kernels inside otherwise; ``triton`` or ``cuda`` force that
+kernel inside the op (``triton`` runs on CPU tensors only under ``TRITON_INTERPRET=1``); ``reference`` is the
+plain PyTorch decomposition, no custom op (what :func:`decomposed` forces, e.g. for ONNX export).
 """
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
-from typing import NamedTuple
+from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from . import cross_attention
 
-__all__ = ["BACKENDS", "CrossModalAttention", "cross_attention_with_stats", "cross_modal_attention", "resolve_backend"]
+__all__ = [
+    "BACKENDS", "CrossModalAttention", "cross_attention_with_stats", "cross_modal_attention", "decomposed",
+    "resolve_backend",
+]
 
 BACKENDS = ("auto", "reference", "triton", "cuda")
 _log = logging.getLogger(__name__)
 _warned: set[str] = set()
+_decomposed = False
+
+
+@contextlib.contextmanager
+def decomposed() -> Iterator[None]:
+    """Run the plain PyTorch decomposition instead of the custom op, whatever the backend, for exporters that
+    cannot carry a custom op (ONNX); ``torch.export`` keeps the op as it is (docs/kernels.md, "Export")."""
+    global _decomposed
+    previous, _decomposed = _decomposed, True
+    try:
+        yield
+    finally:
+        _decomposed = previous
 
 
 def _warn_once(message: str) -> None:
@@ -49,21 +68,18 @@ def cross_attention_with_stats(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Image queries over both captions plus the column statistics; semantics in ``cross_attention.reference``.
 
-    The fused kernels give the stats no gradient, so with ``pool_grad`` (gradients through the pooling weights)
-    and autograd recording, the reference path runs instead, said once in the log.
+    The stats carry a gradient only with ``pool_grad`` (gradients through the pooling weights): the fused
+    backward then adds their term, without materialising the maps.
     """
     chosen = resolve_backend(backend, q, k_f)
-    if chosen != "reference" and pool_grad and torch.is_grad_enabled():
-        _warn_once(f"fba.kernels: pool_grad needs gradients through the attention stats, which the {chosen} kernel "
-                   "does not give; using the reference path (attention maps materialised)")
-        chosen = "reference"
-    if chosen == "reference":
+    if backend == "reference" or _decomposed:
         return cross_attention.reference(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
-    return cross_attention.fused(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start, backend=chosen)
+    return cross_attention.fused(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start, backend=chosen,
+                                 stats_grad=pool_grad)
 
 
 def resolve_backend(backend: str, q: torch.Tensor, k: torch.Tensor) -> str:
-    """The path that runs for ``backend`` on these inputs: auto picks Triton for CUDA tensors it supports."""
+    """The kernels that run for ``backend`` on these inputs: auto picks Triton for CUDA tensors it supports."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown kernel backend {backend!r}; known: {', '.join(BACKENDS)}")
     if backend == "auto":

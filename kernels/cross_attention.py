@@ -1,21 +1,31 @@
 """Image->text cross-attention of both caption branches with the column statistics of differential pooling.
 
 ``reference`` is the plain PyTorch twin every fused version is checked against: it materialises the attention
-probabilities, which the fused kernels never write to memory. ``fused`` is the differentiable fused op: forward
-in Triton (``cross_attention_triton``) or CUDA C++ (``cross_attention_cuda``), backward in Triton from the saved
-row log-sum-exp.
+probabilities, which the fused kernels never write to memory. ``fused`` is the differentiable fused op
+``torch.ops.fba.cross_attention_with_stats`` (``cross_attention_op``): forward in Triton
+(``cross_attention_triton``) or CUDA C++ (``cross_attention_cuda``), backward in Triton from the saved row
+log-sum-exp, the stats' gradient included; ``reference_forward`` and ``reference_backward`` are the same op's
+PyTorch kernels (CPU tensors, and inputs the fused kernels cannot take).
 """
 from __future__ import annotations
 
 import torch
 
 
+def _scores(q: torch.Tensor, k: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+    """q kᵀ/√d in fp32 with -inf at padded keys: [B,H,Nq,M]."""
+    scores = torch.matmul(q, k.transpose(-1, -2)).float() * q.shape[-1] ** -0.5
+    return scores.masked_fill(~valid[:, None, None, :], float("-inf"))
+
+
 def _attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, valid: torch.Tensor):
-    scale = q.shape[-1] ** -0.5
-    scores = torch.matmul(q, k.transpose(-1, -2)).float() * scale
-    scores = scores.masked_fill(~valid[:, None, None, :], float("-inf"))
-    probs = scores.softmax(dim=-1)
+    probs = _scores(q, k, valid).softmax(dim=-1)
     return torch.matmul(probs.to(v.dtype), v), probs
+
+
+def _stats(w_f: torch.Tensor, w_b: torch.Tensor, row_start: int) -> torch.Tensor:
+    rf, rb = w_f[:, row_start:], w_b[:, row_start:]
+    return torch.stack([(rf * rb).sum(1), (rf * rf).sum(1), (rb * rb).sum(1)], dim=1)
 
 
 def reference(
@@ -38,14 +48,14 @@ def reference(
     o_f, p_f = _attend(q, k_f, v_f, valid_f)
     o_b, p_b = _attend(q, k_b, v_b, valid_b)
     w_f, w_b = p_f.mean(dim=1), p_b.mean(dim=1)
-    rf, rb = w_f[:, row_start:], w_b[:, row_start:]
-    stats = torch.stack([(rf * rb).sum(1), (rf * rf).sum(1), (rb * rb).sum(1)], dim=1)
+    stats = _stats(w_f, w_b, row_start)
     if return_maps:
         return o_f, o_b, stats, (w_f, w_b)
     return o_f, o_b, stats
 
 
 FUSED_BACKENDS = ("triton", "cuda")
+OP_BACKENDS = ("reference", *FUSED_BACKENDS)  # what the custom op runs inside
 MAX_KEYS = 128
 MAX_HEAD_DIM = 128
 FUSED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
@@ -62,7 +72,7 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor) -> str | None:
     return None
 
 
-def _check(q, k_f, v_f, k_b, v_b, valid_f, valid_b) -> None:
+def _check(q, k_f, v_f, k_b, v_b, valid_f, valid_b, fused_kernel: bool = True) -> None:
     if q.dim() != 4:
         raise ValueError(f"cross_attention_with_stats: q must be [B,H,Nq,d], got shape {tuple(q.shape)}")
     batch, heads, _, dim = q.shape
@@ -78,7 +88,7 @@ def _check(q, k_f, v_f, k_b, v_b, valid_f, valid_b) -> None:
         if t.dtype != torch.bool or tuple(t.shape) != (batch, m) or t.device != q.device:
             raise ValueError(f"cross_attention_with_stats: {name} must be a bool [B,M]=[{batch},{m}] tensor on "
                              f"{q.device}, got {t.dtype} {tuple(t.shape)} on {t.device}")
-    reason = unsupported_reason(q, k_f)
+    reason = unsupported_reason(q, k_f) if fused_kernel else None
     if reason:
         raise ValueError(f"cross_attention_with_stats: the fused kernels cannot take {reason}")
 
@@ -95,37 +105,49 @@ def _shared_layout(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
     return tuple(t.contiguous() for t in ts)
 
 
-def _forward_impl(backend: str):
-    if backend == "triton":
-        from . import cross_attention_triton
+def reference_forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start: int):
+    """The fused forward's outputs in PyTorch: o_f, o_b, stats and the row log-sum-exp lse [2,B,H,Nq] fp32."""
+    outs, lses, maps = [], [], []
+    for k, v, valid in ((k_f, v_f, valid_f), (k_b, v_b, valid_b)):
+        scores = _scores(q, k, valid)
+        lse = scores.logsumexp(dim=-1)
+        probs = torch.exp(scores - lse[..., None])
+        outs.append(torch.matmul(probs.to(v.dtype), v).contiguous())
+        lses.append(lse)
+        maps.append(probs.mean(dim=1))
+    return outs[0], outs[1], _stats(*maps, row_start).contiguous(), torch.stack(lses)
 
-        return cross_attention_triton.forward
-    if backend == "cuda":
-        from . import cross_attention_cuda
 
-        return cross_attention_cuda.forward
-    raise ValueError(f"unknown fused backend {backend!r}; known: {', '.join(FUSED_BACKENDS)}")
+def stats_map_grads(w_f: torch.Tensor, w_b: torch.Tensor, dstats: torch.Tensor, row_start: int):
+    """Gradients of the head-averaged maps (dW_f, dW_b) [B,Nq,M] from the stats' gradient dstats [B,3,M]:
+    d(sum_i Wf·Wb)/dWf = Wb, d(sum_i Wf²)/dWf = 2 Wf, over the rows ``i >= row_start``."""
+    g = dstats.float()[:, :, None, :]
+    keep = (torch.arange(w_f.shape[1], device=w_f.device) >= row_start)[None, :, None]
+    dw_f = torch.where(keep, g[:, 0] * w_b + 2 * g[:, 1] * w_f, 0.0)
+    dw_b = torch.where(keep, g[:, 0] * w_f + 2 * g[:, 2] * w_b, 0.0)
+    return dw_f, dw_b
 
 
-class CrossAttentionWithStats(torch.autograd.Function):
-    """Fused forward (Triton or CUDA) and the Triton backward; the stats carry no gradient."""
-
-    @staticmethod
-    def forward(ctx, q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start, backend):
-        o_f, o_b, stats, lse = _forward_impl(backend)(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
-        ctx.save_for_backward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse)
-        ctx.mark_non_differentiable(stats)
-        return o_f, o_b, stats
-
-    @staticmethod
-    def backward(ctx, do_f, do_b, _dstats):
-        from . import cross_attention_triton
-
-        q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse = ctx.saved_tensors
-        grads = cross_attention_triton.backward(
-            q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse, _unit_last(do_f), _unit_last(do_b)
-        )
-        return (*grads, None, None, None, None)
+def reference_backward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, lse, do_f, do_b, dstats, row_start: int):
+    """(dq, dk_f, dv_f, dk_b, dv_b) in PyTorch (fp32 math), the flash-attention formulas the Triton backward uses:
+    P = exp(S - lse), dP = dO vᵀ + dW/H (dW from the stats, when ``dstats`` is given), dS = P (dP - rowsum(P dP))."""
+    heads, scale = q.shape[1], q.shape[-1] ** -0.5
+    probs = [torch.exp(_scores(q, k, valid) - lse[i][..., None]) for i, (k, valid) in enumerate(((k_f, valid_f),
+                                                                                                   (k_b, valid_b)))]
+    extra = [0.0, 0.0]
+    if dstats is not None:
+        extra = [dw[:, None] / heads for dw in stats_map_grads(probs[0].mean(1), probs[1].mean(1), dstats, row_start)]
+    qf = q.float()
+    dq = torch.zeros_like(qf)
+    grads = []
+    for p, k, v, do, dw in zip(probs, (k_f, k_b), (v_f, v_b), (do_f, do_b), extra):
+        do = do.float()
+        dp = torch.matmul(do, v.float().transpose(-1, -2)) + dw
+        ds = p * (dp - (p * dp).sum(dim=-1, keepdim=True))
+        dq += torch.matmul(ds, k.float()) * scale
+        grads += [(torch.matmul(ds.transpose(-1, -2), qf) * scale).to(k.dtype).contiguous(),
+                  torch.matmul(p.transpose(-1, -2), do).to(v.dtype).contiguous()]
+    return (dq.to(q.dtype), *grads)
 
 
 def fused(
@@ -138,11 +160,17 @@ def fused(
     valid_b: torch.Tensor,
     row_start: int = 1,
     backend: str = "triton",
+    stats_grad: bool = False,
 ):
-    """``reference``'s outputs without materialising the maps; differentiable in q, k_*, v_* (not the stats)."""
-    _check(q, k_f, v_f, k_b, v_b, valid_f, valid_b)
+    """``reference``'s outputs through the custom op, without materialising the maps (``backend`` triton or cuda;
+    ``reference`` runs the op's PyTorch kernels). Differentiable in q, k_*, v_*; the stats too with ``stats_grad``
+    (else they come back detached, and the backward skips their term)."""
+    from . import cross_attention_op
+
+    _check(q, k_f, v_f, k_b, v_b, valid_f, valid_b, fused_kernel=backend != "reference")
     q = _unit_last(q)
     k_f, v_f, k_b, v_b = _shared_layout(k_f, v_f, k_b, v_b)
-    return CrossAttentionWithStats.apply(
-        q, k_f, v_f, k_b, v_b, valid_f.contiguous(), valid_b.contiguous(), int(row_start), backend
+    o_f, o_b, stats, _lse = cross_attention_op.cross_attention_with_stats(
+        q, k_f, v_f, k_b, v_b, valid_f.contiguous(), valid_b.contiguous(), int(row_start), backend, bool(stats_grad)
     )
+    return o_f, o_b, stats if stats_grad else stats.detach()

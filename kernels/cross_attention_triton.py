@@ -11,7 +11,10 @@ log-sum-exp is kept for the backward, which recomputes ``P = exp(S - lse)`` (fla
 
 Backward: one program per (image, head) and branch; it owns the whole key block (k, v, dk, dv in registers)
 and walks the query-row tiles. q is shared by the branches, so the fg launch writes its dq in fp32 and the bg
-launch adds its own and writes dq in the input dtype.
+launch adds its own and writes dq in the input dtype. When the stats get a gradient (``pool_grad``), a first
+kernel (one program per row tile and image, the forward's layout) recomputes the head-averaged maps of its tile
+and writes their gradient dW_f, dW_b [B,Nq,M] fp32 (head-averaged: 1/H of one attention map); the backward
+kernel adds dW/H to dP and rowsum(P·dW)/H to delta.
 
 Products with ``scale`` are cast back to fp32: under ``torch.compile`` Inductor passes the Python-float scale as
 fp64, which would retype the loop-carried fp32 accumulators and fail compilation.
@@ -102,12 +105,61 @@ def _forward_kernel(
 
 
 @triton.jit
+def _probs(q, K, bias, lse, offs_m, offs_d, col_ok, d_ok, sk_n, scale, F32: tl.constexpr):
+    k = tl.load(K + offs_m[:, None] * sk_n + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    s = (_dot(q, tl.trans(k), F32) * scale).to(tl.float32) + bias[None, :]
+    return tl.exp(s - lse[:, None])
+
+
+@triton.jit
+def _stats_grad_kernel(
+    Q, KF, KB, BIAS_F, BIAS_B, LSE, DSTATS, DW_F, DW_B,
+    sq_b, sq_h, sq_n, sk_b, sk_h, sk_n,
+    H, NQ, M, D, row_start, scale,
+    BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, F32: tl.constexpr,
+):
+    """dW_f = g0·W_b + 2·g1·W_f and dW_b = g0·W_f + 2·g2·W_b for rows >= row_start (0 above), g = dstats[b]."""
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_n < NQ
+    col_ok = offs_m < M
+    d_ok = offs_d < D
+    bias_f = tl.load(BIAS_F + b * M + offs_m, mask=col_ok, other=float("-inf"))
+    bias_b = tl.load(BIAS_B + b * M + offs_m, mask=col_ok, other=float("-inf"))
+    w_f = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    w_b = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+    lse_branch = H * NQ * tl.num_programs(1)
+    for h in range(H):
+        q = tl.load(Q + b * sq_b + h * sq_h + offs_n[:, None] * sq_n + offs_d[None, :],
+                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        kv = b * sk_b + h * sk_h
+        lse_f = tl.load(LSE + (b * H + h) * NQ + offs_n, mask=row_ok, other=0.0)
+        lse_b = tl.load(LSE + lse_branch + (b * H + h) * NQ + offs_n, mask=row_ok, other=0.0)
+        w_f += _probs(q, KF + kv, bias_f, lse_f, offs_m, offs_d, col_ok, d_ok, sk_n, scale, F32)
+        w_b += _probs(q, KB + kv, bias_b, lse_b, offs_m, offs_d, col_ok, d_ok, sk_n, scale, F32)
+    keep = (row_ok & (offs_n >= row_start))[:, None]
+    w_f = tl.where(keep, w_f / H, 0.0)
+    w_b = tl.where(keep, w_b / H, 0.0)
+    g = DSTATS + b * 3 * M + offs_m
+    g0 = tl.load(g, mask=col_ok, other=0.0)[None, :]
+    g1 = tl.load(g + M, mask=col_ok, other=0.0)[None, :]
+    g2 = tl.load(g + 2 * M, mask=col_ok, other=0.0)[None, :]
+    out = (b * NQ + offs_n[:, None]) * M + offs_m[None, :]
+    ok = row_ok[:, None] & col_ok[None, :]
+    tl.store(DW_F + out, g0 * w_b + 2.0 * g1 * w_f, mask=ok)
+    tl.store(DW_B + out, g0 * w_f + 2.0 * g2 * w_b, mask=ok)
+
+
+@triton.jit
 def _backward_kernel(
-    Q, K, V, O, DO, BIAS, LSE, DQ_PART, DQ, DK, DV,
+    Q, K, V, O, DO, BIAS, LSE, DW, DQ_PART, DQ, DK, DV,
     sq_b, sq_h, sq_n, sk_b, sk_h, sk_n, so_b, so_h, so_n, sdo_b, sdo_h, sdo_n, sdk_b, sdk_h, sdk_n,
     H, NQ, M, D, scale,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, F32: tl.constexpr,
-    ACCUMULATE: tl.constexpr,
+    ACCUMULATE: tl.constexpr, STATS_GRAD: tl.constexpr,
 ):
     bh = tl.program_id(0)
     b = bh // H
@@ -142,6 +194,11 @@ def _backward_kernel(
         dv += _dot(tl.trans(p.to(do.dtype)), do, F32)
         dp = _dot(do, tl.trans(v), F32)
         delta = tl.sum(do.to(tl.float32) * o.to(tl.float32), axis=1)
+        if STATS_GRAD:
+            dw = tl.load(DW + (b * NQ + offs_n[:, None]) * M + offs_m[None, :],
+                         mask=row_ok[:, None] & col_ok[None, :], other=0.0) / H
+            dp += dw
+            delta += tl.sum(p * dw, axis=1)
         ds = p * (dp - delta[:, None])
         dk += _dot(tl.trans(ds.to(q.dtype)), q, F32)
         dq = (_dot(ds.to(k.dtype), k, F32) * scale).to(tl.float32)
@@ -168,15 +225,18 @@ if AUTOTUNE:
         _configs([(16, 4), (16, 8), (32, 8), (64, 8)], [1]), key=["H", "NQ", "M", "D", "F32"]
     )(_forward_kernel)
     _backward = triton.autotune(
-        _configs([(16, 4), (32, 8), (64, 8)], [1, 2]), key=["H", "NQ", "M", "D", "F32", "ACCUMULATE"]
+        _configs([(16, 4), (32, 8), (64, 8)], [1, 2]), key=["H", "NQ", "M", "D", "F32", "ACCUMULATE", "STATS_GRAD"]
     )(_backward_kernel)
-    FORWARD_CONFIG = BACKWARD_CONFIG = {}
+    _stats_grad = triton.autotune(
+        _configs([(16, 4), (16, 8), (32, 8)], [1]), key=["H", "NQ", "M", "D", "F32"]
+    )(_stats_grad_kernel)
+    FORWARD_CONFIG = BACKWARD_CONFIG = STATS_GRAD_CONFIG = {}
 elif INTERPRET:  # the interpreter cannot autotune
-    _forward, _backward = _forward_kernel, _backward_kernel
-    FORWARD_CONFIG = BACKWARD_CONFIG = {"BLOCK_N": MIN_BLOCK_N}
+    _forward, _backward, _stats_grad = _forward_kernel, _backward_kernel, _stats_grad_kernel
+    FORWARD_CONFIG = BACKWARD_CONFIG = STATS_GRAD_CONFIG = {"BLOCK_N": MIN_BLOCK_N}
 else:  # FBA_TRITON_AUTOTUNE=0: no search (quick GPU test runs)
-    _forward, _backward = _forward_kernel, _backward_kernel
-    FORWARD_CONFIG = {"BLOCK_N": 16, "num_warps": 8}
+    _forward, _backward, _stats_grad = _forward_kernel, _backward_kernel, _stats_grad_kernel
+    FORWARD_CONFIG = STATS_GRAD_CONFIG = {"BLOCK_N": 16, "num_warps": 8}
     BACKWARD_CONFIG = {"BLOCK_N": 32, "num_warps": 8}
 
 
@@ -225,11 +285,31 @@ def forward(
     return o_f, o_b, part.sum(1), lse
 
 
+def stats_map_grads(
+    q: Tensor, k_f: Tensor, k_b: Tensor, valid_f: Tensor, valid_b: Tensor, lse: Tensor, dstats: Tensor, row_start: int,
+) -> tuple[Tensor, Tensor]:
+    """dW_f, dW_b [B,Nq,M] fp32: the gradient of the head-averaged maps from that of the stats (contiguous)."""
+    batch, heads, nq, dim = q.shape
+    m = k_f.shape[2]
+    dw_f = _empty((batch, nq, m), torch.float32, q.device)
+    dw_b = _empty((batch, nq, m), torch.float32, q.device)
+    grid = lambda meta: (triton.cdiv(nq, meta["BLOCK_N"]), batch)  # noqa: E731
+    _stats_grad[grid](
+        q, k_f, k_b, _bias(valid_f), _bias(valid_b), lse, dstats, dw_f, dw_b,
+        q.stride(0), q.stride(1), q.stride(2), k_f.stride(0), k_f.stride(1), k_f.stride(2),
+        heads, nq, m, dim, row_start, dim ** -0.5,
+        BLOCK_M=_block(m), BLOCK_D=_block(dim), F32=_exact(q.dtype), **STATS_GRAD_CONFIG,
+    )
+    return dw_f, dw_b
+
+
 def backward(
     q: Tensor, k_f: Tensor, v_f: Tensor, k_b: Tensor, v_b: Tensor, valid_f: Tensor, valid_b: Tensor,
-    o_f: Tensor, o_b: Tensor, lse: Tensor, do_f: Tensor, do_b: Tensor,
+    o_f: Tensor, o_b: Tensor, lse: Tensor, do_f: Tensor, do_b: Tensor, dstats: Tensor | None = None,
+    row_start: int = 1,
 ) -> tuple[Tensor, ...]:
-    """Gradients (dq, dk_f, dv_f, dk_b, dv_b) from the saved outputs and log-sum-exp.
+    """Gradients (dq, dk_f, dv_f, dk_b, dv_b) from the saved outputs and log-sum-exp, with the stats' term when
+    ``dstats`` [B,3,M] fp32 (contiguous) is given.
 
     o_* are ``forward``'s contiguous outputs; do_* need a unit stride on their last axis.
     """
@@ -237,19 +317,22 @@ def backward(
     m = k_f.shape[2]
     dq = _empty(o_f.shape, q.dtype, q.device)
     dq_part = _empty((batch, heads, nq, dim), torch.float32, q.device)
+    stats_grad = dstats is not None
+    dws = stats_map_grads(q, k_f, k_b, valid_f, valid_b, lse, dstats, row_start) if stats_grad else (lse, lse)
     grads = []
     grid = (batch * heads,)
-    for accumulate, (k, v, o, do, valid, lse_branch) in enumerate(
-        ((k_f, v_f, o_f, do_f, valid_f, lse[0]), (k_b, v_b, o_b, do_b, valid_b, lse[1]))
+    for accumulate, (k, v, o, do, valid, lse_branch, dw) in enumerate(
+        ((k_f, v_f, o_f, do_f, valid_f, lse[0], dws[0]), (k_b, v_b, o_b, do_b, valid_b, lse[1], dws[1]))
     ):
         dk = _empty(k.shape, k.dtype, k.device)  # contiguous, whatever k's layout
         dv = _empty(k.shape, k.dtype, k.device)
         _backward[grid](
-            q, k, v, o, do, _bias(valid), lse_branch, dq_part, dq, dk, dv,
+            q, k, v, o, do, _bias(valid), lse_branch, dw, dq_part, dq, dk, dv,
             q.stride(0), q.stride(1), q.stride(2), k.stride(0), k.stride(1), k.stride(2),
             o.stride(0), o.stride(1), o.stride(2), do.stride(0), do.stride(1), do.stride(2),
             dk.stride(0), dk.stride(1), dk.stride(2), heads, nq, m, dim, dim ** -0.5,
-            BLOCK_M=_block(m), BLOCK_D=_block(dim), F32=_exact(q.dtype), ACCUMULATE=bool(accumulate), **BACKWARD_CONFIG,
+            BLOCK_M=_block(m), BLOCK_D=_block(dim), F32=_exact(q.dtype), ACCUMULATE=bool(accumulate),
+            STATS_GRAD=stats_grad, **BACKWARD_CONFIG,
         )
         grads += [dk, dv]
     return (dq, *grads)

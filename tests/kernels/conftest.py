@@ -1,33 +1,9 @@
-"""Kernel tests run the Triton kernels in the CPU interpreter when there is no GPU.
-
-``triton.jit`` picks interpreter or compiler when a function is defined, Triton's own library included, so
-``TRITON_INTERPRET`` must be set before ``import triton``. Other test modules may have imported it already
-(``torch._dynamo`` does, through open_clip), so here its Python modules are dropped and re-imported under the
-interpreter; the compiled core ``triton._C`` stays loaded, and nothing on a CPU-only run uses the old modules.
-"""
+"""Kernel tests run the Triton kernels in the CPU interpreter when there is no GPU (``TRITON_INTERPRET=1``,
+set by ``tests/conftest.py`` before anything imports Triton)."""
 from __future__ import annotations
-
-import os
-import sys
 
 import pytest
 import torch
-
-
-def _use_triton_interpreter() -> None:
-    if os.environ.get("TRITON_INTERPRET") == "1":
-        return
-    os.environ["TRITON_INTERPRET"] = "1"
-    stale = [n for n in sys.modules if n.split(".")[0] == "triton" and not n.startswith("triton._C")]
-    for name in stale + ["fba.kernels.cross_attention_triton"]:
-        sys.modules.pop(name, None)
-    package = sys.modules.get("fba.kernels")
-    if package is not None and hasattr(package, "cross_attention_triton"):
-        delattr(package, "cross_attention_triton")
-
-
-if not torch.cuda.is_available():
-    _use_triton_interpreter()
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 

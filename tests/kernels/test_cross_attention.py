@@ -1,7 +1,6 @@
 """Fused image->text cross-attention with stats (Triton; CUDA on a GPU) against the PyTorch reference."""
 from __future__ import annotations
 
-import logging
 import zlib
 
 import pytest
@@ -123,7 +122,7 @@ def test_triton_takes_strided_views_like_the_model(poisoned, device):
         assert rel_err(g, w) <= 1e-5
 
 
-def test_dispatcher_runs_fused_when_asked_and_reference_on_cpu_auto(poisoned, device, monkeypatch):
+def test_dispatcher_runs_the_op_unless_reference_is_asked(poisoned, device, monkeypatch):
     tensors, valid = make_inputs(2, 2, 9, 6, 16, device=device, seed=11)
     q, k_f, v_f, k_b, v_b = tensors
     calls = []
@@ -133,24 +132,79 @@ def test_dispatcher_runs_fused_when_asked_and_reference_on_cpu_auto(poisoned, de
     txt_valid = torch.cat(valid)
     args = (q, k_f, v_f, q[:, :, :6].repeat(2, 1, 1, 1), k_txt, v_txt, txt_valid)
     ref = kernels.cross_modal_attention(*args, need_stats=True, backend="reference")
+    assert calls == []
     tri = kernels.cross_modal_attention(*args, need_stats=True, backend="triton")
     assert calls == ["triton"]
-    kernels.cross_modal_attention(*args, need_stats=True)
-    assert calls == (["triton", "triton"] if device == "cuda" else ["triton"])
-    for g, w in zip(tri, ref):
-        assert rel_err(g, w) <= 1e-5
+    auto = kernels.cross_modal_attention(*args, need_stats=True)
+    assert calls == ["triton", "triton" if device == "cuda" else "reference"]
+    with kernels.decomposed():
+        kernels.cross_modal_attention(*args, need_stats=True, backend="triton")
+    assert len(calls) == 2
+    for got in (tri, auto):
+        for g, w in zip(got, ref):
+            assert rel_err(g, w) <= 1e-5
 
 
-def test_pool_grad_falls_back_to_reference_once_with_a_warning(poisoned, device, caplog):
+def run_with_stats(fn, tensors, valid, row_start, grad_outs):
+    """Like ``run`` with a loss that also weighs the stats by a fixed random [B,3,M] cotangent."""
+    o_f, o_b, stats = fn(*tensors, *valid, row_start)
+    loss = ((o_f.double() * grad_outs[0]).sum() + (o_b.double() * grad_outs[1]).sum()
+            + (stats.double() * grad_outs[2]).sum())
+    return [o_f, o_b, stats, *torch.autograd.grad(loss, tensors)]
+
+
+STATS_CASES = [  # (B, H, Nq, M, d, padding, row_start): odd sizes, padding, rows past one tile
+    (2, 2, 13, 7, 16, "random", 1),
+    (1, 3, 37, 20, 24, "all_but_one", 1),
+    (2, 2, 17, 16, 16, "none", 0),
+]
+
+
+@pytest.mark.parametrize("backend", ["triton", "reference"])
+@pytest.mark.parametrize("case", STATS_CASES, ids=lambda c: "B{}H{}N{}M{}d{}-{}-r{}".format(*c))
+def test_stats_gradient_of_the_op_matches_the_reference(case, backend, poisoned, device):
+    """pool_grad: the fused backward (and the op's PyTorch backward) give the stats their gradient."""
+    *shape, padding, row_start = case
+    tensors, valid = make_inputs(*shape, device=device, padding=padding, seed=zlib.crc32(repr(case).encode()) % 997)
+    batch, _, nq, m, _ = shape
+    grad_outs = [torch.randn(tensors[0].shape, dtype=torch.float64, device=device) for _ in range(2)]
+    grad_outs.append(torch.randn(batch, 3, m, dtype=torch.float64, device=device))
+    got = run_with_stats(lambda *a: cross_attention.fused(*a, backend=backend, stats_grad=True), tensors, valid,
+                         row_start, grad_outs)
+    want = run_with_stats(cross_attention.reference, tensors, valid, row_start, grad_outs)
+    without_stats = run(cross_attention.reference, tensors, valid, row_start, grad_outs[:2])
+    for name, g, w, wo in zip(NAMES, got, want, without_stats):
+        assert torch.isfinite(g).all(), f"{name} has unwritten (NaN) or non-finite elements"
+        assert rel_err(g, w) <= 1e-5, f"{name}: relative error {rel_err(g, w):.2e}"
+        if name in ("dq", "dk_f", "dk_b") and padding != "all_but_one":  # one key: P is constant, no gradient
+            assert rel_err(wo, w) > 1e-3, f"{name}: the stats' term must matter in this case"
+
+
+def test_pool_grad_gives_the_stats_a_gradient_through_the_fused_op(poisoned, device):
     tensors, valid = make_inputs(1, 2, 7, 5, 16, device=device, seed=5)
-    caplog.set_level(logging.WARNING, logger="fba.kernels")
-    kernels._warned.clear()
-    for _ in range(2):
-        o_f, o_b, stats = kernels.cross_attention_with_stats(*tensors, *valid, backend="triton", pool_grad=True)
-    assert stats.requires_grad, "the reference path keeps the stats differentiable for pool_grad"
-    assert sum("pool_grad" in r.message for r in caplog.records) == 1
+    _, _, stats = kernels.cross_attention_with_stats(*tensors, *valid, backend="triton", pool_grad=True)
+    assert stats.requires_grad and stats.grad_fn is not None
     _, _, stats = kernels.cross_attention_with_stats(*tensors, *valid, backend="triton")
     assert not stats.requires_grad
+
+
+@pytest.mark.parametrize("backend", ["reference", "triton"])
+def test_custom_op_passes_opcheck(backend, device):
+    """Schema, fake (meta) outputs, autograd registration and AOT dispatch with dynamic shapes."""
+    from fba.kernels import cross_attention_op  # noqa: F401 - registers torch.ops.fba
+
+    tensors, valid = make_inputs(2, 2, 11, 7, 16, device=device, seed=13)
+    for stats_grad in (False, True):
+        torch.library.opcheck(torch.ops.fba.cross_attention_with_stats.default,
+                              (*tensors, *valid, 1, backend, stats_grad))
+    lse = cross_attention.reference_forward(*tensors, *valid, 1)[3]
+    outs = [t.detach() for t in cross_attention.reference_forward(*tensors, *valid, 1)[:2]]
+    grads = [torch.randn_like(o) for o in outs]
+    dstats = torch.randn(2, 3, 7, device=device)
+    for d in (None, dstats):
+        torch.library.opcheck(torch.ops.fba.cross_attention_with_stats_backward.default,
+                              (*[t.detach() for t in tensors], *valid, *outs, lse, *grads, d, 1, backend),
+                              test_utils=("test_schema", "test_faketensor"))
 
 
 def test_bad_inputs_are_refused_with_clear_errors(device):

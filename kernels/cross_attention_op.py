@@ -1,0 +1,100 @@
+"""The fused cross-attention with stats as ``torch.library`` custom ops, so ``torch.compile`` and ``torch.export``
+see one opaque node with a known output shape instead of tracing into Triton (docs/kernels.md, "Compiler").
+
+- ``fba::cross_attention_with_stats`` (forward): o_f, o_b, stats and the row log-sum-exp;
+- ``fba::cross_attention_with_stats_backward``: dq, dk_f, dv_f, dk_b, dv_b, the stats' term included when given
+  their gradient;
+- fake (meta) implementations give the compiler the outputs' shapes, dtypes and (contiguous) strides;
+- ``register_autograd`` ties them together: the backward op runs from the saved inputs, outputs and lse.
+
+``backend`` picks the kernels inside: ``triton`` (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``),
+``cuda`` (CUDA C++ forward, Triton backward) or ``reference`` (PyTorch, any device).
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from . import cross_attention
+
+
+def _unit_last(t: Tensor) -> Tensor:
+    return t if t.stride(-1) == 1 else t.contiguous()
+
+
+@torch.library.custom_op("fba::cross_attention_with_stats", mutates_args=())
+def cross_attention_with_stats(
+    q: Tensor, k_f: Tensor, v_f: Tensor, k_b: Tensor, v_b: Tensor, valid_f: Tensor, valid_b: Tensor,
+    row_start: int, backend: str, stats_grad: bool,
+) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """o_f, o_b [B,H,Nq,d] (q's dtype), stats [B,3,M] fp32, lse [2,B,H,Nq] fp32. ``stats_grad`` is read by the
+    backward only: whether it adds the stats' term."""
+    if backend == "reference":
+        return cross_attention.reference_forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
+    if backend == "cuda":
+        from . import cross_attention_cuda
+
+        return cross_attention_cuda.forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
+    if backend == "triton":
+        from . import cross_attention_triton
+
+        return cross_attention_triton.forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
+    raise ValueError(f"fba::cross_attention_with_stats: unknown backend {backend!r}; "
+                     f"known: {', '.join(cross_attention.OP_BACKENDS)}")
+
+
+@cross_attention_with_stats.register_fake
+def _forward_fake(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start, backend, stats_grad):
+    batch, heads, nq, dim = q.shape
+    m = k_f.shape[2]
+    out = q.new_empty((batch, heads, nq, dim))
+    return (out, torch.empty_like(out), q.new_empty((batch, 3, m), dtype=torch.float32),
+            q.new_empty((2, batch, heads, nq), dtype=torch.float32))
+
+
+@torch.library.custom_op("fba::cross_attention_with_stats_backward", mutates_args=())
+def cross_attention_with_stats_backward(
+    q: Tensor, k_f: Tensor, v_f: Tensor, k_b: Tensor, v_b: Tensor, valid_f: Tensor, valid_b: Tensor,
+    o_f: Tensor, o_b: Tensor, lse: Tensor, do_f: Tensor, do_b: Tensor, dstats: Tensor | None,
+    row_start: int, backend: str,
+) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """(dq, dk_f, dv_f, dk_b, dv_b), contiguous, in the inputs' dtypes; ``dstats`` None: the stats' term is 0."""
+    if backend == "reference":
+        return cross_attention.reference_backward(
+            q, k_f, v_f, k_b, v_b, valid_f, valid_b, lse, do_f, do_b, dstats, row_start
+        )
+    if backend not in cross_attention.FUSED_BACKENDS:
+        raise ValueError(f"fba::cross_attention_with_stats_backward: unknown backend {backend!r}; "
+                         f"known: {', '.join(cross_attention.OP_BACKENDS)}")
+    from . import cross_attention_triton
+
+    return tuple(cross_attention_triton.backward(
+        q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse, _unit_last(do_f), _unit_last(do_b),
+        dstats=None if dstats is None else dstats.contiguous(), row_start=row_start,
+    ))
+
+
+@cross_attention_with_stats_backward.register_fake
+def _backward_fake(q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse, do_f, do_b, dstats, row_start, backend):
+    return (q.new_empty(q.shape), *(t.new_empty(t.shape) for t in (k_f, v_f, k_b, v_b)))
+
+
+def _setup_context(ctx, inputs, output) -> None:
+    q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start, backend, stats_grad = inputs
+    o_f, o_b, _stats, lse = output
+    ctx.save_for_backward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse)
+    ctx.row_start, ctx.backend, ctx.stats_grad = row_start, backend, stats_grad
+
+
+def _backward(ctx, do_f, do_b, dstats, _dlse):
+    q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse = ctx.saved_tensors
+    do_f = torch.zeros_like(o_f) if do_f is None else do_f
+    do_b = torch.zeros_like(o_b) if do_b is None else do_b
+    grads = cross_attention_with_stats_backward(
+        q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse, do_f, do_b,
+        dstats if ctx.stats_grad else None, ctx.row_start, ctx.backend,
+    )
+    return (*grads, None, None, None, None, None)
+
+
+cross_attention_with_stats.register_autograd(_backward, setup_context=_setup_context)
