@@ -81,7 +81,7 @@ class TrainConfig:
     eval_every: int = 10
     checkpoint_every: int = 1
     log_every: int = 20
-    compile: bool = False
+    compile: str = "auto"  # auto (off on CPU, default on GPU: unmeasured) | off | default | max-autotune | ... (fba.compile_modes)
     keep_checkpoints: int = 2  # full (resumable) checkpoints kept besides best_model.pt
 
 
@@ -93,6 +93,13 @@ class EvalConfig:
 
 
 @dataclass
+class EmbedConfig:
+    compile: str = "auto"  # torch.compile mode of the embed forward (fba.compile_modes); auto: off on CPU
+    cuda_graphs: bool = True  # fba.engine.fast_embed: one CUDA graph per batch bucket (CUDA only)
+    graph_batches: list = field(default_factory=lambda: [1, 8, 32, 256])  # buckets a short batch is padded up to
+
+
+@dataclass
 class Config:
     data: DataConfig = field(default_factory=DataConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -100,6 +107,7 @@ class Config:
     solver: SolverConfig = field(default_factory=SolverConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    embed: EmbedConfig = field(default_factory=EmbedConfig)
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)

@@ -286,7 +286,9 @@ def run(args: argparse.Namespace) -> int:
     keys = relative_keys(paths, root)
     device = torch.device(args.device) if args.device else default_device()
     model, cfg = load_model(args.model, device, default_dtype(device))
-    embedder = Embedder(model, device)
+    from fba.engine.fast_embed import build_embedder
+
+    embedder = build_embedder(model, device, cfg.embed)  # CUDA: bucketed CUDA graphs (docs/performance.md)
     image_only = args.image_only or not embedder.uses_captions
     captions = None
     if not image_only:

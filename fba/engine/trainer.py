@@ -45,6 +45,7 @@ import torch.distributed as dist
 import yaml
 
 from fba.config import Config, ConfigError, load_config
+from fba.compile_modes import compile_kwargs, resolve_compile_mode
 from fba.engine.checkpoint import export_model, latest_tag, load_checkpoint, save_checkpoint
 from fba.engine.logger import RunLogger
 from fba.engine.schedule import EpochCosineSchedule, validate_solver
@@ -248,8 +249,9 @@ class Trainer:
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=self.scheduler, config=deepspeed_config(cfg, self.precision)
         )
-        if cfg.train.compile:
-            self.engine.compile()
+        compile_mode = resolve_compile_mode(cfg.train.compile, env.device)
+        if compile_mode:
+            self.engine.compile(compile_kwargs=compile_kwargs(compile_mode))
         self.criterion = FBALoss(cfg.loss, cfg.model)
         self.loader = build_train_loader(cfg, self.dataset.train, env)
 
