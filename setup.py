@@ -3,7 +3,8 @@
 ``kernels/`` is installed as ``fba.kernels`` and ``csrc/cpu`` is compiled into ``fba._C`` (plain pybind11
 over NumPy: no torch headers, so it builds in seconds on any machine). The CUDA sources in ``csrc/cuda`` are
 built into ``fba._C_cuda`` only when ``FBA_BUILD_CUDA=1``; otherwise ``fba.kernels`` JIT-compiles them on first
-use on a GPU machine.
+use on a GPU machine, from the copy shipped as package data (``fba/kernels/cuda_sources``: ``kernels/cuda_sources``
+is a link to ``csrc/cuda``).
 """
 import glob
 import os
@@ -41,7 +42,7 @@ setup(
     python_requires=">=3.11",
     packages=find_packages(include=["fba", "fba.*"]) + ["fba.kernels"],
     package_dir={"fba.kernels": "kernels"},
-    package_data={"fba.kernels": ["*.py"]},
+    package_data={"fba.kernels": ["*.py", "cuda_sources/*.cu", "cuda_sources/*.cpp", "cuda_sources/*.h"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
     install_requires=[

@@ -2,15 +2,25 @@
 ``FBA_BUILD_CUDA=1`` built it, else compiled on first use with ``torch.utils.cpp_extension.load`` (a GPU machine
 with nvcc). Same outputs and saved log-sum-exp as ``cross_attention_triton.forward``, so the Triton backward
 serves both.
+
+The sources ship inside the package as ``fba/kernels/cuda_sources/`` (package data; in a checkout that folder is a
+link to ``csrc/cuda``), found with ``importlib.resources`` wherever the package is installed.
 """
 from __future__ import annotations
 
 import functools
+import importlib.resources
 from pathlib import Path
 
 import torch
 
-SOURCES = Path(__file__).resolve().parent.parent / "csrc" / "cuda"
+
+def sources() -> list[Path]:
+    """The .cpp and .cu files of the CUDA extension, from the installed package's data."""
+    folder = importlib.resources.files("fba.kernels") / "cuda_sources"
+    if not folder.is_dir():
+        return []
+    return sorted(Path(str(f)) for f in folder.iterdir() if f.name.endswith((".cpp", ".cu")))
 
 
 @functools.lru_cache(maxsize=None)
@@ -22,13 +32,13 @@ def extension():
         return _C_cuda
     except ImportError:
         pass
-    sources = sorted(str(p) for p in (*SOURCES.glob("*.cpp"), *SOURCES.glob("*.cu")))
-    if not sources:
-        raise RuntimeError(f"fba.kernels: no CUDA sources in {SOURCES} and no prebuilt fba._C_cuda; "
-                           "reinstall from a source checkout with FBA_BUILD_CUDA=1")
+    files = [str(p) for p in sources()]
+    if not files:
+        raise RuntimeError("fba.kernels: no CUDA sources in the package (fba/kernels/cuda_sources) and no prebuilt "
+                           "fba._C_cuda; reinstall the package, or build it with FBA_BUILD_CUDA=1")
     from torch.utils.cpp_extension import load
 
-    return load(name="fba_C_cuda", sources=sources, extra_cflags=["-O3"],
+    return load(name="fba_C_cuda", sources=files, extra_cflags=["-O3"],
                 extra_cuda_cflags=["-O3", "--use_fast_math", "-lineinfo"])
 
 
