@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench clean
+.PHONY: setup test demo bench gpu-suite clean
 
 setup: $(STAMP)
 
@@ -28,6 +28,11 @@ BENCHMARKS := metrics cross_attention input train_step embed
 
 bench: setup
 	for name in $(BENCHMARKS); do $(PY) -m benchmarks.bench_$$name || exit 1; done
+
+# A bare GPU machine (python3 with torch + Triton, no network): the wheels in .whl/ (benchmarks/gpu_suite_wheels.txt)
+# are installed offline, then every GPU measurement runs in one call, within 8 minutes (docs/performance.md).
+gpu-suite:
+	PYTHONPATH=. $(PYTHON) -m benchmarks.gpu_suite
 
 clean:
 	rm -rf build *.egg-info fba/*.so runs/demo

@@ -14,7 +14,10 @@ batch 1 and 32, throughput (images / median call) at every batch. Inputs:
 Variants: ``eager-autocast`` (fp32 weights under bf16 autocast: an fp32 model, `fba embed` before bf16 loading),
 ``eager-bf16`` (weights cast to bf16 once: no per-call weight casts), ``compiled`` (bf16 weights, ``model.extract``
 through ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs on a GPU; CUDA only by default, the
-compilation time is a column). FLOPs from :func:`fba.flops.extract_flops`.
+compilation time is a column), ``fast`` (:class:`fba.engine.fast_embed.FastEmbedder`: uint8 pinned images
+normalised on the device, one CUDA graph per batch bucket; eager on the CPU) and ``fast-compiled`` (the same with
+``extract`` through ``torch.compile`` in the default mode before capture; CUDA only by default). FLOPs from
+:func:`fba.flops.extract_flops`.
 """
 from __future__ import annotations
 
@@ -36,6 +39,7 @@ from benchmarks.bench_train_step import (
 )
 from benchmarks.common import benchmark_parser, device_name, earlier_rows, format_table, write_results
 from fba.engine.embedder import Embedder
+from fba.engine.fast_embed import FastEmbedder
 from fba.engine.text_bank import TextBank
 from fba.flops import extract_flops, spec_peak_tflops
 
@@ -67,12 +71,15 @@ class EmbedVariant:
     bf16_weights: bool
     compile: bool = False
     inputs: tuple[str, ...] = INPUTS
+    fast: bool = False  # FastEmbedder: uint8 images, CUDA graph per bucket
 
 
 VARIANTS = {v.name: v for v in (
     EmbedVariant("eager-autocast", bf16_weights=False),
     EmbedVariant("eager-bf16", bf16_weights=True),
     EmbedVariant("compiled", bf16_weights=True, compile=True, inputs=("image", "captions-cached")),
+    EmbedVariant("fast", bf16_weights=True, fast=True, inputs=("image", "captions-cached")),
+    EmbedVariant("fast-compiled", bf16_weights=True, fast=True, compile=True, inputs=("image", "captions-cached")),
 )}
 
 
@@ -95,21 +102,30 @@ def run_variant(variant: EmbedVariant, shape: EmbedShape, device: torch.device, 
     dtype = torch.bfloat16
     if variant.bf16_weights:
         model.to(dtype)
-    embedder = Embedder(model, device, dtype)
+    if variant.fast:
+        embedder = FastEmbedder(model, device, dtype, batches=shape.batches,
+                                compile="default" if variant.compile else None)
+    else:
+        embedder = Embedder(model, device, dtype)
     most = max(shape.batches)
     captions = (synthetic_captions(most, seed=3), synthetic_captions(most, seed=4))
     tokens = TextBank(*(model.text_encoder.tokenize(c).to(device) for c in captions))
     with torch.no_grad():
         cached = TextBank(*(model.text_encoder(t) for t in (tokens.fg, tokens.bg)))
     pin = device.type == "cuda"
-    host_images = torch.randn(most, 3, shape.height, shape.width, pin_memory=pin)
+    if variant.fast:
+        host_images = torch.randint(0, 256, (most, 3, shape.height, shape.width), dtype=torch.uint8)
+        host_images = host_images.pin_memory() if pin else host_images
+    else:
+        host_images = torch.randn(most, 3, shape.height, shape.width, pin_memory=pin)
     rows = []
     for kind in variant.inputs:
-        if variant.compile:
+        if variant.compile and not variant.fast:
             torch._dynamo.reset()
             model.extract = torch.compile(type(model).extract.__get__(model), mode="reduce-overhead")
         for batch in shape.batches:
-            row = {"variant": variant.name, "input": kind, "batch": batch, "kernel": kernel}
+            row = {"variant": variant.name, "input": kind, "batch": batch, "kernel": kernel,
+                   "image_dtype": str(host_images.dtype).removeprefix("torch.")}
             try:
                 bank = cached if kind == "captions-cached" else tokens
                 text = _text(bank, kind, batch, embedder.param_dtype)

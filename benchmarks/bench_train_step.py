@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import gc
+import os
 import statistics
 import sys
 import time
@@ -278,8 +279,9 @@ def run_variant(variant: Variant, shape: Shape, device: torch.device, peaks: dic
             optimizer.zero_grad(set_to_none=True)
 
         autocast = torch.autocast(device.type, dtype=dtype)
-    for name in variant.compile:
-        setattr(model, name, torch.compile(getattr(model, name)))
+    for name in variant.compile:  # $FBA_BENCH_COMPILE_BACKEND: gpu_suite --rehearse traces with "eager" on the CPU
+        setattr(model, name, torch.compile(getattr(model, name), backend=os.environ.get("FBA_BENCH_COMPILE_BACKEND",
+                                                                                         "inductor")))
     model.train()
 
     pin = device.type == "cuda"
