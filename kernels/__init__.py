@@ -17,7 +17,7 @@ from typing import Iterator, NamedTuple
 import torch
 import torch.nn.functional as F
 
-from . import cross_attention
+from . import cross_attention, cross_attention_op  # noqa: F401 - registers torch.ops.fba.*
 
 __all__ = [
     "BACKENDS", "CrossModalAttention", "cross_attention_with_stats", "cross_modal_attention", "decomposed",

@@ -5,7 +5,9 @@ see one opaque node with a known output shape instead of tracing into Triton (do
 - ``fba::cross_attention_with_stats_backward``: dq, dk_f, dv_f, dk_b, dv_b, the stats' term included when given
   their gradient;
 - fake (meta) implementations give the compiler the outputs' shapes, dtypes and (contiguous) strides;
-- ``register_autograd`` ties them together: the backward op runs from the saved inputs, outputs and lse.
+- ``register_autograd`` ties them together: the backward op runs from the saved inputs, outputs and lse;
+- FLOP formulas for ``torch.utils.flop_counter``: the matmuls the plain decomposition does (forward QKᵀ and PV
+  per branch; backward twice that, recomputation not counted), as ``fba.flops`` counts attention.
 
 ``backend`` picks the kernels inside: ``triton`` (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``),
 ``cuda`` (CUDA C++ forward, Triton backward) or ``reference`` (PyTorch, any device).
@@ -14,6 +16,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+from torch.utils.flop_counter import register_flop_formula
 
 from . import cross_attention
 
@@ -98,3 +101,19 @@ def _backward(ctx, do_f, do_b, dstats, _dlse):
 
 
 cross_attention_with_stats.register_autograd(_backward, setup_context=_setup_context)
+
+
+def _attention_flops(q_shape, k_shape) -> int:
+    """2·B·H·N·M·d per matmul, two matmuls (QKᵀ, PV) per branch, two branches."""
+    batch, heads, nq, dim = q_shape
+    return 2 * 2 * 2 * batch * heads * nq * k_shape[2] * dim
+
+
+@register_flop_formula(torch.ops.fba.cross_attention_with_stats)
+def _forward_flops(q_shape, k_shape, *args, out_shape=None, **kwargs) -> int:
+    return _attention_flops(q_shape, k_shape)
+
+
+@register_flop_formula(torch.ops.fba.cross_attention_with_stats_backward)
+def _backward_flops(q_shape, k_shape, *args, out_shape=None, **kwargs) -> int:
+    return 2 * _attention_flops(q_shape, k_shape)

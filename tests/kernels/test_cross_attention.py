@@ -271,3 +271,20 @@ def test_stats_gradient_bf16_at_paper_sizes_on_gpu():
     for name, g, s, w in zip(NAMES, got, same_dtype, want):
         assert torch.isfinite(g).all(), name
         assert rel_err(g, w) <= 2 * rel_err(s, w) + 1e-2, f"{name}: {rel_err(g, w):.2e} vs {rel_err(s, w):.2e}"
+
+
+def test_flop_counter_counts_the_op_as_the_decomposition(device):
+    from torch.utils.flop_counter import FlopCounterMode
+
+    tensors, valid = make_inputs(2, 2, 11, 7, 16, device=device, seed=17)
+
+    def flops(fn):
+        counter = FlopCounterMode(display=False)
+        with counter:
+            o_f, o_b, _ = fn(*tensors, *valid, 1)
+            (o_f.sum() + o_b.sum()).backward()
+        return counter.get_total_flops()
+
+    want = flops(cross_attention.reference)
+    assert want == 3 * 8 * 2 * 2 * 11 * 7 * 16
+    assert flops(lambda *a: cross_attention.fused(*a, backend="reference")) == want
