@@ -16,6 +16,7 @@ def test_gpu_plan_names_existing_variants_tests_and_modules(tmp_path):
     assert set(gpu_suite.TRAIN_VARIANTS) <= set(bench_train_step.VARIANTS)
     assert set(gpu_suite.EMBED_VARIANTS) <= set(bench_embed.VARIANTS)
     assert set(gpu_suite.REHEARSE_EMBED_VARIANTS) <= set(gpu_suite.EMBED_VARIANTS)
+    assert set(gpu_suite.REHEARSE_TRAIN_VARIANTS) <= set(gpu_suite.TRAIN_VARIANTS)
     assert all((REPO_ROOT / path).exists() for path in gpu_suite.GPU_TESTS)
     steps = gpu_suite.plan(rehearse=False, out=tmp_path)
     assert [s.name for s in steps] == ["setup", "gpu-tests", "gpu-tests-cuda", "cross_attention", "train_step",
