@@ -132,8 +132,8 @@ def reference_backward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, lse, do_f, do_b,
     """(dq, dk_f, dv_f, dk_b, dv_b) in PyTorch (fp32 math), the flash-attention formulas the Triton backward uses:
     P = exp(S - lse), dP = dO vᵀ + dW/H (dW from the stats, when ``dstats`` is given), dS = P (dP - rowsum(P dP))."""
     heads, scale = q.shape[1], q.shape[-1] ** -0.5
-    probs = [torch.exp(_scores(q, k, valid) - lse[i][..., None]) for i, (k, valid) in enumerate(((k_f, valid_f),
-                                                                                                   (k_b, valid_b)))]
+    branches = ((k_f, valid_f), (k_b, valid_b))
+    probs = [torch.exp(_scores(q, k, valid) - lse_branch[..., None]) for (k, valid), lse_branch in zip(branches, lse)]
     extra = [0.0, 0.0]
     if dstats is not None:
         extra = [dw[:, None] / heads for dw in stats_map_grads(probs[0].mean(1), probs[1].mean(1), dstats, row_start)]
