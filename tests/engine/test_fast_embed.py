@@ -62,7 +62,7 @@ def test_padded_buckets_equal_the_plain_embedder_on_uint8(model, captions):
             with torch.no_grad():
                 text = (model.text_encoder(fg), model.text_encoder(bg))
     want = plain.embed(normalised(images), text)
-    for n in (1, 3, 8, 11):
+    for n in (1, 11):  # 11 = a full bucket of 8, then 3 padded up to 4
         part = None if text is None else tuple(t[:n] if isinstance(t, torch.Tensor) else t.select(slice(0, n))
                                                for t in text)
         got = fast.embed(images[:n], part)
