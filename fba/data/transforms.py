@@ -60,6 +60,12 @@ def build_eval_transform(height: int, width: int) -> Callable[[Image.Image], tor
     ])
 
 
+def build_eval_uint8_transform(height: int, width: int) -> Callable[[Image.Image], torch.Tensor]:
+    """The evaluation resize without the normalisation: uint8 [3, H, W], what an exported model takes
+    (its graph normalises exactly as ``build_eval_transform`` does; docs/deployment.md)."""
+    return T.Compose([T.Resize((height, width), interpolation=INTERPOLATION), T.PILToTensor()])
+
+
 def read_image(path: str) -> Image.Image:
     """Open ``path`` as RGB, fully decoded, so that a truncated file fails here and names itself."""
     try:

@@ -1,0 +1,247 @@
+"""``fba export``: a trained ``model.pt`` as a self-describing ONNX model or AOTInductor package.
+
+    fba export --checkpoint model.pt --format onnx --out DIR --feature image   # DIR/model.onnx
+    fba export --checkpoint model.pt --format aoti --out DIR --feature full    # DIR/model.pt2
+    fba export --inspect DIR/model.onnx                                        # the metadata, one key a line
+
+Both formats hold the same graph (:class:`fba.deploy.graph.ExportedEmbedder`), traced by ``torch.export`` with a
+dynamic batch axis through the plain PyTorch attention, and the same metadata (:func:`export_metadata`): what
+the inputs are, the image size, the feature, the normalisation constants, the package version and the sha256
+of the checkpoint. docs/deployment.md says how to check and serve them.
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import tempfile
+import time
+import warnings
+from pathlib import Path
+
+import torch
+from torch import nn
+
+import fba
+from fba.atomic import atomic_path
+from fba.data.transforms import CLIP_MEAN, CLIP_STD
+from fba.deploy.graph import FEATURES, INPUT_DTYPES, ExportedEmbedder, reference_attention
+from fba.errors import InputError
+
+EXPORT_FORMAT = "fba-export/1"
+FORMATS = {"onnx": "model.onnx", "aoti": "model.pt2"}
+MAX_BATCH = 4096
+OPSET = 18
+
+
+class ExportFileError(InputError):
+    """A file given as an exported model that is not one (corrupt, foreign, or from another export format)."""
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def input_names(feature: str) -> list[str]:
+    return ["images"] if feature == "image" else ["images", "fg_tokens", "bg_tokens"]
+
+
+def export_metadata(
+    model: nn.Module, feature: str, input_dtype: str, checkpoint: Path | None = None, model_cfg=None
+) -> dict[str, str]:
+    """The contract of an exported model, as string -> string (what ONNX ``metadata_props`` and AOTInductor's
+    package metadata hold); values are JSON."""
+    height, width = model.backbone.image_size
+    text = model.text_encoder.context_length if feature == "full" else None
+    fields = {
+        "format": EXPORT_FORMAT,
+        "feature": feature,
+        "feature_dim": model.feature_dim(feature == "full"),
+        "feature_parts": ["cls"] if feature == "image" else ["cls", "fg_img", "fg_txt"],
+        "inputs": input_names(feature),
+        "outputs": ["features"],
+        "image_size": [int(height), int(width)],
+        "image_layout": "NCHW",
+        "image_dtype": input_dtype,
+        "color": "RGB",
+        "pixel_range": [0, 255],
+        "resize": "bicubic to image_size by the caller (PIL's Image.resize(BICUBIC), as fba embed)",
+        "normalisation": "(x / 255 - mean) / std, inside the graph",
+        "mean": list(CLIP_MEAN),
+        "std": list(CLIP_STD),
+        "text_tokens": None if text is None else f"CLIP BPE ids, int64 [N, {text}], open_clip's tokenizer",
+        "arch": None if model_cfg is None else model_cfg.arch,
+        "stride": None if model_cfg is None else model_cfg.stride,
+        "fba_version": fba.__version__,
+        "torch_version": torch.__version__,
+        "checkpoint": None if checkpoint is None else checkpoint.name,
+        "checkpoint_sha256": None if checkpoint is None else file_sha256(checkpoint),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+    }
+    return {f"fba.{key}": json.dumps(value) for key, value in fields.items() if value is not None}
+
+
+def example_inputs(model: nn.Module, feature: str, input_dtype: str, batch: int = 2) -> tuple[torch.Tensor, ...]:
+    height, width = model.backbone.image_size
+    generator = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (batch, 3, height, width), generator=generator).to(INPUT_DTYPES[input_dtype])
+    if feature == "image":
+        return (images,)
+    # Distinct fg and bg captions: identical ones make the pooling mask 0/0 (docs/deployment.md, "Exactness").
+    tokens = model.text_encoder.tokenize([f"a person in a red shirt, number {i}" for i in range(batch)])
+    background = model.text_encoder.tokenize([f"a street with a parked car and a tree {i}" for i in range(batch)])
+    return images, tokens, background
+
+
+def export_program(model: nn.Module, feature: str, input_dtype: str = "uint8") -> torch.export.ExportedProgram:
+    """``torch.export`` of the wrapped model, batch axis dynamic (1..4096), the reference attention traced."""
+    wrapper = ExportedEmbedder(model, feature).eval()
+    args = example_inputs(model, feature, input_dtype)
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    dynamic = tuple({0: batch} for _ in args)
+    with torch.no_grad(), reference_attention(model):
+        return torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)
+
+
+def export_onnx(program: torch.export.ExportedProgram, feature: str, path: Path, metadata: dict[str, str]) -> Path:
+    """Write the ONNX model (opset 18, weights inline) with ``metadata`` in its ``metadata_props``."""
+    import onnx
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        onnx_program = torch.onnx.export(
+            program, input_names=input_names(feature), output_names=["features"], opset_version=OPSET,
+            dynamo=True, optimize=True, verbose=False,
+        )
+    proto = onnx_program.model_proto
+    del proto.metadata_props[:]
+    for key, value in metadata.items():
+        proto.metadata_props.add(key=key, value=value)
+    proto.producer_name = "fba-reid"
+    proto.producer_version = fba.__version__
+    onnx.checker.check_model(proto)
+    with atomic_path(path) as tmp:
+        onnx.save_model(proto, str(tmp))
+    return path
+
+
+def export_aoti(program: torch.export.ExportedProgram, path: Path, metadata: dict[str, str]) -> Path:
+    """Compile ``program`` with AOTInductor into a ``.pt2`` package (weights inside) carrying ``metadata``."""
+    with atomic_path(path) as tmp:
+        with tempfile.TemporaryDirectory() as work:
+            built = Path(work) / "model.pt2"
+            torch._inductor.aoti_compile_and_package(
+                program, package_path=str(built), inductor_configs={"aot_inductor.metadata": metadata}
+            )
+            shutil.move(str(built), tmp)
+    return path
+
+
+def export_model_file(
+    checkpoint: Path, out_dir: Path, fmt: str, feature: str, input_dtype: str = "uint8"
+) -> Path:
+    """Load ``checkpoint`` (a ``model.pt``) on the CPU in fp32 and write ``out_dir/model.onnx`` or ``model.pt2``."""
+    from fba.engine.checkpoint import load_model
+
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+    model, cfg = load_model(checkpoint, "cpu", torch.float32)
+    if feature == "full" and model.cross_modal is None:
+        raise InputError(f"{checkpoint}: the baseline model (model.cross_modal=false) has no full feature; "
+                         "export --feature image")
+    metadata = export_metadata(model, feature, input_dtype, checkpoint, cfg.model)
+    program = export_program(model, feature, input_dtype)
+    path = Path(out_dir) / FORMATS[fmt]
+    if fmt == "onnx":
+        return export_onnx(program, feature, path, metadata)
+    return export_aoti(program, path, metadata)
+
+
+def resolve_model_file(path: Path, fmt: str | None = None) -> Path:
+    """``path`` itself, or the export inside the folder ``path`` (``model.onnx`` / ``model.pt2``)."""
+    path = Path(path)
+    if path.is_dir():
+        names = [FORMATS[fmt]] if fmt else list(FORMATS.values())
+        found = [path / name for name in names if (path / name).is_file()]
+        if not found:
+            raise ExportFileError(f"{path}: no exported model in this folder (looked for {', '.join(names)})")
+        return found[0]
+    if not path.is_file():
+        raise ExportFileError(f"{path}: exported model not found")
+    return path
+
+
+def _check_metadata(path: Path, metadata: dict[str, str]) -> dict:
+    if metadata.get("fba.format") != json.dumps(EXPORT_FORMAT):
+        found = metadata.get("fba.format", "no fba.format entry")
+        raise ExportFileError(f"{path}: not an fba export ({found}; this fba reads {EXPORT_FORMAT})")
+    try:
+        return {key.removeprefix("fba."): json.loads(value) for key, value in metadata.items() if key.startswith("fba.")}
+    except json.JSONDecodeError as err:
+        raise ExportFileError(f"{path}: malformed fba metadata ({err})") from err
+
+
+def read_metadata(path: Path) -> dict:
+    """The fba metadata of an exported model (``model.onnx``, ``model.pt2`` or their folder), without running it."""
+    path = resolve_model_file(path)
+    if path.suffix == ".onnx":
+        return _check_metadata(path, _onnx_metadata(path))
+    if path.suffix == ".pt2":
+        return _check_metadata(path, _aoti_metadata(path))
+    raise ExportFileError(f"{path}: an exported model ends in .onnx or .pt2")
+
+
+def _onnx_metadata(path: Path) -> dict[str, str]:
+    import onnx
+
+    try:
+        proto = onnx.load_model(str(path), load_external_data=False)
+    except Exception as err:  # protobuf's DecodeError and onnx's own: any of them means "not an ONNX model"
+        raise ExportFileError(f"{path}: not a readable ONNX model ({type(err).__name__})") from err
+    if not proto.graph.node:
+        raise ExportFileError(f"{path}: not a readable ONNX model (no graph)")
+    return {prop.key: prop.value for prop in proto.metadata_props}
+
+
+def _aoti_metadata(path: Path) -> dict[str, str]:
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            names = [n for n in archive.namelist() if n.endswith("_metadata.json") and "/aotinductor/" in n]
+            if not names:
+                raise ExportFileError(f"{path}: a zip archive but not an AOTInductor package (no model metadata)")
+            return json.loads(archive.read(names[0]))
+    except (zipfile.BadZipFile, json.JSONDecodeError, OSError) as err:
+        raise ExportFileError(f"{path}: not a readable AOTInductor package ({type(err).__name__}: {err})") from err
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--checkpoint", type=Path, help="model.pt written by `fba train`")
+    parser.add_argument("--format", choices=list(FORMATS), default="onnx", help="onnx (model.onnx) or aoti (model.pt2)")
+    parser.add_argument("--out", type=Path, help="folder to write the model into (created)")
+    parser.add_argument("--feature", choices=FEATURES, default="image",
+                        help="image: uint8 images in, post-BN CLS out; full: also the two captions' CLIP token ids")
+    parser.add_argument("--input-dtype", choices=list(INPUT_DTYPES), default="uint8",
+                        help="dtype of the images input (float32 = 0..255 values, for runtimes that feed floats)")
+    parser.add_argument("--inspect", type=Path, metavar="FILE", help="print the metadata of an exported model and exit")
+
+
+def run(args: argparse.Namespace) -> int:
+    if args.inspect is not None:
+        for key, value in read_metadata(args.inspect).items():
+            print(f"{key:18} {json.dumps(value)}")
+        return 0
+    if args.checkpoint is None or args.out is None:
+        raise SystemExit("fba export: give --checkpoint model.pt and --out DIR (or --inspect FILE)")
+    start = time.perf_counter()
+    path = export_model_file(args.checkpoint, args.out, args.format, args.feature, args.input_dtype)
+    meta = read_metadata(path)
+    print(f"wrote {path} ({args.format}, {meta['feature']} feature, {meta['feature_dim']} dims, inputs "
+          f"{', '.join(meta['inputs'])}) in {time.perf_counter() - start:.0f} s")
+    return 0

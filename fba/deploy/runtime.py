@@ -1,0 +1,138 @@
+"""Serving an exported model: the ``onnxruntime`` and ``aoti`` backends of ``fba embed``.
+
+Both take what the exported graph takes (uint8 [N, 3, H, W] RGB images resized by the caller, and CLIP token
+ids of the two captions for the full feature) and give float32 features on the host, so ``fba embed`` writes
+the same features file whichever backend ran. Neither imports the model code: an onnxruntime session needs
+only the ``.onnx`` file, an AOTInductor package only torch.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fba.deploy.export import ExportFileError, read_metadata, resolve_model_file
+
+BACKENDS = ("onnxruntime", "aoti")
+_FORMAT_OF = {"onnxruntime": "onnx", "aoti": "aoti"}
+
+
+class ExportedModel:
+    """An exported model ready to run: ``model(images, fg_tokens, bg_tokens) -> float32 [N, D]``."""
+
+    def __init__(self, path: Path, metadata: dict):
+        self.path = path
+        self.metadata = metadata
+
+    @property
+    def feature(self) -> str:
+        return self.metadata["feature"]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.metadata["image_size"])
+
+    def inputs(self, images, fg_tokens=None, bg_tokens=None) -> list[torch.Tensor]:
+        dtype = torch.uint8 if self.metadata["image_dtype"] == "uint8" else torch.float32
+        tensors = [torch.as_tensor(images).to(dtype)]
+        if self.feature == "full":
+            if fg_tokens is None or bg_tokens is None:
+                raise ValueError(f"{self.path} takes the full feature's inputs: images, fg_tokens and bg_tokens")
+            tensors += [torch.as_tensor(fg_tokens, dtype=torch.int64), torch.as_tensor(bg_tokens, dtype=torch.int64)]
+        return tensors
+
+    def __call__(self, images, fg_tokens=None, bg_tokens=None) -> np.ndarray:
+        raise NotImplementedError
+
+
+class OnnxRuntimeModel(ExportedModel):
+    """An onnxruntime session; providers default to TensorRT, CUDA, CPU, those installed, in that order."""
+
+    PREFERRED = ("TensorrtExecutionProvider", "CUDAExecutionProvider", "CPUExecutionProvider")
+
+    def __init__(self, path: Path, providers: Sequence[str] | None = None, threads: int | None = None):
+        import onnxruntime as ort
+
+        path = resolve_model_file(path, "onnx")
+        super().__init__(path, read_metadata(path))
+        available = ort.get_available_providers()
+        chosen = list(providers) if providers else [p for p in self.PREFERRED if p in available]
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=chosen)
+        except Exception as err:  # onnxruntime's Fail / InvalidGraph / NotImplemented carry the reason
+            raise ExportFileError(f"{path}: onnxruntime cannot load it ({str(err).splitlines()[0][:300]})") from err
+        self.names = [i.name for i in self.session.get_inputs()]
+
+    @property
+    def providers(self) -> list[str]:
+        return self.session.get_providers()
+
+    def __call__(self, images, fg_tokens=None, bg_tokens=None) -> np.ndarray:
+        feeds = {name: t.numpy() for name, t in zip(self.names, self.inputs(images, fg_tokens, bg_tokens))}
+        return self.session.run(["features"], feeds)[0]
+
+
+class AOTIModel(ExportedModel):
+    """An AOTInductor package loaded on ``device`` (it runs where it was compiled for: CPU or CUDA)."""
+
+    def __init__(self, path: Path, device: str | torch.device = "cpu"):
+        path = resolve_model_file(path, "aoti")
+        super().__init__(path, read_metadata(path))
+        self.device = torch.device(device)
+        try:
+            self.runner = torch._inductor.aoti_load_package(str(path), device_index=self.device.index or -1)
+        except Exception as err:
+            raise ExportFileError(f"{path}: cannot load the AOTInductor package ({str(err).splitlines()[0][:300]})") from err
+
+    @torch.no_grad()
+    def __call__(self, images, fg_tokens=None, bg_tokens=None) -> np.ndarray:
+        inputs = [t.to(self.device) for t in self.inputs(images, fg_tokens, bg_tokens)]
+        out = self.runner(*inputs)
+        return out.float().cpu().numpy()
+
+
+def load_exported(path: Path, backend: str, device: str | torch.device = "cpu") -> ExportedModel:
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    if backend == "onnxruntime":
+        return OnnxRuntimeModel(path)
+    return AOTIModel(path, device)
+
+
+def embed_exported(
+    model: ExportedModel,
+    paths: Sequence[Path],
+    captions: tuple[list[str], list[str]] | None = None,
+    batch_size: int = 256,
+    num_workers: int = 2,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Features of image files in the given order, through an exported model (``fba embed --backend``)."""
+    from torch.utils.data import DataLoader
+
+    from fba.data.transforms import ImageDataset, build_eval_uint8_transform, collate_batch
+    from fba.model.text import tokenize
+
+    if (captions is not None) != (model.feature == "full"):
+        raise ValueError(f"{model.path} gives the {model.feature} feature: "
+                         + ("captions are needed" if captions is None else "it takes no captions"))
+    loader = DataLoader(
+        ImageDataset([(str(p), 0, 0) for p in paths], build_eval_uint8_transform(*model.image_size)),
+        batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_batch,
+    )
+    rows = []
+    with tqdm(total=len(paths), desc="embed", unit="img", disable=not progress, dynamic_ncols=True, leave=False) as bar:
+        for batch in loader:
+            index = batch["index"].tolist()
+            tokens = [None, None]
+            if captions is not None:
+                tokens = [tokenize([texts[i] for i in index]) for texts in captions]
+            rows.append(torch.from_numpy(np.asarray(model(batch["images"], *tokens), dtype=np.float32)))
+            bar.update(len(index))
+    return torch.cat(rows)
