@@ -256,7 +256,11 @@ def embed_images(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path, help="model.pt written by `fba train`")
+    parser.add_argument("--model", required=True, type=Path,
+                        help="model.pt written by `fba train` (pytorch backend), or the folder (or file) written by "
+                        "`fba export` (onnxruntime: model.onnx, aoti: model.pt2)")
+    parser.add_argument("--backend", choices=("pytorch", "onnxruntime", "aoti"), default="pytorch",
+                        help="what runs the model (docs/deployment.md); the features file is the same")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=Path, metavar="DIR", help="embed every image under DIR (recursive, sorted)")
     source.add_argument("--list", type=Path, metavar="FILE", help="embed the images listed in FILE, one per line")
@@ -267,12 +271,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, type=Path, help="features file to write: .safetensors or .npz")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
+    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available; under "
+                        "torchrun each rank takes cuda:LOCAL_RANK)")
+
+
+def _captions(args: argparse.Namespace, keys: list[str], root: Path) -> tuple[list[str], list[str]]:
+    from fba.data.captions import CaptionStore
+
+    if args.captions is None:
+        raise SystemExit("fba embed: this model uses captions; give --captions captions.jsonl, or --image-only")
+    store = CaptionStore.load(args.captions)
+    missing = [key for key in keys if key not in store]
+    if missing:
+        listed = "\n  ".join(missing[:20]) + (f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else "")
+        raise SystemExit(f"fba embed: {len(missing)} images have no captions in {args.captions} "
+                         f"(keys relative to {root}):\n  {listed}\nGive their captions, or use --image-only.")
+    return [store[k].fg for k in keys], [store[k].bg for k in keys]
 
 
 def run(args: argparse.Namespace) -> int:
-    from fba.data.captions import CaptionStore
-    from fba.engine.checkpoint import load_model
+    from fba.deploy import shards
     from fba.engine.features_io import SUFFIXES, save_features
 
     if args.out.suffix.lower() not in SUFFIXES:
@@ -284,27 +302,43 @@ def run(args: argparse.Namespace) -> int:
         root = args.root or args.list.parent
         paths = read_image_list(args.list, root)
     keys = relative_keys(paths, root)
-    device = torch.device(args.device) if args.device else default_device()
-    model, cfg = load_model(args.model, device, default_dtype(device))
-    from fba.engine.fast_embed import build_embedder
+    device = shards.rank_device(args.device)
+    progress = shards.is_main_rank()
+    if args.backend == "pytorch":
+        from fba.engine.checkpoint import load_model
+        from fba.engine.fast_embed import build_embedder
 
-    embedder = build_embedder(model, device, cfg.embed)  # CUDA: bucketed CUDA graphs (docs/performance.md)
-    image_only = args.image_only or not embedder.uses_captions
-    captions = None
-    if not image_only:
-        if args.captions is None:
-            raise SystemExit("fba embed: this model uses captions; give --captions captions.jsonl, or --image-only")
-        store = CaptionStore.load(args.captions)
-        missing = [key for key in keys if key not in store]
-        if missing:
-            listed = "\n  ".join(missing[:20]) + (f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else "")
-            raise SystemExit(f"fba embed: {len(missing)} images have no captions in {args.captions} "
-                             f"(keys relative to {root}):\n  {listed}\nGive their captions, or use --image-only.")
-        captions = ([store[k].fg for k in keys], [store[k].bg for k in keys])
-    features = embed_images(
-        embedder, paths, (cfg.data.height, cfg.data.width), captions, args.batch_size, args.num_workers
-    )
+        model, cfg = load_model(args.model, device, default_dtype(device))
+        embedder = build_embedder(model, device, cfg.embed)  # CUDA: bucketed CUDA graphs (docs/performance.md)
+        image_only = args.image_only or not embedder.uses_captions
+        captions = None if image_only else _captions(args, keys, root)
+
+        def compute(rows: range) -> torch.Tensor:
+            texts = None if captions is None else tuple([c[i] for i in rows] for c in captions)
+            return embed_images(embedder, [paths[i] for i in rows], (cfg.data.height, cfg.data.width), texts,
+                                args.batch_size, args.num_workers, progress)
+    else:
+        from fba.deploy.runtime import embed_exported, load_exported
+
+        exported = load_exported(args.model, args.backend, device)
+        image_only = exported.feature == "image"
+        if args.image_only and not image_only:
+            raise SystemExit(f"fba embed: {exported.path} was exported with --feature full; export --feature image "
+                             "for the image-only feature")
+        captions = None if image_only else _captions(args, keys, root)
+
+        def compute(rows: range) -> torch.Tensor:
+            texts = None if captions is None else tuple([c[i] for i in rows] for c in captions)
+            return embed_exported(exported, [paths[i] for i in rows], texts, args.batch_size, args.num_workers, progress)
     feature = "image" if image_only else "full"
-    save_features(args.out, features, keys, meta={"feature": feature, "model": str(args.model), "root": str(root)})
-    print(f"wrote {len(keys)} x {features.shape[1]} features ({feature}) to {args.out}")
+    meta = {"feature": feature, "model": str(args.model), "root": str(root), "backend": args.backend}
+
+    def write(features: torch.Tensor) -> None:
+        save_features(args.out, features, keys, meta=meta)
+        print(f"wrote {len(keys)} x {features.shape[1]} features ({feature}) to {args.out}")
+
+    if shards.world_size() > 1:
+        shards.embed_sharded(args.out, keys, dict(meta, model_file=shards.file_identity(args.model)), compute, write)
+    else:
+        write(compute(range(len(keys))))
     return 0

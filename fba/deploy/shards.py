@@ -1,0 +1,130 @@
+"""``fba embed`` under torchrun: the image list split by rank, one shard file per rank, merged by rank 0.
+
+    torchrun --nproc_per_node 8 -m fba.cli embed --model model.pt --images crops/ --out feats.safetensors
+    torchrun --nnodes 4 --nproc_per_node 8 --rdzv-endpoint HOST:29500 -m fba.cli embed ...   # across nodes
+
+Rank r embeds the r-th contiguous slice of the list and writes ``<out>.shards/shard-<r>-of-<W><suffix>``
+atomically (``fba.features_io``). After a barrier rank 0 reads the shards in rank order, so the merged file has
+the rows in the input order, writes ``<out>`` and removes the shard folder. A shard records what it was made
+from (its paths, the model file, the backend and the feature); a rerun of the same command keeps every shard
+whose record matches and redoes the others, so a killed run loses only the shards that had not finished.
+Across nodes ``--out`` must be on a file system that every node sees. The process group (gloo) carries only
+barriers; the features go through the files.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from collections.abc import Callable
+from datetime import timedelta
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+
+from fba.engine.features_io import FeaturesFileError, load_features, save_features
+
+BARRIER_TIMEOUT = timedelta(hours=24)  # rank 0 waits at the barrier while the slowest rank embeds its slice
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def rank() -> int:
+    return int(os.environ.get("RANK", "0"))
+
+
+def is_main_rank() -> bool:
+    return rank() == 0
+
+
+def rank_device(device: str | None) -> torch.device:
+    """``device`` as given, else cuda:LOCAL_RANK when CUDA is there (one GPU per rank), else the CPU."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")
+
+
+def file_identity(path: Path) -> list:
+    """What changes when the model file changes, cheaply: resolved path, size, modification time."""
+    from fba.deploy.export import resolve_model_file
+
+    target = resolve_model_file(path) if Path(path).is_dir() else Path(path)
+    stat = target.stat()
+    return [str(target.resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def shard_rows(num: int, rank: int, world: int) -> range:
+    return range(rank * num // world, (rank + 1) * num // world)
+
+
+def shard_dir(out: Path) -> Path:
+    return out.with_name(out.name + ".shards")
+
+
+def shard_path(out: Path, rank: int, world: int) -> Path:
+    return shard_dir(out) / f"shard-{rank:05d}-of-{world:05d}{out.suffix}"
+
+
+def job_digest(keys: list[str], job: dict) -> str:
+    return hashlib.sha256(json.dumps({"keys": keys, "job": job}, sort_keys=True).encode()).hexdigest()
+
+
+def finished_shard(path: Path, keys: list[str], digest: str) -> torch.Tensor | None:
+    """The features of a shard written earlier for the same job, or None (absent, unreadable, other job)."""
+    if not path.is_file():
+        return None
+    try:
+        fs = load_features(path)
+    except (FeaturesFileError, OSError):
+        return None
+    if fs.meta.get("job") != digest or fs.paths != keys:
+        return None
+    return torch.from_numpy(fs.features)
+
+
+def _init_group() -> None:
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+
+
+def embed_sharded(
+    out: Path, keys: list[str], job: dict, compute: Callable[[range], torch.Tensor],
+    write: Callable[[torch.Tensor], None],
+) -> None:
+    """This rank's slice through ``compute`` (unless its shard is already done); rank 0 merges and ``write``s."""
+    out = Path(out)
+    me, world = rank(), world_size()
+    _init_group()
+    try:
+        rows = shard_rows(len(keys), me, world)
+        mine = [keys[i] for i in rows]
+        path = shard_path(out, me, world)
+        digest = job_digest(mine, dict(job, rank=me, world=world))
+        if rows and finished_shard(path, mine, digest) is None:
+            save_features(path, compute(rows), mine, meta={"job": digest, "rank": me, "world": world})
+        elif rows:
+            print(f"fba embed: rank {me} keeps its shard {path} (finished earlier)", flush=True)
+        dist.barrier()
+        if me == 0:
+            parts = []
+            for other in range(world):
+                rows = shard_rows(len(keys), other, world)
+                if not rows:
+                    continue
+                theirs = [keys[i] for i in rows]
+                digest = job_digest(theirs, dict(job, rank=other, world=world))
+                features = finished_shard(shard_path(out, other, world), theirs, digest)
+                if features is None:
+                    raise RuntimeError(f"shard {shard_path(out, other, world)} is missing or from another job")
+                parts.append(features)
+            write(torch.cat(parts))
+            shutil.rmtree(shard_dir(out), ignore_errors=True)
+        dist.barrier()
+    finally:
+        dist.destroy_process_group()
