@@ -88,9 +88,41 @@ def finished_shard(path: Path, keys: list[str], digest: str) -> torch.Tensor | N
     return torch.from_numpy(fs.features)
 
 
-def _init_group() -> None:
-    if not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
+def shard_job(meta: dict, model: Path) -> dict:
+    """What a shard is made from, besides its paths: the features file's ``meta`` and the model file's identity."""
+    return dict(meta, model_file=file_identity(model))
+
+
+def write_shard(
+    out: Path, keys: list[str], job: dict, compute: Callable[[range], torch.Tensor], rank: int, world: int
+) -> Path | None:
+    """Rank ``rank``'s shard of ``keys``, computed unless a finished one of the same job is there (None: no rows)."""
+    rows = shard_rows(len(keys), rank, world)
+    if not rows:
+        return None
+    mine = [keys[i] for i in rows]
+    path = shard_path(out, rank, world)
+    digest = job_digest(mine, dict(job, rank=rank, world=world))
+    if finished_shard(path, mine, digest) is not None:
+        print(f"fba embed: rank {rank} keeps its shard {path} (finished earlier)", flush=True)
+        return path
+    save_features(path, compute(rows), mine, meta={"job": digest, "rank": rank, "world": world})
+    return path
+
+
+def merge_shards(out: Path, keys: list[str], job: dict, world: int) -> torch.Tensor:
+    """Every rank's shard, in rank order: the features of ``keys`` in order."""
+    parts = []
+    for rank in range(world):
+        rows = shard_rows(len(keys), rank, world)
+        if not rows:
+            continue
+        theirs = [keys[i] for i in rows]
+        features = finished_shard(shard_path(out, rank, world), theirs, job_digest(theirs, dict(job, rank=rank, world=world)))
+        if features is None:
+            raise RuntimeError(f"shard {shard_path(out, rank, world)} is missing or from another job")
+        parts.append(features)
+    return torch.cat(parts)
 
 
 def embed_sharded(
@@ -100,30 +132,13 @@ def embed_sharded(
     """This rank's slice through ``compute`` (unless its shard is already done); rank 0 merges and ``write``s."""
     out = Path(out)
     me, world = rank(), world_size()
-    _init_group()
+    if not dist.is_initialized():
+        dist.init_process_group("gloo", timeout=BARRIER_TIMEOUT)
     try:
-        rows = shard_rows(len(keys), me, world)
-        mine = [keys[i] for i in rows]
-        path = shard_path(out, me, world)
-        digest = job_digest(mine, dict(job, rank=me, world=world))
-        if rows and finished_shard(path, mine, digest) is None:
-            save_features(path, compute(rows), mine, meta={"job": digest, "rank": me, "world": world})
-        elif rows:
-            print(f"fba embed: rank {me} keeps its shard {path} (finished earlier)", flush=True)
+        write_shard(out, keys, job, compute, me, world)
         dist.barrier()
         if me == 0:
-            parts = []
-            for other in range(world):
-                rows = shard_rows(len(keys), other, world)
-                if not rows:
-                    continue
-                theirs = [keys[i] for i in rows]
-                digest = job_digest(theirs, dict(job, rank=other, world=world))
-                features = finished_shard(shard_path(out, other, world), theirs, digest)
-                if features is None:
-                    raise RuntimeError(f"shard {shard_path(out, other, world)} is missing or from another job")
-                parts.append(features)
-            write(torch.cat(parts))
+            write(merge_shards(out, keys, job, world))
             shutil.rmtree(shard_dir(out), ignore_errors=True)
         dist.barrier()
     finally:

@@ -338,7 +338,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"wrote {len(keys)} x {features.shape[1]} features ({feature}) to {args.out}")
 
     if shards.world_size() > 1:
-        shards.embed_sharded(args.out, keys, dict(meta, model_file=shards.file_identity(args.model)), compute, write)
+        shards.embed_sharded(args.out, keys, shards.shard_job(meta, args.model), compute, write)
     else:
         write(compute(range(len(keys))))
     return 0

@@ -1,0 +1,49 @@
+"""`fba embed --backend onnxruntime|aoti` writes the features file the PyTorch backend writes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fba.cli import main
+from fba.engine.features_io import load_features
+
+
+def embed(tmp_path, name, model, folder, *extra):
+    out = tmp_path / f"{name}.safetensors"
+    assert main(["embed", "--model", str(model), "--images", str(folder), "--out", str(out), "--batch-size", "4",
+                 "--num-workers", "0", *extra]) == 0
+    return load_features(out)
+
+
+def assert_same_file(got, want) -> None:
+    assert got.paths == want.paths and got.meta["feature"] == want.meta["feature"]
+    np.testing.assert_allclose(got.features, want.features, atol=1e-4, rtol=0)
+
+
+def test_onnxruntime_backend_writes_the_pytorch_file(checkpoint, exported, image_folder, tmp_path):
+    want = embed(tmp_path, "pt", checkpoint, image_folder, "--image-only")
+    got = embed(tmp_path, "ort", exported("onnx", "image"), image_folder, "--backend", "onnxruntime")
+    assert_same_file(got, want)
+    assert got.meta["backend"] == "onnxruntime" and want.meta["backend"] == "pytorch"
+
+
+@pytest.mark.slow
+def test_image_only_asked_of_a_full_export_is_refused(exported, image_folder, tmp_path):
+    with pytest.raises(SystemExit, match="export --feature image"):
+        embed(tmp_path, "x", exported("onnx", "full"), image_folder, "--backend", "onnxruntime", "--image-only")
+
+
+@pytest.mark.slow
+def test_full_feature_backends_write_the_pytorch_file(checkpoint, exported, image_folder, tmp_path):
+    captions = ["--captions", str(image_folder / "captions.jsonl")]
+    want = embed(tmp_path, "pt", checkpoint, image_folder, *captions)
+    for fmt, backend in (("onnx", "onnxruntime"), ("aoti", "aoti")):
+        got = embed(tmp_path, backend, exported(fmt, "full"), image_folder, "--backend", backend, *captions)
+        assert_same_file(got, want)
+        assert got.features.shape == (11, 3 * 128)
+
+
+@pytest.mark.slow
+def test_aoti_backend_writes_the_pytorch_file(checkpoint, exported, image_folder, tmp_path):
+    want = embed(tmp_path, "pt", checkpoint, image_folder, "--image-only")
+    assert_same_file(embed(tmp_path, "aoti", exported("aoti", "image"), image_folder, "--backend", "aoti"), want)
