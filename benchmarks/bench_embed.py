@@ -18,6 +18,9 @@ compilation time is a column), ``fast`` (:class:`fba.engine.fast_embed.FastEmbed
 normalised on the device, one CUDA graph per batch bucket; eager on the CPU) and ``fast-compiled`` (the same with
 ``extract`` through ``torch.compile`` in the default mode before capture; CUDA only by default). FLOPs from
 :func:`fba.flops.extract_flops`.
+
+``--deploy`` measures the exported model instead: onnxruntime and AOTInductor beside the PyTorch backend, fp32,
+image-only (``benchmarks.embed_backends``; key ``embed-deploy``).
 """
 from __future__ import annotations
 
@@ -183,8 +186,13 @@ def main(argv: list[str] | None = None) -> int:
     parser = benchmark_parser(__doc__, "tiny model, small images, few calls (CPU-sized)", device_options=True)
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         help="default: all on CUDA; eager-autocast and eager-bf16 on the CPU")
+    parser.add_argument("--deploy", action="store_true", help="the exported backends beside PyTorch (fp32, image-only)")
+    parser.add_argument("--backends", nargs="+", choices=("pytorch", "onnxruntime", "aoti"),
+                        help="with --deploy (default: all three)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if args.deploy:
+        return main_deploy(args, device)
     shape = SMOKE if args.smoke else PAPER
     variants = args.variants or [n for n, v in VARIANTS.items() if device.type == "cuda" or not v.compile]
     config = benchmark_config(shape, variants, device)
@@ -197,6 +205,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"FBA embedding (Embedder.embed) on {device_name(device.type)}: {shape.arch} {shape.height}x{shape.width} "
           f"stride {shape.stride}, bf16")
     print(format_table(rows, COLUMNS))
+    print(f"\nwrote {path} [{key}]")
+    return 0 if all(r.get("status") == "ok" for r in rows) else 1
+
+
+def main_deploy(args, device: torch.device) -> int:
+    from benchmarks import embed_backends
+
+    shape = embed_backends.DEPLOY_SMOKE if args.smoke else embed_backends.DEPLOY
+    backends = args.backends or list(embed_backends.BACKENDS)
+    key = embed_backends.BENCHMARK_KEY + ("-smoke" if args.smoke else "")
+    config = {"shape": asdict(shape), "backends": backends, "precision": "fp32", "input": "image",
+              "timing": "host wall clock per call, uint8 images in, float32 features out; backends interleaved"}
+    rows = embed_backends.run_backends(shape, backends, device)
+    path = write_results(key, rows, kind=device.type, config=config, directory=args.results_dir)
+    print(f"FBA embedding backends on {device_name(device.type)}: {shape.arch} {shape.height}x{shape.width} "
+          f"stride {shape.stride}, fp32, image-only")
+    print(format_table(rows, embed_backends.COLUMNS))
     print(f"\nwrote {path} [{key}]")
     return 0 if all(r.get("status") == "ok" for r in rows) else 1
 

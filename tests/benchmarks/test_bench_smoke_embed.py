@@ -18,3 +18,15 @@ def test_bench_embed_smoke_writes_table_and_json(tmp_path, capsys):
     assert {(r["input"], r["batch"]) for r in rows} == {(i, b) for i in bench_embed.INPUTS for b in (1, 4, 8)}
     for row in rows:
         assert row["status"] == "ok" and 0 < row["p50_ms"] <= row["p99_ms"] and row["img_per_s"] > 0
+
+
+def test_bench_embed_deploy_smoke_puts_onnxruntime_beside_pytorch(tmp_path, capsys):
+    argv = ["--deploy", "--smoke", "--device", "cpu", "--backends", "pytorch", "onnxruntime",
+            "--results-dir", str(tmp_path)]
+    assert bench_embed.main(argv) == 0
+    assert "vs_pytorch" in capsys.readouterr().out
+    entry = json.loads((tmp_path / f"{device_slug('cpu')}.json").read_text())["embed-deploy-smoke"]
+    rows = {(r["backend"], r["batch"]): r for r in entry["rows"]}
+    assert set(rows) == {(b, n) for b in ("pytorch", "onnxruntime") for n in (1, 32)}
+    assert all(r["status"] == "ok" and r["img_per_s"] > 0 for r in rows.values())
+    assert rows["pytorch", 32]["vs_pytorch"] == 1.0 and rows["onnxruntime", 32]["vs_pytorch"] > 0

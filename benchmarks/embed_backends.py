@@ -1,0 +1,92 @@
+"""``bench_embed --deploy``: the exported model under onnxruntime and AOTInductor beside the PyTorch backend.
+
+    python -m benchmarks.bench_embed --deploy            # ViT-B/16 384x128 stride 12, image-only, batches 1 and 32
+    python -m benchmarks.bench_embed --deploy --smoke    # the tiny model, 64x32
+
+fp32, image-only, on the device of the run (the CPU here). Each backend gets the same uint8 images: ``pytorch``
+is ``fba embed``'s path (``Embedder.embed`` of the normalised images, fp32 weights), ``onnxruntime`` and ``aoti``
+run the graph of ``fba export`` (normalisation inside). The calls are interleaved (one call of each backend in
+turn), so the machine's noise falls on all of them alike; ``vs_pytorch`` is the throughput ratio to the PyTorch
+row of the same batch. ``setup_s`` is the export (and AOTInductor compile) time.
+"""
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+
+from benchmarks.bench_embed import EmbedShape, _percentile
+from benchmarks.bench_train_step import build_bench_model
+from fba.data.transforms import CLIP_MEAN, CLIP_STD
+from fba.deploy.export import export_aoti, export_metadata, export_onnx, export_program
+from fba.deploy.runtime import AOTIModel, OnnxRuntimeModel
+from fba.engine.embedder import Embedder
+
+BENCHMARK_KEY = "embed-deploy"
+BACKENDS = ("pytorch", "onnxruntime", "aoti")
+DEPLOY = EmbedShape("ViT-B-16", 384, 128, 12, batches=(1, 32), latency_iters=3, throughput_iters=3, warmup=1)
+DEPLOY_SMOKE = EmbedShape("tiny", 64, 32, 12, batches=(1, 32), latency_iters=5, throughput_iters=5, warmup=1,
+                          num_classes=16)
+COLUMNS = ("backend", "batch", "p50_ms", "p99_ms", "img_per_s", "vs_pytorch", "setup_s", "status")
+
+
+def prepare(backend: str, model: torch.nn.Module, device: torch.device, folder: Path) -> Callable[[torch.Tensor], object]:
+    """A call ``f(uint8 images)`` -> features on the host for ``backend``."""
+    if backend == "pytorch":
+        embedder = Embedder(model, device, torch.float32)
+        mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
+        return lambda images: embedder.embed((images.float() / 255 - mean) / std)
+    program = export_program(model, "image")
+    metadata = export_metadata(model, "image", "uint8")
+    if backend == "onnxruntime":
+        return OnnxRuntimeModel(export_onnx(program, "image", folder / "model.onnx", metadata))
+    return AOTIModel(export_aoti(program, folder / "model.pt2", metadata), device)
+
+
+def run_backends(shape: EmbedShape, backends: list[str], device: torch.device) -> list[dict]:
+    _, model = build_bench_model(shape, "reference", device)
+    model.eval()
+    most = max(shape.batches)
+    images = torch.randint(0, 256, (most, 3, shape.height, shape.width), dtype=torch.uint8)
+    calls, setup, failed = {}, {}, {}
+    with tempfile.TemporaryDirectory() as work:
+        for backend in backends:
+            start = time.perf_counter()
+            try:
+                folder = Path(work) / backend
+                folder.mkdir()
+                calls[backend] = prepare(backend, model, device, folder)
+            except Exception as error:  # noqa: BLE001 - one broken backend must not hide the others' numbers
+                traceback.print_exc()
+                failed[backend] = f"error: {type(error).__name__}: {str(error)[:300]}"
+            setup[backend] = time.perf_counter() - start
+        rows = []
+        for batch in shape.batches:
+            batch_images = images[:batch]
+            times: dict[str, list[float]] = {b: [] for b in calls}
+            for _ in range(shape.warmup):
+                for call in calls.values():
+                    call(batch_images)
+            for _ in range(shape.throughput_iters if batch == most else shape.latency_iters):
+                for backend, call in calls.items():
+                    start = time.perf_counter()
+                    call(batch_images)
+                    times[backend].append(1e3 * (time.perf_counter() - start))
+            for backend in backends:
+                row = {"backend": backend, "input": "image", "batch": batch, "setup_s": setup[backend]}
+                if backend in failed:
+                    rows.append(dict(row, status=failed[backend]))
+                    continue
+                p50 = statistics.median(times[backend])
+                rows.append(dict(row, p50_ms=p50, p99_ms=_percentile(times[backend], 0.99), img_per_s=batch / (p50 / 1e3),
+                                 iters=len(times[backend]), status="ok"))
+    for row in rows:
+        base = next((r for r in rows if r["backend"] == "pytorch" and r["batch"] == row["batch"]), None)
+        if base and base.get("img_per_s") and row.get("img_per_s"):
+            row["vs_pytorch"] = row["img_per_s"] / base["img_per_s"]
+    return rows
