@@ -104,8 +104,10 @@ def export_program(model: nn.Module, feature: str, input_dtype: str = "uint8") -
     args = example_inputs(model, feature, input_dtype)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     dynamic = tuple({0: batch} for _ in args)
+    device = next(model.parameters()).device
+    args = tuple(a.to(device) for a in args)
     with torch.no_grad(), reference_attention(model):
-        return torch.export.export(wrapper, args, dynamic_shapes=dynamic, strict=False)
+        return torch.export.export(wrapper.to(device), args, dynamic_shapes=dynamic, strict=False)
 
 
 def export_onnx(program: torch.export.ExportedProgram, feature: str, path: Path, metadata: dict[str, str]) -> Path:
@@ -143,14 +145,15 @@ def export_aoti(program: torch.export.ExportedProgram, path: Path, metadata: dic
 
 
 def export_model_file(
-    checkpoint: Path, out_dir: Path, fmt: str, feature: str, input_dtype: str = "uint8"
+    checkpoint: Path, out_dir: Path, fmt: str, feature: str, input_dtype: str = "uint8", device: str = "cpu"
 ) -> Path:
-    """Load ``checkpoint`` (a ``model.pt``) on the CPU in fp32 and write ``out_dir/model.onnx`` or ``model.pt2``."""
+    """Load ``checkpoint`` (a ``model.pt``) in fp32 and write ``out_dir/model.onnx`` or ``model.pt2``; an
+    AOTInductor package runs on the device it was compiled on (``device``), an ONNX model anywhere."""
     from fba.engine.checkpoint import load_model
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
-    model, cfg = load_model(checkpoint, "cpu", torch.float32)
+    model, cfg = load_model(checkpoint, device if fmt == "aoti" else "cpu", torch.float32)
     if feature == "full" and model.cross_modal is None:
         raise InputError(f"{checkpoint}: the baseline model (model.cross_modal=false) has no full feature; "
                          "export --feature image")
@@ -229,6 +232,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="image: uint8 images in, post-BN CLS out; full: also the two captions' CLIP token ids")
     parser.add_argument("--input-dtype", choices=list(INPUT_DTYPES), default="uint8",
                         help="dtype of the images input (float32 = 0..255 values, for runtimes that feed floats)")
+    parser.add_argument("--device", default="cpu", help="aoti: compile for this device (cpu, cuda); onnx: ignored")
     parser.add_argument("--inspect", type=Path, metavar="FILE", help="print the metadata of an exported model and exit")
 
 
@@ -240,7 +244,7 @@ def run(args: argparse.Namespace) -> int:
     if args.checkpoint is None or args.out is None:
         raise SystemExit("fba export: give --checkpoint model.pt and --out DIR (or --inspect FILE)")
     start = time.perf_counter()
-    path = export_model_file(args.checkpoint, args.out, args.format, args.feature, args.input_dtype)
+    path = export_model_file(args.checkpoint, args.out, args.format, args.feature, args.input_dtype, args.device)
     meta = read_metadata(path)
     print(f"wrote {path} ({args.format}, {meta['feature']} feature, {meta['feature_dim']} dims, inputs "
           f"{', '.join(meta['inputs'])}) in {time.perf_counter() - start:.0f} s")

@@ -7,6 +7,7 @@ only the ``.onnx`` file, an AOTInductor package only torch.
 """
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -101,7 +102,9 @@ def load_exported(path: Path, backend: str, device: str | torch.device = "cpu") 
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if backend == "onnxruntime":
-        return OnnxRuntimeModel(path)
+        # Ranks sharing a machine share its cores (onnxruntime ignores OMP_NUM_THREADS, which torchrun sets).
+        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+        return OnnxRuntimeModel(path, threads=max(1, (os.cpu_count() or 1) // local) if local > 1 else None)
     return AOTIModel(path, device)
 
 

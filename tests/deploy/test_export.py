@@ -80,13 +80,19 @@ def test_inspect_prints_the_metadata(checkpoint, exported, capsys):
     assert len(json.loads(printed["mean"])) == 3 and json.loads(printed["fba_version"])
 
 
-def test_other_class_count_and_stride_export(tmp_path):
-    """The head's class count is not in the graph; another stride changes the token grid and still traces."""
+def test_other_class_count_and_stride_export_with_float_input(tmp_path):
+    """The head's class count is not in the graph; another stride changes the token grid and still traces;
+    ``--input-dtype float32`` takes 0..255 floats (for runtimes that feed only floats) and gives the same."""
+    import onnxruntime as ort
+
     other = make_checkpoint(tmp_path / "model.pt", num_classes=5, stride=12, seed=3)
-    path = export_model_file(other, tmp_path / "onnx", "onnx", "image")
+    path = export_model_file(other, tmp_path / "onnx", "onnx", "image", input_dtype="float32")
+    meta = read_metadata(path)
+    assert meta["stride"] == 12 and meta["image_dtype"] == "float32"
     images, _, _ = inputs(7, seed=5)
-    assert_exact(load_exported(path, "onnxruntime")(images), pytorch_features(other, images, None), "stride 12, 5 ids")
-    assert read_metadata(path)["stride"] == 12
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    got = session.run(["features"], {"images": images.float().numpy()})[0]
+    assert_exact(got, pytorch_features(other, images, None), "stride 12, 5 ids, float32 input")
 
 
 def test_baseline_model_has_no_full_export(tmp_path, capsys):
