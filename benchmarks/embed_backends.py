@@ -29,7 +29,7 @@ from fba.engine.embedder import Embedder
 
 BENCHMARK_KEY = "embed-deploy"
 BACKENDS = ("pytorch", "onnxruntime", "aoti")
-DEPLOY = EmbedShape("ViT-B-16", 384, 128, 12, batches=(1, 32), latency_iters=3, throughput_iters=3, warmup=1)
+DEPLOY = EmbedShape("ViT-B-16", 384, 128, 12, batches=(1, 32), latency_iters=3, throughput_iters=2, warmup=1)
 DEPLOY_SMOKE = EmbedShape("tiny", 64, 32, 12, batches=(1, 32), latency_iters=5, throughput_iters=5, warmup=1,
                           num_classes=16)
 COLUMNS = ("backend", "batch", "p50_ms", "p99_ms", "img_per_s", "vs_pytorch", "setup_s", "status")
