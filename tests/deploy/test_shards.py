@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 import torch
 
 from fba.cli import main
@@ -22,6 +23,7 @@ def torchrun_embed(args: list[str], world: int = 2) -> subprocess.CompletedProce
     return done
 
 
+@pytest.mark.slow  # two torchrun launches of two ranks each
 def test_sharded_embedding_equals_one_process_and_reruns_keep_finished_shards(checkpoint, image_folder, tmp_path):
     common = ["--model", str(checkpoint), "--images", str(image_folder), "--captions",
               str(image_folder / "captions.jsonl"), "--batch-size", "3", "--num-workers", "0"]
