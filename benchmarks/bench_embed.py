@@ -189,6 +189,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deploy", action="store_true", help="the exported backends beside PyTorch (fp32, image-only)")
     parser.add_argument("--backends", nargs="+", choices=("pytorch", "onnxruntime", "aoti"),
                         help="with --deploy (default: all three)")
+    parser.add_argument("--threads", type=int, help="with --deploy: CPU threads of every backend (default: all cores)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.deploy:
@@ -217,7 +218,9 @@ def main_deploy(args, device: torch.device) -> int:
     key = embed_backends.BENCHMARK_KEY + ("-smoke" if args.smoke else "")
     config = {"shape": asdict(shape), "backends": backends, "precision": "fp32", "input": "image",
               "timing": "host wall clock per call, uint8 images in, float32 features out; backends interleaved"}
-    rows = embed_backends.run_backends(shape, backends, device)
+    rows = embed_backends.run_backends(shape, backends, device, args.threads)
+    if args.append:
+        rows = earlier_rows(key, device.type, args.results_dir, []) + rows
     path = write_results(key, rows, kind=device.type, config=config, directory=args.results_dir)
     print(f"FBA embedding backends on {device_name(device.type)}: {shape.arch} {shape.height}x{shape.width} "
           f"stride {shape.stride}, fp32, image-only")

@@ -32,11 +32,14 @@ BACKENDS = ("pytorch", "onnxruntime", "aoti")
 DEPLOY = EmbedShape("ViT-B-16", 384, 128, 12, batches=(1, 32), latency_iters=3, throughput_iters=2, warmup=1)
 DEPLOY_SMOKE = EmbedShape("tiny", 64, 32, 12, batches=(1, 32), latency_iters=5, throughput_iters=5, warmup=1,
                           num_classes=16)
-COLUMNS = ("backend", "batch", "p50_ms", "p99_ms", "img_per_s", "vs_pytorch", "setup_s", "status")
+COLUMNS = ("backend", "threads", "batch", "p50_ms", "p99_ms", "img_per_s", "vs_pytorch", "setup_s", "status")
 
 
-def prepare(backend: str, model: torch.nn.Module, device: torch.device, folder: Path) -> Callable[[torch.Tensor], object]:
-    """A call ``f(uint8 images)`` -> features on the host for ``backend``."""
+def prepare(
+    backend: str, model: torch.nn.Module, device: torch.device, folder: Path, threads: int | None = None
+) -> Callable[[torch.Tensor], object]:
+    """A call ``f(uint8 images)`` -> features on the host for ``backend`` (``threads``: onnxruntime's intra-op
+    threads; PyTorch's and AOTInductor's are ``torch.set_num_threads``)."""
     if backend == "pytorch":
         embedder = Embedder(model, device, torch.float32)
         mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
@@ -44,11 +47,15 @@ def prepare(backend: str, model: torch.nn.Module, device: torch.device, folder: 
     program = export_program(model, "image")
     metadata = export_metadata(model, "image", "uint8")
     if backend == "onnxruntime":
-        return OnnxRuntimeModel(export_onnx(program, "image", folder / "model.onnx", metadata))
+        return OnnxRuntimeModel(export_onnx(program, "image", folder / "model.onnx", metadata), threads=threads)
     return AOTIModel(export_aoti(program, folder / "model.pt2", metadata), device)
 
 
-def run_backends(shape: EmbedShape, backends: list[str], device: torch.device) -> list[dict]:
+def run_backends(shape: EmbedShape, backends: list[str], device: torch.device, threads: int | None = None) -> list[dict]:
+    """Rows per (backend, batch); ``threads`` pins every backend to that many CPU threads (default: each its own
+    default, all cores)."""
+    if threads:
+        torch.set_num_threads(threads)
     _, model = build_bench_model(shape, "reference", device)
     model.eval()
     most = max(shape.batches)
@@ -60,7 +67,7 @@ def run_backends(shape: EmbedShape, backends: list[str], device: torch.device) -
             try:
                 folder = Path(work) / backend
                 folder.mkdir()
-                calls[backend] = prepare(backend, model, device, folder)
+                calls[backend] = prepare(backend, model, device, folder, threads)
             except Exception as error:  # noqa: BLE001 - one broken backend must not hide the others' numbers
                 traceback.print_exc()
                 failed[backend] = f"error: {type(error).__name__}: {str(error)[:300]}"
@@ -78,7 +85,8 @@ def run_backends(shape: EmbedShape, backends: list[str], device: torch.device) -
                     call(batch_images)
                     times[backend].append(1e3 * (time.perf_counter() - start))
             for backend in backends:
-                row = {"backend": backend, "input": "image", "batch": batch, "setup_s": setup[backend]}
+                row = {"backend": backend, "input": "image", "batch": batch, "threads": threads or torch.get_num_threads(),
+                       "setup_s": setup[backend]}
                 if backend in failed:
                     rows.append(dict(row, status=failed[backend]))
                     continue
