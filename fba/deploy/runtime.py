@@ -18,7 +18,6 @@ from tqdm import tqdm
 from fba.deploy.export import ExportFileError, read_metadata, resolve_model_file
 
 BACKENDS = ("onnxruntime", "aoti")
-_FORMAT_OF = {"onnxruntime": "onnx", "aoti": "aoti"}
 
 
 class ExportedModel:
