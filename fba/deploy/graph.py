@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import torch
 from torch import nn
 
+from fba import kernels
 from fba.data.transforms import CLIP_MEAN, CLIP_STD
 
 FEATURES = ("image", "full")
@@ -52,15 +53,16 @@ class ExportedEmbedder(nn.Module):
 
 @contextlib.contextmanager
 def reference_attention(model: nn.Module) -> Iterator[None]:
-    """Trace the plain PyTorch attention (``model.kernel=reference``): an exported graph must hold standard ops
-    only, not the fused kernels' custom ops, which no ONNX runtime and no other process has."""
+    """Trace the plain PyTorch attention (``model.kernel=reference`` and ``fba.kernels.decomposed()``): an exported
+    graph must hold standard ops only, not the custom op ``fba::cross_attention_with_stats``, which no ONNX runtime
+    and no process without fba has (docs/kernels.md, "Export")."""
     cross_modal = getattr(model, "cross_modal", None)
-    if cross_modal is None:
-        yield
-        return
-    kept = cross_modal.kernel
-    cross_modal.kernel = "reference"
+    kept = None if cross_modal is None else cross_modal.kernel
+    if cross_modal is not None:
+        cross_modal.kernel = "reference"
     try:
-        yield
+        with kernels.decomposed():
+            yield
     finally:
-        cross_modal.kernel = kept
+        if cross_modal is not None:
+            cross_modal.kernel = kept
