@@ -26,10 +26,16 @@ import torch.distributed as dist
 from torch import nn
 
 from fba.atomic import atomic_path, atomic_write_bytes, fsync_path
-from fba.config import Config, config_from_dict
+from fba.config import Config, ConfigError, config_from_dict
+from fba.errors import InputError
+from fba.safe_load import safe_torch_load
 
 LATEST = "latest"
 MODEL_FORMAT = "fba-model/1"
+
+
+class ModelFileError(InputError):
+    """A model.pt that is not a complete FBA export, or whose weights do not fit its own config."""
 
 
 def _barrier() -> None:
@@ -51,7 +57,14 @@ def atomic_torch_save(obj: Any, path: Path) -> None:
 
 
 def rng_state() -> dict:
-    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
+    """Every random stream's state as tensors and plain data, so the file loads with ``weights_only=True``."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(keys.astype(np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached_gaussian": float(cached)},
+        "torch": torch.get_rng_state(),
+    }
     if torch.cuda.is_available() and torch.cuda.is_initialized():
         state["cuda"] = torch.cuda.get_rng_state_all()
     return state
@@ -59,7 +72,11 @@ def rng_state() -> dict:
 
 def set_rng_state(state: dict) -> None:
     random.setstate(state["python"])
-    np.random.set_state(state["numpy"])
+    numpy = state["numpy"]
+    if isinstance(numpy, dict):
+        numpy = (numpy["kind"], numpy["keys"].numpy().astype(np.uint32), numpy["pos"], numpy["has_gauss"],
+                 numpy["cached_gaussian"])
+    np.random.set_state(numpy)  # a tuple: an RNG file written before the states were tensors
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
@@ -113,16 +130,35 @@ def load_checkpoint(engine, checkpoint_dir: str | Path) -> dict | None:
     tag = latest_tag(checkpoint_dir)
     if tag is None:
         return None
+    engine.checkpoint_engine = SafeCheckpointEngine(engine.checkpoint_engine)
     path, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {Path(checkpoint_dir) / tag}")
     rank = dist.get_rank() if dist.is_initialized() else 0
     rng_file = Path(checkpoint_dir) / tag / f"rng_rank{rank}.pt"
     if rng_file.is_file():
-        set_rng_state(torch.load(rng_file, weights_only=False))
+        set_rng_state(safe_torch_load(rng_file, "RNG state", numpy_arrays=True))
     else:
         warnings.warn(f"{rng_file} is missing (world size changed?): random streams restart from the seed", stacklevel=2)
     return client_state
+
+
+class SafeCheckpointEngine:
+    """DeepSpeed's checkpoint engine with a ``load`` that never unpickles code.
+
+    DeepSpeed reads every file of a checkpoint (module, ZeRO optimiser shards, client state) through
+    ``engine.checkpoint_engine.load``, which calls ``torch.load(weights_only=False)``; this wrapper replaces that one
+    call by :func:`fba.safe_load.safe_torch_load` and passes everything else (saving, commits) through.
+    """
+
+    def __init__(self, inner):
+        self.inner = inner.inner if isinstance(inner, SafeCheckpointEngine) else inner
+
+    def load(self, path: str, map_location=None):
+        return safe_torch_load(path, "DeepSpeed checkpoint file", map_location=map_location or "cpu", deepspeed=True)
+
+    def __getattr__(self, name: str):
+        return getattr(self.inner, name)
 
 
 def module_state_dict(module: nn.Module, zero_stage: int) -> dict[str, torch.Tensor]:
@@ -175,18 +211,27 @@ def load_model(
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"model file {path} does not exist")
-    try:
-        payload = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as err:
-        raise ValueError(f"{path}: cannot read the model file ({err})") from err
+    payload = safe_torch_load(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
-        raise ValueError(f"{path} is not an FBA model export ({MODEL_FORMAT}); write one with `fba train`")
-    cfg = config_from_dict(payload["config"])
+        raise ModelFileError(f"{path} is not an FBA model export ({MODEL_FORMAT}); write one with `fba train`")
+    missing_keys = [key for key in ("state_dict", "config", "num_classes", "image_size") if key not in payload]
+    if missing_keys:
+        raise ModelFileError(f"{path}: the model file has no {', '.join(missing_keys)}; export it again with `fba train`")
+    try:
+        cfg = config_from_dict(payload["config"])
+    except ConfigError as err:
+        raise ModelFileError(f"{path}: the config stored in the model file is invalid ({err})") from None
     cfg.model.pretrained = None  # the weights below replace the CLIP initialisation
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="model.pretrained is not set")
         model = build_model(cfg.model, payload["num_classes"], tuple(payload["image_size"]))
-    missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    try:
+        missing, unexpected = model.load_state_dict(payload["state_dict"], strict=False)
+    except RuntimeError as err:  # a shape mismatch, e.g. a classifier for another number of identities
+        detail = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), str(err).splitlines()[0])
+        raise ModelFileError(f"{path}: weights do not fit the model of its config ({detail})") from None
     if missing or unexpected:
-        raise ValueError(f"{path}: weights do not fit the model of its config (missing {missing}, unexpected {unexpected})")
+        raise ModelFileError(
+            f"{path}: weights do not fit the model of its config (missing {missing[:5]}, unexpected {unexpected[:5]})"
+        )
     return model.to(device=device, dtype=dtype).eval(), cfg

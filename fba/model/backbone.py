@@ -7,8 +7,6 @@ resized (bilinear, CLS position kept, as TransReID does). Keeping open_clip's mo
 """
 from __future__ import annotations
 
-import warnings
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -16,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
+
+from fba.safe_load import is_torchscript, read_torchscript_tensors, safe_torch_load
 
 __all__ = [
     "ARCHS",
@@ -100,23 +100,14 @@ _TEXT_KEYS = ("transformer.", "token_embedding.", "positional_embedding", "ln_fi
 _DROPPED_KEYS = ("input_resolution", "context_length", "vocab_size", "logit_scale", "logit_bias", "attn_mask")
 
 
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(name.endswith("constants.pkl") for name in archive.namelist())
-
-
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         return load_file(str(path))
-    if _is_torchscript(path):  # the OpenAI release: a TorchScript archive of the whole CLIP model
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)  # torch.jit is deprecated, the archives still exist
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
-    obj = torch.load(path, map_location="cpu", weights_only=True)
+    if is_torchscript(path):  # the OpenAI release: a TorchScript archive of the whole CLIP model, read, never run
+        return read_torchscript_tensors(path)
+    obj = safe_torch_load(path, "model.pretrained")
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
