@@ -90,7 +90,7 @@ def run_ablation(out: Path, data: Path, ids: int, cams: int, data_seed: int, see
             cfg = load_config(config, [f"data.root={data}", f"train.output_dir={out / f'row{index}-seed{seed}'}",
                                        f"train.seed={seed}", *overrides, *switch_overrides])
             start = time.perf_counter()
-            result = train(cfg, resume=resume)
+            result = train(cfg, resume=resume, overwrite=True)  # each row's folder belongs to this ablation
             minutes = (time.perf_counter() - start) / 60
             results.append({"row": row, "seed": seed, "switches": switches, "minutes": minutes,
                             **measure(cfg, result.model_path)})

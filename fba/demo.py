@@ -136,7 +136,7 @@ def run_demo(out: Path, data: Path, ids: int, cams: int, seed: int, config: Path
     del untrained_model
 
     print(f"[3/5] training the tiny FBA for {cfg.solver.epochs} epochs")
-    result = train(cfg)
+    result = train(cfg, overwrite=True)  # the demo's folder is its own: a rerun replaces it
 
     print("[4/5] evaluating the trained model")
     model, _ = load_model(result.model_path, "cuda" if torch.cuda.is_available() else "cpu")

@@ -38,6 +38,10 @@ class ModelFileError(InputError):
     """A model.pt that is not a complete FBA export, or whose weights do not fit its own config."""
 
 
+class CheckpointMismatchError(InputError):
+    """A checkpoint whose weights do not fit the model of the run resuming it (another data set or config)."""
+
+
 def _barrier() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
@@ -125,13 +129,52 @@ def _prune(checkpoint_dir: Path, keep: int, newest: str) -> None:
             shutil.rmtree(old, ignore_errors=True)
 
 
-def load_checkpoint(engine, checkpoint_dir: str | Path) -> dict | None:
-    """Restore the newest checkpoint into ``engine`` and this rank's RNG; returns its client state (None: none)."""
+def is_complete(folder: Path) -> bool:
+    """A published checkpoint folder (renamed from its temporary name) with DeepSpeed's files and rank 0's RNG."""
+    return (folder.is_dir() and folder.name.startswith("epoch_") and (folder / "rng_rank0.pt").is_file()
+            and any(folder.glob("*model_states.pt")))
+
+
+def complete_tags(checkpoint_dir: str | Path) -> list[str]:
+    """Names of the complete checkpoints, oldest first."""
+    checkpoint_dir = Path(checkpoint_dir)
+    if not checkpoint_dir.is_dir():
+        return []
+    return sorted(p.name for p in checkpoint_dir.iterdir() if is_complete(p))
+
+
+def resume_tag(checkpoint_dir: str | Path) -> tuple[str | None, str]:
+    """The checkpoint ``--resume`` continues from and a sentence saying how it was chosen: the ``latest``
+    pointer's, or without a pointer the newest complete one (None when there is none). Nothing is deleted."""
+    checkpoint_dir = Path(checkpoint_dir)
     tag = latest_tag(checkpoint_dir)
+    if tag is not None:
+        return tag, f"resuming from {checkpoint_dir / tag} (the latest pointer)"
+    tags = complete_tags(checkpoint_dir)
+    if not tags:
+        return None, f"no complete checkpoint in {checkpoint_dir}"
+    return tags[-1], (f"{checkpoint_dir / LATEST} is missing: resuming from the newest complete checkpoint, "
+                      f"{checkpoint_dir / tags[-1]}")
+
+
+def load_checkpoint(engine, checkpoint_dir: str | Path, tag: str | None = None) -> dict | None:
+    """Restore checkpoint ``tag`` (default: :func:`resume_tag`'s) into ``engine`` and this rank's RNG; returns its
+    client state (None: there is no checkpoint)."""
+    if tag is None:
+        tag, _ = resume_tag(checkpoint_dir)
     if tag is None:
         return None
     engine.checkpoint_engine = SafeCheckpointEngine(engine.checkpoint_engine)
-    path, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
+    try:
+        path, client_state = engine.load_checkpoint(str(checkpoint_dir), tag=tag)
+    except RuntimeError as err:
+        mismatch = next((line.strip() for line in str(err).splitlines() if "size mismatch" in line), None)
+        if mismatch is None:
+            raise
+        raise CheckpointMismatchError(
+            f"{Path(checkpoint_dir) / tag} does not fit this run's model ({mismatch}); was it trained on another "
+            "data set or config? Resume with the run's own config.yaml, or start a new train.output_dir"
+        ) from None
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {Path(checkpoint_dir) / tag}")
     rank = dist.get_rank() if dist.is_initialized() else 0

@@ -46,8 +46,10 @@ import yaml
 
 from fba.config import Config, ConfigError, load_config
 from fba.compile_modes import compile_kwargs, resolve_compile_mode
-from fba.engine.checkpoint import export_model, latest_tag, load_checkpoint, save_checkpoint
+from fba.engine.checkpoint import export_model, load_checkpoint, resume_tag, save_checkpoint
 from fba.engine.logger import RunLogger
+from fba.engine.run_folder import claim_run_folder
+from fba.engine.run_lock import releases_run_lock_on_error
 from fba.engine.schedule import EpochCosineSchedule, validate_solver
 from fba.engine.text_bank import TextBank
 from fba.metrics import percent_metrics
@@ -214,7 +216,8 @@ def _caption_bank(dataset, split: str, store, model, device: torch.device, env: 
 class Trainer:
     """One training run; ``train(cfg)`` is the way in."""
 
-    def __init__(self, cfg: Config, resume: bool = False):
+    @releases_run_lock_on_error
+    def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False):
         import deepspeed
 
         from fba.losses import FBALoss
@@ -227,9 +230,7 @@ class Trainer:
         self.dtype = DTYPES[self.precision]
         self.output_dir = Path(cfg.train.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
-        if env.rank == 0:
-            self.output_dir.mkdir(parents=True, exist_ok=True)
-            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        self.run_lock = claim_run_folder(self.output_dir, env.rank, resume, overwrite)
 
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
         self.dataset, store = load_data(cfg)
@@ -261,16 +262,20 @@ class Trainer:
         resumed = self._resume() if resume else False
         if not resumed:
             seed_everything(cfg.train.seed * 1000 + env.rank)  # augmentation streams differ between ranks
-            if env.rank == 0:
+            if env.rank == 0 and not resume:
                 self._clear_earlier_run()
+        if env.rank == 0:  # after a resume was checked, so a refused one leaves the run's config.yaml alone
+            (self.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.logger = RunLogger(self.output_dir, env.rank, resume_step=self.step if resumed else None)
 
     def _resume(self) -> bool:
-        tag = latest_tag(self.checkpoint_dir)
+        tag, how = resume_tag(self.checkpoint_dir)
         if tag is None:
-            warnings.warn(f"--resume: no checkpoint in {self.checkpoint_dir}; starting from the beginning", stacklevel=3)
+            warnings.warn(f"--resume: {how}; starting from the beginning (nothing was deleted)", stacklevel=3)
             return False
-        state = load_checkpoint(self.engine, self.checkpoint_dir)
+        if self.env.rank == 0:
+            print(how)
+        state = load_checkpoint(self.engine, self.checkpoint_dir, tag)
         self.start_epoch = int(state["epoch"]) + 1
         self.step = int(state["step"])
         self.best_map = float(state["best_map"])
@@ -282,7 +287,7 @@ class Trainer:
         return True
 
     def _clear_earlier_run(self) -> None:
-        """A fresh run replaces what an earlier run left in the same output folder, as it replaces model.pt."""
+        """A fresh run with ``--overwrite`` replaces what an earlier run left in its output folder."""
         if not self.checkpoint_dir.is_dir():
             return
         shutil.rmtree(self.checkpoint_dir)
@@ -393,6 +398,14 @@ class Trainer:
         return record
 
     def run(self, stop_after_epochs: int | None = None) -> TrainResult:
+        """Train the remaining epochs; the run folder's lock is released however this ends."""
+        try:
+            return self._run_epochs(stop_after_epochs)
+        finally:
+            if self.run_lock is not None:
+                self.run_lock.release()
+
+    def _run_epochs(self, stop_after_epochs: int | None) -> TrainResult:
         cfg = self.cfg
         best_path = self.output_dir / "best_model.pt"
         epochs_run = 0
@@ -435,18 +448,23 @@ def metrics_record(metrics: dict) -> dict[str, float]:
     return {f"eval/{name}": value for name, value in percent_metrics(metrics).items()}
 
 
-def train(cfg: Config, resume: bool = False, stop_after_epochs: int | None = None) -> TrainResult:
+def train(
+    cfg: Config, resume: bool = False, stop_after_epochs: int | None = None, overwrite: bool = False
+) -> TrainResult:
     """Train (or, with ``resume``, continue from the latest checkpoint in ``train.output_dir``).
 
     ``stop_after_epochs`` ends this call after that many epochs with a checkpoint written, as a killed or
-    time-limited job would; a later ``train(cfg, resume=True)`` continues it.
+    time-limited job would; a later ``train(cfg, resume=True)`` continues it. A fresh run into a folder holding
+    another run's checkpoints is refused unless ``overwrite``.
     """
-    return Trainer(cfg, resume).run(stop_after_epochs)
+    return Trainer(cfg, resume, overwrite).run(stop_after_epochs)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-c", "--config", required=True, help="YAML config, e.g. configs/dukemtmc.yaml")
     parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="start afresh in a train.output_dir that holds another run's checkpoints (they are removed)")
     parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.pooling=false solver.epochs=10")
 
@@ -458,7 +476,7 @@ def run(args: argparse.Namespace) -> int:
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     try:
         cfg = load_config(args.config, args.overrides)
-        result = train(cfg, resume=args.resume)
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     except (ConfigError, DatasetError, CaptionError) as err:
         raise SystemExit(f"fba train: {err}") from None
     if dist.is_initialized() and dist.get_rank() != 0:

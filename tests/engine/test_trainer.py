@@ -13,6 +13,7 @@ import torch
 from _tiny_run import make_tiny_dataset, tiny_config
 from fba.config import ConfigError
 from fba.engine.checkpoint import latest_tag, load_model
+from fba.engine.run_folder import RunFolderInUseError
 from fba.engine.trainer import Trainer, train
 
 LOSS_KEYS = ("loss/total", "loss/id", "loss/tri", "loss/id_c", "loss/tri_c", "loss/div_tri", "loss/div_con", "loss/div")
@@ -50,9 +51,26 @@ def test_one_epoch_lowers_the_loss_and_writes_everything(tiny_root, tmp_path):
     assert save_loss_curves(tmp_path / "curves.png", result.metrics_path).stat().st_size > 0
 
     (result.output_dir / "checkpoints" / "epoch_0007").mkdir()  # left by an earlier, longer run
-    again = train(cfg)
+    with pytest.raises(RunFolderInUseError, match="holds another run's checkpoints.*--resume.*--overwrite"):
+        train(cfg)
+    again = train(cfg, overwrite=True)
     assert len(_records(again.metrics_path)[0]) == 4
     assert sorted(p.name for p in (again.output_dir / "checkpoints").glob("epoch_*")) == ["epoch_0001"]
+
+
+def test_resume_without_latest_pointer_uses_the_newest_complete_checkpoint(tiny_root, tmp_path, capsys):
+    cfg = tiny_config(tiny_root, tmp_path / "run", "solver.epochs=2", "solver.iters_per_epoch=1")
+    first = train(cfg, stop_after_epochs=1)
+    checkpoints = first.output_dir / "checkpoints"
+    (checkpoints / "latest").unlink()
+    (checkpoints / ".tmp-epoch_0002").mkdir()  # a save killed before its rename
+    capsys.readouterr()
+    resumed = train(cfg, resume=True)
+    out = capsys.readouterr().out
+    assert "latest is missing: resuming from the newest complete checkpoint" in out and "epoch_0001" in out
+    assert resumed.epochs_done == 2 and resumed.steps == 2
+    assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir() or p.name == "latest") == [
+        "epoch_0001", "epoch_0002", "latest"]
 
 
 @pytest.mark.slow
