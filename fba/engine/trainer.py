@@ -3,9 +3,9 @@
 Launch: one process (``fba train -c ...``, the distributed environment is filled in: rank 0 of 1), several on
 one node or several nodes (``torchrun --nproc_per_node 8 -m fba.cli train -c ...`` or
 ``deepspeed --module fba.cli train -c ...``: they set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*). The
-engine runs ZeRO ``train.zero_stage`` (default 2) with ``train.precision``: bf16 where the device has it (and
-on the CPU), fp16 with dynamic loss scaling on GPUs without bf16, or fp32. On the CPU the backend is gloo, the
-optimiser torch's Adam, and DeepSpeed's shared-memory collective (a 100 s C++ build) is switched off.
+engine runs ZeRO ``train.zero_stage`` (default 2) with ``train.precision``: bf16 where the device has it (on a
+CPU only with native bf16, ``fba.precision``), fp16 with dynamic loss scaling on GPUs without bf16, or fp32.
+On the CPU the backend is gloo, the optimiser torch's Adam, and DeepSpeed's shared-memory collective (a 100 s C++ build) is switched off.
 
 Batches: ``data.batch_size`` (P x K) is the batch of one rank for one micro-step; an optimiser step sees
 ``world_size x solver.grad_accum_steps`` such batches. The sampler gives rank ``r`` the global P x K batches
@@ -53,6 +53,7 @@ from fba.engine.run_lock import releases_run_lock_on_error
 from fba.engine.schedule import EpochCosineSchedule, validate_solver
 from fba.engine.text_bank import TextBank
 from fba.metrics import percent_metrics
+from fba.precision import auto_cpu_precision
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
@@ -113,7 +114,11 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     if device.type == "cpu":
         if precision == "fp16":
             raise ConfigError("train.precision=fp16 is not supported on the CPU; use bf16 (or fp32)")
-        return "bf16" if precision == "auto" else precision
+        if precision == "auto":
+            precision, why = auto_cpu_precision()
+            if os.environ.get("RANK", "0") == "0":
+                print(f"train.precision=auto: {precision} on this CPU ({why})")
+        return precision
     if precision == "auto":
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
     if precision == "bf16" and not torch.cuda.is_bf16_supported():

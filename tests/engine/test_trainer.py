@@ -139,7 +139,7 @@ def test_precision_and_deepspeed_settings_follow_the_config(tiny_root, tmp_path)
     from fba.engine.trainer import deepspeed_config, resolve_precision
 
     cpu = torch.device("cpu")
-    assert resolve_precision("auto", cpu) == "bf16" and resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ConfigError, match="train.precision must be one of"):
         resolve_precision("fp8", cpu)
     cfg = tiny_config(tiny_root, tmp_path, "solver.grad_clip=1.5", "train.zero_stage=3", "solver.grad_accum_steps=2")
