@@ -29,6 +29,7 @@ from fba.data.captions import (
     BG_PROMPT, FG_PROMPT, Caption, CaptionError, CaptionStore, caption_line, parse_caption_line,
 )
 from fba.data.datasets import SPLITS, ReIDDataset, build_dataset
+from fba.errors import UsageError
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -321,7 +322,7 @@ def parse_options(pairs: Sequence[str]) -> dict[str, str]:
     for pair in pairs:
         key, sep, value = pair.partition("=")
         if not sep or not key:
-            raise ValueError(f"--option expects KEY=VALUE, got {pair!r}")
+            raise UsageError(f"--option expects KEY=VALUE, got {pair!r}")
         options[key] = value
     return options
 

@@ -49,8 +49,26 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(module.run(args) or 0)
     except InputError as err:
-        print(f"fba {name}: error: {err}", file=sys.stderr)
+        _close_progress_bars()
+        print(f"fba {name}: error: {one_line(err)}", file=sys.stderr)
         return 2
+
+
+def _close_progress_bars() -> None:
+    """End a progress bar the error interrupted, so the message starts on its own line."""
+    tqdm = sys.modules.get("tqdm")
+    for bar in list(getattr(getattr(tqdm, "tqdm", None), "_instances", ())):
+        bar.close()
+
+
+def one_line(err: BaseException) -> str:
+    """The error's message on one line. An error raised in a DataLoader worker arrives wrapped in the worker's
+    traceback; its last line holds the original message."""
+    text = str(err).strip()
+    if "Original Traceback" in text:
+        last = text.splitlines()[-1]
+        text = last.split(": ", 1)[1] if ": " in last and "Error" in last.split(": ", 1)[0] else last
+    return " ".join(part.strip() for part in text.splitlines() if part.strip())
 
 
 if __name__ == "__main__":

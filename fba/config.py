@@ -196,10 +196,14 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
                     f"valid: {', '.join(_valid_keys(target))}"
                 )
             target = section
+        try:
+            value = yaml.safe_load(raw)
+        except yaml.YAMLError:
+            raise ConfigError(f"override {item!r}: the value is not valid YAML") from None
         if isinstance(target, dict):
-            target[parts[-1]] = yaml.safe_load(raw)
+            target[parts[-1]] = value
         else:
-            _set(target, parts[-1], yaml.safe_load(raw), dotted)
+            _set(target, parts[-1], value, dotted)
     return cfg
 
 
@@ -210,7 +214,15 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        values = yaml.safe_load(path.read_text()) or {}
+        try:
+            values = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        except UnicodeDecodeError as err:
+            raise ConfigError(f"{path}: not UTF-8 text (byte {err.start})") from None
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f", line {mark.line + 1} column {mark.column + 1}" if mark is not None else ""
+            problem = getattr(err, "problem", None) or str(err).splitlines()[0]
+            raise ConfigError(f"{path}{where}: not valid YAML ({problem})") from None
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         apply_dict(cfg, values, source=f"{path}: ")

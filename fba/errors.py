@@ -10,3 +10,7 @@ from __future__ import annotations
 
 class InputError(ValueError):
     """Bad input from the user: the message names the file, key or value and says what is wrong."""
+
+
+class UsageError(InputError):
+    """Command-line options that are missing, malformed or contradict each other."""

@@ -66,11 +66,15 @@ class CaptionStore(Mapping[str, Caption]):
             raise CaptionError(f"captions file {path} does not exist")
         captions: dict[str, Caption] = {}
         first_line: dict[str, int] = {}
-        with path.open(encoding="utf-8") as lines:
-            for line_no, line in enumerate(lines, start=1):
+        with path.open("rb") as lines:
+            for line_no, raw in enumerate(lines, start=1):
+                where = f"{path}, line {line_no}"
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as err:
+                    raise CaptionError(f"{where}: not UTF-8 (byte {err.start} of the line is {raw[err.start]:#04x})") from None
                 if not line.strip():
                     continue
-                where = f"{path}, line {line_no}"
                 key, caption = parse_caption_line(line, where)
                 if key in captions:
                     raise CaptionError(f"{where}: duplicate image {key!r} (first on line {first_line[key]})")

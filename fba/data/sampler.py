@@ -20,6 +20,12 @@ from collections.abc import Iterator, Sequence
 import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from fba.errors import InputError
+
+
+class PKBatchError(InputError):
+    """data.batch_size / data.num_instances that the training identities cannot fill with P x K batches."""
+
 
 def _distributed_default(rank: int | None, world_size: int | None) -> tuple[int, int]:
     initialised = dist.is_available() and dist.is_initialized()
@@ -45,7 +51,7 @@ class PKSampler(Sampler[int]):
         world_size: int | None = None,
     ):
         if num_instances < 1 or batch_size < num_instances or batch_size % num_instances:
-            raise ValueError(
+            raise PKBatchError(
                 f"PKSampler: batch_size ({batch_size}) must be a positive multiple of num_instances ({num_instances})"
             )
         self.batch_size = batch_size
@@ -59,12 +65,12 @@ class PKSampler(Sampler[int]):
             self.index_by_pid.setdefault(int(pid), []).append(index)
         self.index_by_pid = dict(sorted(self.index_by_pid.items()))
         if len(self.index_by_pid) < self.num_pids_per_batch:
-            raise ValueError(
+            raise PKBatchError(
                 f"PKSampler: {len(self.index_by_pid)} identities, but a batch needs P = {self.num_pids_per_batch}"
             )
         self._plan: tuple[tuple[int, int], list[list[int]]] | None = None
         if not self.batches():
-            raise ValueError(
+            raise PKBatchError(
                 f"PKSampler: one epoch gives fewer P x K batches than the {self.world_size} ranks need one each"
             )
 

@@ -23,6 +23,7 @@ from torchvision.transforms import InterpolationMode
 
 from fba.data.datasets import Item
 from fba.data.sampler import PKSampler, SamplerEpochs
+from fba.errors import InputError
 
 if TYPE_CHECKING:
     from fba.config import Config
@@ -34,7 +35,7 @@ ERASING_SCALE = (0.02, 0.33)
 ERASING_RATIO = (0.3, 3.3)
 
 
-class ImageReadError(OSError):
+class ImageReadError(OSError, InputError):
     """An image could not be read (missing, truncated, corrupt, not an image); the message names the file."""
 
 

@@ -147,14 +147,17 @@ def resume_tag(checkpoint_dir: str | Path) -> tuple[str | None, str]:
     """The checkpoint ``--resume`` continues from and a sentence saying how it was chosen: the ``latest``
     pointer's, or without a pointer the newest complete one (None when there is none). Nothing is deleted."""
     checkpoint_dir = Path(checkpoint_dir)
-    tag = latest_tag(checkpoint_dir)
+    try:
+        tag = latest_tag(checkpoint_dir)
+        problem = f"{checkpoint_dir / LATEST} is missing"
+    except FileNotFoundError as err:  # the pointer names a folder that is gone
+        tag, problem = None, str(err)
     if tag is not None:
         return tag, f"resuming from {checkpoint_dir / tag} (the latest pointer)"
     tags = complete_tags(checkpoint_dir)
     if not tags:
         return None, f"no complete checkpoint in {checkpoint_dir}"
-    return tags[-1], (f"{checkpoint_dir / LATEST} is missing: resuming from the newest complete checkpoint, "
-                      f"{checkpoint_dir / tags[-1]}")
+    return tags[-1], f"{problem}: resuming from the newest complete checkpoint, {checkpoint_dir / tags[-1]}"
 
 
 def load_checkpoint(engine, checkpoint_dir: str | Path, tag: str | None = None) -> dict | None:
@@ -253,7 +256,7 @@ def load_model(
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"model file {path} does not exist")
+        raise ModelFileError(f"model file {path} does not exist")
     payload = safe_torch_load(path, "model file")
     if not isinstance(payload, dict) or payload.get("format") != MODEL_FORMAT:
         raise ModelFileError(f"{path} is not an FBA model export ({MODEL_FORMAT}); write one with `fba train`")

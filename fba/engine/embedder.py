@@ -21,6 +21,7 @@ from torch import nn
 from tqdm import tqdm
 
 from fba.engine.text_bank import TextBank
+from fba.errors import InputError, UsageError
 from fba.model.text import Text, TextFeatures
 
 EMBED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -193,19 +194,23 @@ class RetrievalEval:
         return self.score(self.embed(embedder, progress), metric, rerank)
 
 
+class ImageListError(InputError):
+    """An --images folder or --list file that names no readable image."""
+
+
 def list_image_folder(folder: Path) -> list[Path]:
     if not folder.is_dir():
-        raise FileNotFoundError(f"--images {folder} is not a directory")
+        raise ImageListError(f"--images {folder} is not a directory")
     paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in EMBED_EXTENSIONS)
     if not paths:
-        raise ValueError(f"--images {folder}: no image files ({', '.join(EMBED_EXTENSIONS)}) found")
+        raise ImageListError(f"--images {folder}: no image files ({', '.join(EMBED_EXTENSIONS)}) found")
     return paths
 
 
 def read_image_list(list_file: Path, root: Path) -> list[Path]:
     """One image path per line (blank lines and ``#`` comments skipped); relative paths are under ``root``."""
     if not list_file.is_file():
-        raise FileNotFoundError(f"--list {list_file} does not exist")
+        raise ImageListError(f"--list {list_file} does not exist")
     paths = []
     for line_no, line in enumerate(list_file.read_text().splitlines(), start=1):
         entry = line.strip()
@@ -213,10 +218,10 @@ def read_image_list(list_file: Path, root: Path) -> list[Path]:
             continue
         path = Path(entry) if Path(entry).is_absolute() else root / entry
         if not path.is_file():
-            raise FileNotFoundError(f"{list_file}, line {line_no}: image {path} does not exist")
+            raise ImageListError(f"{list_file}, line {line_no}: image {path} does not exist")
         paths.append(path)
     if not paths:
-        raise ValueError(f"--list {list_file} names no image")
+        raise ImageListError(f"--list {list_file} names no image")
     return paths
 
 
@@ -276,16 +281,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _captions(args: argparse.Namespace, keys: list[str], root: Path) -> tuple[list[str], list[str]]:
-    from fba.data.captions import CaptionStore
+    from fba.data.captions import CaptionError, CaptionStore
 
     if args.captions is None:
-        raise SystemExit("fba embed: this model uses captions; give --captions captions.jsonl, or --image-only")
+        raise UsageError("this model uses captions; give --captions captions.jsonl, or --image-only")
     store = CaptionStore.load(args.captions)
     missing = [key for key in keys if key not in store]
     if missing:
-        listed = "\n  ".join(missing[:20]) + (f"\n  ... and {len(missing) - 20} more" if len(missing) > 20 else "")
-        raise SystemExit(f"fba embed: {len(missing)} images have no captions in {args.captions} "
-                         f"(keys relative to {root}):\n  {listed}\nGive their captions, or use --image-only.")
+        listed = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise CaptionError(f"{len(missing)} images have no captions in {args.captions} (keys relative to "
+                           f"{root}): {listed}; give their captions, or use --image-only")
     return [store[k].fg for k in keys], [store[k].bg for k in keys]
 
 
@@ -294,7 +299,7 @@ def run(args: argparse.Namespace) -> int:
     from fba.engine.features_io import SUFFIXES, save_features
 
     if args.out.suffix.lower() not in SUFFIXES:
-        raise SystemExit(f"fba embed: --out {args.out} must end in {' or '.join(SUFFIXES)}")
+        raise UsageError(f"--out {args.out} must end in {' or '.join(SUFFIXES)}")
     if args.images is not None:
         root = args.root or args.images
         paths = list_image_folder(args.images)
@@ -323,7 +328,7 @@ def run(args: argparse.Namespace) -> int:
         exported = load_exported(args.model, args.backend, device)
         image_only = exported.feature == "image"
         if args.image_only and not image_only:
-            raise SystemExit(f"fba embed: {exported.path} was exported with --feature full; export --feature image "
+            raise UsageError(f"{exported.path} was exported with --feature full; export --feature image "
                              "for the image-only feature")
         captions = None if image_only else _captions(args, keys, root)
 

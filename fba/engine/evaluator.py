@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from fba.engine.features_io import FeatureSet, FeaturesFileError, load_features
+from fba.errors import UsageError
 from fba.metrics import evaluate, pairwise_distance, percent_metrics, re_rank
 
 METRICS = ("cosine", "euclidean")
@@ -87,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
     elif getattr(args, "checkpoint", None) is not None:
         metrics = _run_checkpoint(args)
     else:
-        raise SystemExit("fba eval: say what to evaluate: --features FILE, or -c CONFIG --checkpoint model.pt")
+        raise UsageError("say what to evaluate: --features FILE, or -c CONFIG --checkpoint model.pt")
     print(format_metrics(metrics))
     if args.json is not None:
         _write_json(args.json, metrics)
@@ -97,19 +98,21 @@ def run(args: argparse.Namespace) -> int:
 def _split_rows(fs: FeatureSet, source: Path) -> tuple[FeatureSet, FeatureSet]:
     missing = [name for name in ("split", "pids", "camids") if getattr(fs, name) is None]
     if missing:
-        raise SystemExit(f"{source}: cannot evaluate, the file has no {', '.join(missing)} (needed per row)")
+        raise FeaturesFileError(f"{source}: cannot evaluate, the file has no {', '.join(missing)} (needed per row)")
     query, gallery = fs.select("query"), fs.select("gallery")
     if len(query) == 0 or len(gallery) == 0:
         found = sorted(set(fs.split))
-        raise SystemExit(f"{source}: needs rows with split 'query' and 'gallery', found splits {found}")
+        raise FeaturesFileError(f"{source}: needs rows with split 'query' and 'gallery', found splits {found}")
     return query, gallery
 
 
 def _run_features(args: argparse.Namespace) -> dict:
     try:
         fs = load_features(args.features)
-    except (FeaturesFileError, FileNotFoundError, ValueError) as error:
-        raise SystemExit(f"fba eval: {error}") from error
+    except FileNotFoundError as error:
+        raise FeaturesFileError(str(error)) from None
+    except ValueError as error:  # a wrong suffix
+        raise FeaturesFileError(str(error)) from None
     query, gallery = _split_rows(fs, args.features)
     metrics = evaluate_features(
         query.features, gallery.features, query.pids, gallery.pids, query.camids, gallery.camids,
@@ -125,17 +128,14 @@ def _run_checkpoint(args: argparse.Namespace) -> dict:
     """Embed the config's query and gallery with the checkpoint's model (at its own input size) and score them."""
     import torch
 
-    from fba.config import ConfigError, load_config
+    from fba.config import load_config
     from fba.engine.checkpoint import load_model
     from fba.engine.embedder import Embedder, RetrievalEval, default_device, default_dtype
     from fba.engine.trainer import load_data
 
     if args.config is None:
-        raise SystemExit("fba eval --checkpoint: give -c CONFIG naming the data set to evaluate on")
-    try:
-        cfg = load_config(args.config, args.overrides)
-    except ConfigError as err:
-        raise SystemExit(f"fba eval: {err}") from None
+        raise UsageError("--checkpoint: give -c CONFIG naming the data set to evaluate on")
+    cfg = load_config(args.config, args.overrides)
     device = torch.device(args.device) if args.device else default_device()
     model, model_cfg = load_model(args.checkpoint, device, default_dtype(device))
     cfg.model = model_cfg.model

@@ -59,8 +59,8 @@ class FeatureSet:
 
 
 def _validate(source: str, fs: FeatureSet) -> FeatureSet:
-    if fs.features.ndim != 2:
-        raise FeaturesFileError(f"{source}: features must be 2-D [N, D], got shape {fs.features.shape}")
+    if fs.features.ndim != 2 or 0 in fs.features.shape:
+        raise FeaturesFileError(f"{source}: features must be 2-D [N, D] with N, D >= 1, got shape {fs.features.shape}")
     num = len(fs.features)
     columns = {"paths": fs.paths, "pids": fs.pids, "camids": fs.camids, "split": fs.split}
     for name, column in columns.items():
@@ -72,6 +72,21 @@ def _validate(source: str, fs: FeatureSet) -> FeatureSet:
             raise FeaturesFileError(f"{source}: {name} must be a 1-D integer array, got {column.dtype} {column.shape}")
     if not isinstance(fs.meta, dict):
         raise FeaturesFileError(f"{source}: meta must be a JSON object, got {type(fs.meta).__name__}")
+    return fs
+
+
+def _check_values(source: str, fs: FeatureSet) -> FeatureSet:
+    """Features that can be compared: floating point, finite, no all-zero row (cosine would score it anyway)."""
+    if not np.issubdtype(fs.features.dtype, np.floating):
+        raise FeaturesFileError(f"{source}: features must be floating point, got {fs.features.dtype}")
+    finite = np.isfinite(fs.features).all(axis=1)
+    if not finite.all():
+        raise FeaturesFileError(f"{source}: {int((~finite).sum())} feature rows hold NaN or infinity "
+                                f"(first: row {int(np.argmin(finite))})")
+    zero = ~fs.features.any(axis=1)
+    if zero.any():
+        raise FeaturesFileError(f"{source}: {int(zero.sum())} feature rows are all zero (first: row "
+                                f"{int(np.argmax(zero))}); a zero vector has no direction to compare")
     return fs
 
 
@@ -148,7 +163,7 @@ def load_features(path: str | os.PathLike) -> FeatureSet:
         raise
     except Exception as error:  # safetensors, zipfile, numpy and json each raise their own kinds
         raise FeaturesFileError(f"{path}: not a valid features file ({type(error).__name__}: {error})") from error
-    return _validate(str(path), fs)
+    return _check_values(str(path), _validate(str(path), fs))
 
 
 def _check_version(path: Path, version: int | None) -> None:

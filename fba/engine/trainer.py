@@ -252,6 +252,8 @@ class Trainer:
             fused=env.device.type == "cuda",
         )
         self.scheduler = EpochCosineSchedule(optimizer, cfg.solver)
+        self.loader = build_train_loader(cfg, self.dataset.train, env)
+        self._epoch_length(0)  # P x K errors surface here, before DeepSpeed starts
         self.engine, _, _, _ = deepspeed.initialize(
             model=model, optimizer=optimizer, lr_scheduler=self.scheduler, config=deepspeed_config(cfg, self.precision)
         )
@@ -259,7 +261,6 @@ class Trainer:
         if compile_mode:
             self.engine.compile(compile_kwargs=compile_kwargs(compile_mode))
         self.criterion = FBALoss(cfg.loss, cfg.model)
-        self.loader = build_train_loader(cfg, self.dataset.train, env)
 
         self.start_epoch, self.step, self.best_map = 0, 0, -1.0
         self.last_eval: dict[str, float] = {}
@@ -311,7 +312,9 @@ class Trainer:
         if self.cfg.solver.iters_per_epoch is not None:
             steps = min(steps, self.cfg.solver.iters_per_epoch)
         if steps < 1:
-            raise ValueError(
+            from fba.data.sampler import PKBatchError
+
+            raise PKBatchError(
                 f"epoch {epoch}: {len(self.loader)} P x K batches per rank make no optimiser step of "
                 f"{accum} micro-batches; use more identities or a smaller data.batch_size"
             )
@@ -475,15 +478,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from fba.data import CaptionError, DatasetError
-
     if args.local_rank is not None:  # the `deepspeed` launcher passes --local_rank; torchrun sets LOCAL_RANK
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
-    try:
-        cfg = load_config(args.config, args.overrides)
-        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
-    except (ConfigError, DatasetError, CaptionError) as err:
-        raise SystemExit(f"fba train: {err}") from None
+    cfg = load_config(args.config, args.overrides)
+    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
     if dist.is_initialized() and dist.get_rank() != 0:
         return 0
     print(f"model: {result.model_path}\nmetrics log: {result.metrics_path}")

@@ -91,7 +91,7 @@ def test_a_file_of_another_format_version_is_refused_by_name(tmp_path, suffix, m
     import fba.engine.features_io as features_io
 
     monkeypatch.setattr(features_io, "FORMAT_VERSION", 2)
-    path = save_features(tmp_path / f"future{suffix}", np.zeros((1, 2)), ["a.jpg"])
+    path = save_features(tmp_path / f"future{suffix}", np.ones((1, 2)), ["a.jpg"])
     monkeypatch.setattr(features_io, "FORMAT_VERSION", 1)
     with pytest.raises(FeaturesFileError, match=rf"future{suffix}: features format version 2, this fba reads 1"):
         load_features(path)
@@ -149,17 +149,13 @@ def test_fba_eval_features_end_to_end(tmp_path, capsys, suffix, rerank):
     assert saved["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
 
 
-def test_fba_eval_features_errors(tmp_path):
-    with pytest.raises(SystemExit, match="say what to evaluate"):
-        main(["eval"])
-    path = save_features(tmp_path / "nosplit.npz", np.zeros((3, 2)), ["a", "b", "c"], pids=[1, 2, 3], camids=[0, 0, 1])
-    with pytest.raises(SystemExit, match="nosplit.npz: cannot evaluate, the file has no split"):
-        main(["eval", "--features", str(path)])
-    path = save_features(tmp_path / "onlyq.npz", np.zeros((2, 2)), ["a", "b"], pids=[1, 2], camids=[0, 1],
+def test_fba_eval_features_errors(tmp_path, cli_error):
+    cli_error(["eval"], "say what to evaluate")
+    path = save_features(tmp_path / "nosplit.npz", np.ones((3, 2)), ["a", "b", "c"], pids=[1, 2, 3], camids=[0, 0, 1])
+    cli_error(["eval", "--features", path], "nosplit.npz: cannot evaluate, the file has no split")
+    path = save_features(tmp_path / "onlyq.npz", np.ones((2, 2)), ["a", "b"], pids=[1, 2], camids=[0, 1],
                          split=["query", "query"])
-    with pytest.raises(SystemExit, match=r"onlyq.npz: needs rows with split 'query' and 'gallery'"):
-        main(["eval", "--features", str(path)])
+    cli_error(["eval", "--features", path], r"onlyq.npz: needs rows with split 'query' and 'gallery'")
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00\x01")
-    with pytest.raises(SystemExit, match="bad.safetensors: not a valid features file"):
-        main(["eval", "--features", str(bad)])
+    cli_error(["eval", "--features", bad], "bad.safetensors: not a valid features file")

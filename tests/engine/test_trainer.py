@@ -12,7 +12,7 @@ import torch
 
 from _tiny_run import make_tiny_dataset, tiny_config
 from fba.config import ConfigError
-from fba.engine.checkpoint import latest_tag, load_model
+from fba.engine.checkpoint import CheckpointMismatchError, latest_tag, load_model
 from fba.engine.run_folder import RunFolderInUseError
 from fba.engine.trainer import Trainer, train
 
@@ -69,6 +69,12 @@ def test_resume_without_latest_pointer_uses_the_newest_complete_checkpoint(tiny_
     out = capsys.readouterr().out
     assert "latest is missing: resuming from the newest complete checkpoint" in out and "epoch_0001" in out
     assert resumed.epochs_done == 2 and resumed.steps == 2
+
+    config_before = (first.output_dir / "config.yaml").read_text()
+    other = make_tiny_dataset(tmp_path / "other", train_ids=4, test_ids=2)  # 4 ids: another classifier size
+    with pytest.raises(CheckpointMismatchError, match=r"epoch_0002 does not fit this run's model \(size mismatch"):
+        train(tiny_config(other, first.output_dir, "solver.epochs=2", "solver.iters_per_epoch=1"), resume=True)
+    assert (first.output_dir / "config.yaml").read_text() == config_before
     assert sorted(p.name for p in checkpoints.iterdir() if p.is_dir() or p.name == "latest") == [
         "epoch_0001", "epoch_0002", "latest"]
 
@@ -149,11 +155,8 @@ def test_precision_and_deepspeed_settings_follow_the_config(tiny_root, tmp_path)
     assert ds["fp16"]["enabled"] and ds["fp16"]["loss_scale"] == 0 and not ds["bf16"]["enabled"]
 
 
-def test_cli_refuses_occluded_reid_config():
-    from fba.cli import main
-
-    with pytest.raises(SystemExit, match="test-only"):
-        main(["train", "-c", "configs/occluded_reid.yaml"])
+def test_cli_refuses_occluded_reid_config(cli_error):
+    cli_error(["train", "-c", "configs/occluded_reid.yaml"], "test-only")
 
 
 DRIVER = """

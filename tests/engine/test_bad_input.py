@@ -1,0 +1,145 @@
+"""Every command reports bad input the same way: one line ``fba CMD: error: ...`` naming the file, key or value,
+and exit status 2 (docs/reliability.md, "Exit codes")."""
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from _tiny_run import make_tiny_dataset, tiny_config
+from fba.engine import checkpoint as ckpt
+
+TINY = ["model.arch=tiny", "model.stride=16", "model.cross_layers=1", "data.height=64", "data.width=32",
+        "data.num_workers=0", "data.loader=torch", "train.precision=fp32", "solver.epochs=1",
+        "solver.warmup_epochs=0"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory) -> dict[str, Path]:
+    """A tiny data set, an exported (untrained) tiny model.pt and its config file."""
+    from fba.model import build_model
+
+    base = tmp_path_factory.mktemp("bad_input")
+    root = make_tiny_dataset(base / "data", train_ids=4, test_ids=2)
+    cfg = tiny_config(root, base / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        model = build_model(cfg.model, 4, (64, 32))
+    model_path = ckpt.export_model(model, base / "model.pt", cfg, 4, (64, 32))
+    config = base / "tiny.yaml"
+    config.write_text(f"data:\n  root: {root}\n")
+    return {"base": base, "root": root, "model": model_path, "config": config}
+
+
+def _features(path: Path, features) -> Path:
+    n = len(features) if np.ndim(features) else 1
+    np.savez(path, features=features, paths=np.array([f"{i}.jpg" for i in range(n)]), version=np.array(1),
+             pids=np.arange(n), camids=np.zeros(n, int), split=np.array(["query", "gallery"] * (n // 2) + ["query"] * (n % 2)))
+    return path
+
+
+def _payload(world, **changes) -> dict:
+    payload = torch.load(world["model"], weights_only=True)
+    payload.update(changes)
+    return {k: v for k, v in payload.items() if v is not None}
+
+
+def case_broken_yaml(world, tmp):
+    path = tmp / "broken.yaml"
+    path.write_text("data:\n  root: [unclosed\nmodel: {\n")
+    return ["train", "-c", path], r"broken.yaml, line \d+ column \d+: not valid YAML"
+
+
+def case_non_utf8_captions(world, tmp):
+    root = make_tiny_dataset(tmp / "data", train_ids=4, test_ids=2)
+    lines = (root / "captions.jsonl").read_bytes().splitlines(keepends=True)
+    lines[2] = lines[2].replace(b"person", b"p\xe9rson")
+    (root / "captions.jsonl").write_bytes(b"".join(lines))
+    return (["train", "-c", world["config"], f"data.root={root}", f"train.output_dir={tmp / 'run'}", *TINY],
+            r"captions.jsonl, line 3: not UTF-8 \(byte \d+ of the line is 0xe9\)")
+
+
+def case_nan_features(world, tmp):
+    features = np.ones((4, 3), np.float32)
+    features[2, 1] = np.nan
+    return ["eval", "--features", _features(tmp / "nan.npz", features)], r"nan.npz: 1 feature rows hold NaN .*row 2"
+
+
+def case_zero_features(world, tmp):
+    features = np.ones((4, 3), np.float32)
+    features[1] = 0
+    return ["eval", "--features", _features(tmp / "zero.npz", features)], r"zero.npz: 1 feature rows are all zero"
+
+
+def case_zero_dim_features(world, tmp):
+    return (["eval", "--features", _features(tmp / "scalar.npz", np.float32(1.0))],
+            r"scalar.npz: .*features must be 2-D|scalar.npz: not a valid features file")
+
+
+def case_model_without_config(world, tmp):
+    path = tmp / "noconfig.pt"
+    torch.save(_payload(world, config=None), path)
+    return (["embed", "--model", path, "--images", world["root"] / "query", "--image-only", "--out", tmp / "f.npz"],
+            r"noconfig.pt: the model file has no config")
+
+
+def case_model_for_another_class_count(world, tmp):
+    path = tmp / "classes.pt"
+    torch.save(_payload(world, num_classes=7), path)
+    return (["eval", "-c", world["config"], "--checkpoint", path, *TINY],
+            r"classes.pt: weights do not fit the model of its config \(size mismatch")
+
+
+def case_missing_model(world, tmp):
+    return (["eval", "-c", world["config"], "--checkpoint", tmp / "absent.pt"], r"model file .*absent.pt does not exist")
+
+
+def case_pk_batch_too_large(world, tmp):
+    return (["train", "-c", world["config"], f"train.output_dir={tmp / 'run'}", *TINY, "data.batch_size=32"],
+            r"PKSampler: 4 identities, but a batch needs P = 8")
+
+
+def case_corrupt_image_while_embedding(world, tmp):
+    folder = tmp / "images"
+    folder.mkdir()
+    for source in sorted((world["root"] / "query").iterdir()):
+        (folder / source.name).write_bytes(source.read_bytes())
+    bad = folder / "0100_c1s1_000000_00.jpg"
+    bad.write_bytes(bad.read_bytes()[:200])  # truncated
+    return (["embed", "--model", world["model"], "--images", folder, "--image-only", "--out", tmp / "f.npz",
+             "--num-workers", "1"], rf"cannot read image .*{bad.name}")
+
+
+def case_embed_empty_folder(world, tmp):
+    (tmp / "empty").mkdir()
+    return (["embed", "--model", world["model"], "--images", tmp / "empty", "--out", tmp / "f.npz"],
+            r"--images .*empty: no image files")
+
+
+def case_caption_bad_option(world, tmp):
+    return (["caption", "--dataset", "synthetic", "--root", world["root"], "--backend", "template", "--option", "subset"],
+            r"--option expects KEY=VALUE, got 'subset'")
+
+
+def case_caption_missing_root(world, tmp):
+    return (["caption", "--dataset", "market1501", "--root", tmp / "nowhere", "--backend", "template"], r"nowhere")
+
+
+CASES = [case_broken_yaml, case_non_utf8_captions, case_nan_features, case_zero_features, case_zero_dim_features,
+         case_model_without_config, case_model_for_another_class_count, case_missing_model, case_pk_batch_too_large,
+         case_corrupt_image_while_embedding, case_embed_empty_folder, case_caption_bad_option, case_caption_missing_root]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])
+def test_bad_input_is_one_line_and_exit_2(case, world, tmp_path, cli_error, monkeypatch):
+    import deepspeed
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("bad input must be found before DeepSpeed starts")
+
+    monkeypatch.setattr(deepspeed, "initialize", refuse)
+    argv, pattern = case(world, tmp_path)
+    cli_error(argv, pattern)
