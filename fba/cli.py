@@ -48,6 +48,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
+    except KeyboardInterrupt:
+        _close_progress_bars()
+        print(f"fba {name}: interrupted", file=sys.stderr)
+        return 130
     except InputError as err:
         _close_progress_bars()
         print(f"fba {name}: error: {one_line(err)}", file=sys.stderr)

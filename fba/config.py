@@ -83,6 +83,9 @@ class TrainConfig:
     log_every: int = 20
     compile: str = "auto"  # auto (off on CPU, default on GPU: unmeasured) | off | default | max-autotune | ... (fba.compile_modes)
     keep_checkpoints: int = 2  # full (resumable) checkpoints kept besides best_model.pt
+    divergence_factor: float = 10.0  # stop when a logged loss exceeds this times the first one (0: never)
+    max_skipped_steps: int = 8  # stop when more optimiser steps than this in a row are skipped (0: never)
+    preflight: bool = True  # read every image of every split before the first step
 
 
 @dataclass

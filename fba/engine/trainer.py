@@ -29,11 +29,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import math
 import os
 import random
 import shutil
+import signal
 import socket
+import sys
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -47,7 +48,10 @@ import yaml
 from fba.config import Config, ConfigError, load_config
 from fba.compile_modes import compile_kwargs, resolve_compile_mode
 from fba.engine.checkpoint import export_model, load_checkpoint, resume_tag, save_checkpoint
+from fba.engine.guard import DivergenceGuard, TrainingDiverged
 from fba.engine.logger import RunLogger
+from fba.engine.preflight import preflight_dataset
+from fba.engine.signals import StopRequest, TrainingInterrupted
 from fba.engine.run_folder import claim_run_folder
 from fba.engine.run_lock import releases_run_lock_on_error
 from fba.engine.schedule import EpochCosineSchedule, validate_solver
@@ -239,6 +243,8 @@ class Trainer:
 
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
         self.dataset, store = load_data(cfg)
+        if cfg.train.preflight:
+            preflight_dataset(self.dataset, env.rank, env.world_size, progress=env.rank == 0)
         self.image_size = (cfg.data.height, cfg.data.width)
         self.num_classes = self.dataset.num_train_pids
         model = build_model(cfg.model, self.num_classes, self.image_size).to(env.device)
@@ -263,6 +269,10 @@ class Trainer:
         self.criterion = FBALoss(cfg.loss, cfg.model)
 
         self.start_epoch, self.step, self.best_map = 0, 0, -1.0
+        self.skip_micro = 0  # micro-batches of start_epoch already trained (a run stopped by a signal)
+        self.final_eval_pending = False
+        self.early_loss: float | None = None
+        self.stop = StopRequest()
         self.last_eval: dict[str, float] = {}
         self.best_eval: dict[str, float] = {}
         resumed = self._resume() if resume else False
@@ -273,6 +283,8 @@ class Trainer:
         if env.rank == 0:  # after a resume was checked, so a refused one leaves the run's config.yaml alone
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         self.logger = RunLogger(self.output_dir, env.rank, resume_step=self.step if resumed else None)
+        self.guard = DivergenceGuard(cfg.train.divergence_factor, cfg.train.max_skipped_steps,
+                                     skipped_so_far=self.engine.skipped_steps, early_loss=self.early_loss)
 
     def _resume(self) -> bool:
         tag, how = resume_tag(self.checkpoint_dir)
@@ -288,6 +300,9 @@ class Trainer:
         self.best_eval = dict(state.get("best_eval", {}))
         self.last_eval = dict(state.get("last_eval", {}))
         self.loader.load_state_dict(state["sampler"])
+        self.skip_micro = int(state.get("skip_micro", 0))
+        self.final_eval_pending = bool(state.get("final_eval_pending", False))
+        self.early_loss = state.get("early_loss")
         if self.env.rank == 0:
             print(f"resumed from {self.checkpoint_dir / tag} (epoch {self.start_epoch}, step {self.step})")
         return True
@@ -329,11 +344,13 @@ class Trainer:
             fg, bg = self.train_bank.select(batch["index"], self.dtype)
         return images, pids, fg, bg
 
-    def train_epoch(self, epoch: int) -> None:
+    def train_epoch(self, epoch: int) -> int | None:
+        """Train one epoch; returns None when it is complete, or the micro-batches done when a signal stopped it."""
         cfg, engine = self.cfg, self.engine
         micro_batches = self._epoch_length(epoch)
         steps = micro_batches // cfg.solver.grad_accum_steps
-        self.scheduler.begin_epoch(epoch, steps)
+        skip, self.skip_micro = (self.skip_micro, 0) if epoch == self.start_epoch else (0, 0)
+        self.scheduler.begin_epoch(epoch, steps, done=skip // cfg.solver.grad_accum_steps)
         engine.train()
         self.logger.start_epoch(epoch, cfg.solver.epochs, steps)
         names: list[str] | None = None
@@ -342,7 +359,10 @@ class Trainer:
         tick = time.perf_counter()
         batches = iter(self.loader)
         for micro in range(micro_batches):
-            images, pids, fg, bg = self._batch_inputs(next(batches))
+            batch = next(batches)
+            if micro < skip:  # trained before the signal that stopped this epoch
+                continue
+            images, pids, fg, bg = self._batch_inputs(batch)
             outputs = engine(images, fg, bg)
             total, parts = self.criterion({k: v.float() for k, v in outputs.items()}, pids)
             boundary = engine.is_gradient_accumulation_boundary()
@@ -357,16 +377,23 @@ class Trainer:
             if not boundary:
                 continue
             self.step += 1
+            self.guard.after_step(engine.skipped_steps, epoch, self.step)
             last = micro == micro_batches - 1
-            if self.step % cfg.train.log_every == 0 or last:
+            logging_now = self.step % cfg.train.log_every == 0 or last
+            if logging_now:
                 elapsed = time.perf_counter() - tick
                 record = self._log_record(names, sums, count, lr, elapsed)
+                self.guard.check_loss(record["loss/total"], epoch, self.step)
                 self.logger.log(self.step, epoch, record)
                 self.logger.advance(record["loss/total"], record["images_per_s"])
                 sums, count, tick = None, 0, time.perf_counter()
             else:
                 self.logger.advance()
+            if not last and self.stop.agreed(self.env.world_size, sync_now=logging_now) is not None:
+                self.logger.end_epoch()
+                return micro + 1
         self.logger.end_epoch()
+        return None
 
     def _log_record(self, names: list[str], sums: torch.Tensor, count: int, lr: float, elapsed: float) -> dict:
         means = sums / count
@@ -376,11 +403,6 @@ class Trainer:
         images = count * self.cfg.data.batch_size * self.env.world_size
         record = {"lr": lr, "images_per_s": images / max(elapsed, 1e-9)}
         record.update({f"loss/{name}": value for name, value in zip(names, means.tolist())})
-        if not math.isfinite(record["loss/total"]):
-            raise FloatingPointError(
-                f"the training loss is {record['loss/total']} at step {self.step}: lower solver.base_lr, set "
-                "solver.grad_clip, or train with train.precision=fp32"
-            )
         return record
 
     def evaluate(self, epoch: int) -> dict[str, float]:
@@ -408,7 +430,8 @@ class Trainer:
     def run(self, stop_after_epochs: int | None = None) -> TrainResult:
         """Train the remaining epochs; the run folder's lock is released however this ends."""
         try:
-            return self._run_epochs(stop_after_epochs)
+            with self.stop:
+                return self._run_epochs(stop_after_epochs)
         finally:
             if self.run_lock is not None:
                 self.run_lock.release()
@@ -417,24 +440,26 @@ class Trainer:
         cfg = self.cfg
         best_path = self.output_dir / "best_model.pt"
         epochs_run = 0
+        model_path = self.output_dir / "model.pt"
+        if self.final_eval_pending:  # the run was stopped during its final evaluation
+            self._evaluate_and_keep_best(cfg.solver.epochs - 1, best_path)
         for epoch in range(self.start_epoch, cfg.solver.epochs):
-            self.train_epoch(epoch)
+            done = self.train_epoch(epoch)
+            if done is not None:
+                self._stop_on_signal(epoch, done)
             epochs_run += 1
             final = epoch == cfg.solver.epochs - 1
             stopping = stop_after_epochs is not None and epochs_run >= stop_after_epochs
+            if final:  # checkpoint and model.pt first: a failing final evaluation loses neither
+                self._save_checkpoint(epoch, final_eval_pending=True)
+                self._export(model_path)
             if (epoch + 1) % cfg.train.eval_every == 0 or final:
-                self.last_eval = self.evaluate(epoch)
-                if self.last_eval["eval/mAP"] > self.best_map:
-                    self.best_map, self.best_eval = self.last_eval["eval/mAP"], dict(self.last_eval)
-                    self._export(best_path)
-            if (epoch + 1) % cfg.train.checkpoint_every == 0 or final or stopping:
-                save_checkpoint(self.engine, self.checkpoint_dir, f"epoch_{epoch + 1:04d}", {
-                    "epoch": epoch, "step": self.step, "best_map": self.best_map, "best_eval": self.best_eval,
-                    "last_eval": self.last_eval, "sampler": self.loader.state_dict(),
-                }, keep=cfg.train.keep_checkpoints)
+                self._evaluate_and_keep_best(epoch, best_path)
+            if not final and ((epoch + 1) % cfg.train.checkpoint_every == 0 or stopping):
+                self._save_checkpoint(epoch)
             if stopping:
                 break
-        model_path = self._export(self.output_dir / "model.pt")
+        model_path = self._export(model_path)
         self.logger.close()
         return TrainResult(
             output_dir=self.output_dir,
@@ -447,8 +472,37 @@ class Trainer:
             steps=self.step,
         )
 
+    def _evaluate_and_keep_best(self, epoch: int, best_path: Path) -> None:
+        self.last_eval = self.evaluate(epoch)
+        if self.last_eval["eval/mAP"] > self.best_map:
+            self.best_map, self.best_eval = self.last_eval["eval/mAP"], dict(self.last_eval)
+            self._export(best_path)
+
+    def _save_checkpoint(self, epoch: int, skip_micro: int = 0, final_eval_pending: bool = False) -> Path:
+        """Checkpoint after ``epoch`` (or, with ``skip_micro``, after that many micro-batches of it)."""
+        tag = f"epoch_{epoch + 1:04d}" if not skip_micro else f"epoch_{epoch:04d}_step_{self.step:08d}"
+        return save_checkpoint(self.engine, self.checkpoint_dir, tag, {
+            "epoch": epoch if not skip_micro else epoch - 1, "skip_micro": skip_micro, "step": self.step,
+            "best_map": self.best_map, "best_eval": self.best_eval, "last_eval": self.last_eval,
+            "sampler": self.loader.state_dict(), "final_eval_pending": final_eval_pending,
+            "early_loss": self.guard.early_loss,
+        }, keep=self.cfg.train.keep_checkpoints)
+
+    def _stop_on_signal(self, epoch: int, done: int) -> None:
+        path = self._save_checkpoint(epoch, skip_micro=done)
+        self.logger.close()
+        name = signal_name(self.stop.signum)
+        raise TrainingInterrupted(
+            f"{name}: stopped at epoch {epoch + 1}, step {self.step}; checkpoint {path}. Continue with: "
+            f"fba train -c {self.output_dir / 'config.yaml'} --resume", self.stop.signum or 2
+        )
+
     def _export(self, path: Path) -> Path:
         return export_model(self.module, path, self.cfg, self.num_classes, self.image_size, self.cfg.train.zero_stage)
+
+
+def signal_name(signum: int | None) -> str:
+    return signal.Signals(signum).name if signum else "signal"
 
 
 def metrics_record(metrics: dict) -> dict[str, float]:
@@ -481,7 +535,11 @@ def run(args: argparse.Namespace) -> int:
     if args.local_rank is not None:  # the `deepspeed` launcher passes --local_rank; torchrun sets LOCAL_RANK
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))
     cfg = load_config(args.config, args.overrides)
-    result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    try:
+        result = train(cfg, resume=args.resume, overwrite=args.overwrite)
+    except (TrainingInterrupted, TrainingDiverged) as stopped:
+        print(f"fba train: {stopped}", file=sys.stderr)
+        return stopped.exit_code
     if dist.is_initialized() and dist.get_rank() != 0:
         return 0
     print(f"model: {result.model_path}\nmetrics log: {result.metrics_path}")
