@@ -10,6 +10,7 @@ import argparse
 import importlib
 import sys
 
+from fba.atomic import DiskWriteError
 from fba.errors import InputError
 
 COMMANDS: dict[str, tuple[str, str]] = {
@@ -48,6 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(rest)
     try:
         return int(module.run(args) or 0)
+    except DiskWriteError as err:
+        _close_progress_bars()
+        print(f"fba {name}: error: {err}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         _close_progress_bars()
         print(f"fba {name}: interrupted", file=sys.stderr)

@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from fba.atomic import atomic_path, atomic_write_bytes, fsync_path
+from fba.atomic import atomic_path, atomic_write_bytes, disk_write_error, fsync_path
 from fba.config import Config, ConfigError, config_from_dict
 from fba.errors import InputError
 from fba.safe_load import safe_torch_load
@@ -107,8 +107,15 @@ def save_checkpoint(engine, checkpoint_dir: str | Path, tag: str, client_state: 
         checkpoint_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(tmp_dir, ignore_errors=True)
     _barrier()
-    engine.save_checkpoint(str(checkpoint_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
-    torch.save(rng_state(), tmp_dir / f"rng_rank{rank}.pt")
+    try:
+        engine.save_checkpoint(str(checkpoint_dir), tag=tmp_tag, client_state=client_state, save_latest=False)
+        torch.save(rng_state(), tmp_dir / f"rng_rank{rank}.pt")
+    except (OSError, RuntimeError) as err:
+        shutil.rmtree(tmp_dir, ignore_errors=True)  # a partial checkpoint would fill the disk until the next save
+        disk = disk_write_error(tmp_dir, err)
+        if disk is None:
+            raise
+        raise disk from err
     _barrier()
     if rank == 0:
         fsync_tree(tmp_dir)
