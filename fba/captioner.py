@@ -208,6 +208,8 @@ class LlavaCaptioner:
         from transformers import AutoProcessor, LlavaForConditionalGeneration
 
         dev, torch_dtype = select_device_dtype(device, dtype)
+        if allow_download and not Path(model).is_dir():
+            check_hub_reachable(model)
         try:
             processor = AutoProcessor.from_pretrained(model, local_files_only=not allow_download)
             network = LlavaForConditionalGeneration.from_pretrained(
@@ -301,6 +303,24 @@ class TemplateCaptioner:
 
 
 # ---------------------------------------------------------------- the command
+
+
+def check_hub_reachable(model: str, timeout: float = 5.0) -> None:
+    """Fail in seconds, not after minutes of retries, when --allow-download has no network to download over."""
+    import socket
+    from urllib.parse import urlparse
+
+    if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true", "yes", "on"):
+        raise CaptionError(f"--allow-download: HF_HUB_OFFLINE is set, so {model!r} cannot be downloaded")
+    endpoint = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+    host, port = endpoint.hostname or "huggingface.co", endpoint.port or (443 if endpoint.scheme == "https" else 80)
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as err:
+        raise CaptionError(
+            f"--allow-download: cannot reach {host}:{port} to download {model!r} ({err}); fetch the model where "
+            "there is network and pass its local folder (docs/captioning.md)"
+        ) from None
 
 
 def build_llava(args: argparse.Namespace) -> Captioner:

@@ -318,3 +318,23 @@ def test_llava_backend_captions_the_synthetic_set(llava_dir: Path, synthetic_roo
 def test_template_backend_without_attributes_names_the_file(market_root: Path, tmp_path: Path, capsys) -> None:
     assert caption_cli(market_root, tmp_path / "c.jsonl", "--backend", "template") == 2
     assert re.search(r"^fba caption: error: .*market/attributes.jsonl does not exist", capsys.readouterr().err)
+
+
+def test_allow_download_without_network_fails_fast(market_root: Path, tmp_path: Path, cli_error, monkeypatch) -> None:
+    import socket
+    import time
+
+    def unreachable(address, timeout=None):
+        raise OSError(101, "Network is unreachable")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    started = time.perf_counter()
+    cli_error(["caption", "--dataset", "market1501", "--root", market_root, "--out", tmp_path / "c.jsonl",
+               "--no-progress", "--model", "someone/llava-model", "--allow-download", "--device", "cpu"],
+              r"--allow-download: cannot reach huggingface.co:443 to download 'someone/llava-model'")
+    assert time.perf_counter() - started < 30
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    cli_error(["caption", "--dataset", "market1501", "--root", market_root, "--out", tmp_path / "c.jsonl",
+               "--no-progress", "--model", "someone/llava-model", "--allow-download", "--device", "cpu"],
+              r"HF_HUB_OFFLINE is set")
