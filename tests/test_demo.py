@@ -74,7 +74,7 @@ def test_ablation_resume_keeps_finished_runs_and_continues_the_rest(tmp_path, mo
     class Result:
         model_path = tmp_path / "model.pt"
 
-    def fake_train(cfg, resume=False):
+    def fake_train(cfg, resume=False, overwrite=False):
         trained.append((cfg.train.output_dir, resume))
         return Result()
 

@@ -443,23 +443,28 @@ class Trainer:
         model_path = self.output_dir / "model.pt"
         if self.final_eval_pending:  # the run was stopped during its final evaluation
             self._evaluate_and_keep_best(cfg.solver.epochs - 1, best_path)
+        exported = False
         for epoch in range(self.start_epoch, cfg.solver.epochs):
             done = self.train_epoch(epoch)
-            if done is not None:
-                self._stop_on_signal(epoch, done)
+            if done is not None:  # a signal stopped the epoch
+                self._stop_on_signal(epoch, self._save_checkpoint(epoch, skip_micro=done))
             epochs_run += 1
             final = epoch == cfg.solver.epochs - 1
             stopping = stop_after_epochs is not None and epochs_run >= stop_after_epochs
             if final:  # checkpoint and model.pt first: a failing final evaluation loses neither
                 self._save_checkpoint(epoch, final_eval_pending=True)
-                self._export(model_path)
+                exported = bool(self._export(model_path))
             if (epoch + 1) % cfg.train.eval_every == 0 or final:
                 self._evaluate_and_keep_best(epoch, best_path)
-            if not final and ((epoch + 1) % cfg.train.checkpoint_every == 0 or stopping):
-                self._save_checkpoint(epoch)
+            signalled = not final and self.stop.agreed(self.env.world_size, sync_now=True) is not None
+            if not final and ((epoch + 1) % cfg.train.checkpoint_every == 0 or stopping or signalled):
+                path = self._save_checkpoint(epoch)
+                if signalled:  # the signal came in the epoch's last step or its evaluation
+                    self._stop_on_signal(epoch, path)
             if stopping:
                 break
-        model_path = self._export(model_path)
+        if not exported:
+            self._export(model_path)
         self.logger.close()
         return TrainResult(
             output_dir=self.output_dir,
@@ -488,8 +493,8 @@ class Trainer:
             "early_loss": self.guard.early_loss,
         }, keep=self.cfg.train.keep_checkpoints)
 
-    def _stop_on_signal(self, epoch: int, done: int) -> None:
-        path = self._save_checkpoint(epoch, skip_micro=done)
+    def _stop_on_signal(self, epoch: int, path: Path) -> None:
+        """After the checkpoint ``path`` of the signalled step: say how to resume and stop."""
         self.logger.close()
         name = signal_name(self.stop.signum)
         raise TrainingInterrupted(
