@@ -6,8 +6,8 @@ one writer:
 - ``llava`` loads a LLaVA-style model through ``transformers`` (``LlavaForConditionalGeneration`` +
   ``AutoProcessor``) from a local folder (``--allow-download`` lets a hub id be fetched where there is network)
   and asks both prompts of a batch of images in one greedy ``generate`` call of 2 x batch rows;
-- ``template`` writes the synthetic generator's own descriptions (``fba.data.synthetic.describe`` over
-  ``<root>/attributes.jsonl``), so every pipeline runs with nothing downloaded.
+- ``template`` writes the synthetic generator's own descriptions (``fba.data.synthetic.captions.describe``
+  over ``<root>/attributes.jsonl``), so every pipeline runs with nothing downloaded.
 
 The output is one ``{"image": relpath, "fg": ..., "bg": ...}`` line per image, appended and flushed batch by
 batch, so a killed run loses at most one batch: the next run keeps every complete line, drops a cut-off last
@@ -286,13 +286,13 @@ class TemplateCaptioner:
 
     @classmethod
     def from_root(cls, root: str | Path) -> TemplateCaptioner:
-        from fba.data.synthetic import read_attributes
+        from fba.data.synthetic.attributes import read_attributes
 
         source = Path(root) / "attributes.jsonl"
         return cls(read_attributes(source), source)
 
     def caption(self, images: Sequence[ImageRef]) -> list[Caption]:
-        from fba.data.synthetic import describe
+        from fba.data.synthetic.captions import describe
 
         captions = []
         for image, _ in images:

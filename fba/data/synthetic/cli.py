@@ -1,0 +1,32 @@
+"""``fba synth``: the command line of the synthetic set generator (:func:`.generator.generate`)."""
+from __future__ import annotations
+
+import argparse
+
+from .attributes import SynthError
+from .generator import generate
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--out", required=True, help="output folder (Market-1501 layout + captions)")
+    parser.add_argument("--ids", type=int, default=50, help="identities: 1..ids/2 train, the rest test")
+    parser.add_argument("--cams", type=int, default=4, help="cameras, each with its own background")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--occluded", action="store_true", help="railings, cars, poles and people in front")
+    parser.add_argument("--per-camera", type=int, default=6, help="images of each identity in each of its cameras")
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, default=64)
+    parser.add_argument("--distractors", type=int, default=None, help="id-0 gallery images (default max(cams, ids/5))")
+    parser.add_argument("--workers", type=int, default=1, help="processes drawing images (output is the same)")
+    parser.add_argument("--overwrite", action="store_true", help="replace the generated files in a non-empty --out")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        summary = generate(args.out, ids=args.ids, cams=args.cams, seed=args.seed, occluded=args.occluded,
+                           per_camera=args.per_camera, height=args.height, width=args.width,
+                           distractors=args.distractors, workers=args.workers, overwrite=args.overwrite)
+    except SynthError as err:
+        print(err)
+        return 2
+    print(summary)
