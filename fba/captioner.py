@@ -16,6 +16,7 @@ line, and captions only the images still missing.
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import re
@@ -278,18 +279,28 @@ class LlavaCaptioner:
 
 
 class TemplateCaptioner:
-    """The synthetic generator's descriptions of its own attributes: exact captions, no model."""
+    """The synthetic generator's descriptions of its own attributes: exact captions with ``noise=0``, or what a
+    vision-language captioner plausibly reports at that level (``fba.data.synthetic.noise``), no model either way."""
 
-    def __init__(self, attributes: Mapping[str, dict], source: Path):
+    def __init__(self, attributes: Mapping[str, dict], source: Path, noise: float = 0.0, seed: int = 0):
+        from fba.data.synthetic.noise import check_level
+
         self.attributes = attributes
         self.source = source
+        self.noise = check_level(noise)
+        self.seed = seed
 
     @classmethod
-    def from_root(cls, root: str | Path) -> TemplateCaptioner:
+    def from_root(cls, root: str | Path, noise: float = 0.0, seed: int | None = None) -> TemplateCaptioner:
+        """``seed`` None: the generator's seed from ``<root>/meta.json`` (0 without one), so that the captions
+        match those ``fba synth --caption-noise`` wrote for the same level."""
         from fba.data.synthetic.attributes import read_attributes
 
         source = Path(root) / "attributes.jsonl"
-        return cls(read_attributes(source), source)
+        if seed is None:
+            meta = Path(root) / "meta.json"
+            seed = int(json.loads(meta.read_text()).get("seed", 0)) if meta.is_file() else 0
+        return cls(read_attributes(source), source, noise, seed)
 
     def caption(self, images: Sequence[ImageRef]) -> list[Caption]:
         from fba.data.synthetic.captions import describe
@@ -298,7 +309,7 @@ class TemplateCaptioner:
         for image, _ in images:
             if image not in self.attributes:
                 raise CaptionError(f"{self.source}: no attributes for image {image!r}")
-            captions.append(Caption(*describe(self.attributes[image])))
+            captions.append(Caption(*describe(self.attributes[image], self.noise, self.seed)))
         return captions
 
 
@@ -331,7 +342,7 @@ def build_llava(args: argparse.Namespace) -> Captioner:
 
 
 def build_template(args: argparse.Namespace) -> Captioner:
-    return TemplateCaptioner.from_root(args.root)
+    return TemplateCaptioner.from_root(args.root, args.caption_noise, args.caption_seed)
 
 
 BACKENDS: dict[str, Callable[[argparse.Namespace], Captioner]] = {"llava": build_llava, "template": build_template}
@@ -354,6 +365,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="data set reader option, e.g. subset=detected for cuhk03np")
     parser.add_argument("--backend", choices=sorted(BACKENDS), default="llava",
                         help="llava (a vision-language model) or template (synthetic data: the generator's attributes)")
+    parser.add_argument("--caption-noise", type=float, default=0.0, metavar="LEVEL",
+                        help="template backend: write what a captioner would report, 0 = the truth, 1 = realistic")
+    parser.add_argument("--caption-seed", type=int, default=None,
+                        help="template backend: seed of the caption noise (default: the seed in <root>/meta.json)")
     parser.add_argument("--model", default=DEFAULT_MODEL,
                         help="local folder of a LLaVA-style model (or a hub id already cached / with --allow-download)")
     parser.add_argument("--allow-download", action="store_true", help="let transformers fetch --model from the hub")
@@ -372,6 +387,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.backend != "template" and (args.caption_noise or args.caption_seed is not None):
+        raise CaptionError("--caption-noise and --caption-seed belong to the template backend (--backend template)")
     dataset = build_dataset(args.dataset, args.root, **parse_options(args.option))
     out = Path(args.out) if args.out else dataset.root / "captions.jsonl"
     images = dataset_images(dataset)

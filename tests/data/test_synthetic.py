@@ -77,7 +77,7 @@ def test_caption_part_imports_no_drawing_code() -> None:
             "from fba.data.synthetic.attributes import read_attributes; "
             "print(sorted(m for m in sys.modules if m.startswith(('PIL', 'fba.data.synthetic.'))))")
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
-    assert loaded.strip() == "['fba.data.synthetic.attributes', 'fba.data.synthetic.captions']"
+    assert loaded.strip() == "['fba.data.synthetic.attributes', 'fba.data.synthetic.captions', 'fba.data.synthetic.noise']"
 
 
 def test_market_layout_names_and_splits(tiny: Path) -> None:

@@ -19,13 +19,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--distractors", type=int, default=None, help="id-0 gallery images (default max(cams, ids/5))")
     parser.add_argument("--workers", type=int, default=1, help="processes drawing images (output is the same)")
     parser.add_argument("--overwrite", action="store_true", help="replace the generated files in a non-empty --out")
+    parser.add_argument("--caption-noise", type=float, default=0.0, metavar="LEVEL",
+                        help="captions as a vision-language model would write them: 0 = the truth, 1 = realistic "
+                             "(confused colours, missed, invented and leaked items); attributes.jsonl keeps the truth")
 
 
 def run(args: argparse.Namespace) -> int:
     try:
         summary = generate(args.out, ids=args.ids, cams=args.cams, seed=args.seed, occluded=args.occluded,
                            per_camera=args.per_camera, height=args.height, width=args.width,
-                           distractors=args.distractors, workers=args.workers, overwrite=args.overwrite)
+                           distractors=args.distractors, workers=args.workers, overwrite=args.overwrite,
+                           caption_noise=args.caption_noise)
     except SynthError as err:
         print(err)
         return 2

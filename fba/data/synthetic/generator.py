@@ -1,5 +1,6 @@
 """The generator: plan the set, draw every image (in worker processes if asked), and write the Market folders,
-``attributes.jsonl`` (the truth), ``captions.jsonl`` and ``meta.json``.
+``attributes.jsonl`` (the truth), ``captions.jsonl`` (the truth, or what a captioner would report with
+``caption_noise > 0``) and ``meta.json`` (which names the caption noise level when it is not 0).
 
 Output is byte-identical for a seed, whatever ``workers`` is: the plan is drawn in the parent, and image ``i``
 draws its jitter from ``default_rng((seed, i))``.
@@ -23,6 +24,7 @@ from fba.data.captions import Caption, caption_line
 from .attributes import SynthError
 from .captions import describe
 from .drawing import render_task
+from .noise import check_level
 from .splits import SPLIT_FOLDERS, Job, plan
 
 VERSION = "1"
@@ -39,11 +41,13 @@ class SynthSummary:
     seconds: float
     images_per_s: float
     ids_per_split: dict[str, int] = field(default_factory=dict)
+    caption_noise: float = 0.0
 
     def __str__(self) -> str:
         counts = ", ".join(f"{split} {n}" for split, n in self.counts.items())
+        noise = f", captions at noise level {self.caption_noise:g}" if self.caption_noise else ""
         return (f"wrote {self.num_images} images ({counts}) of {self.num_ids} ids in {self.num_cams} cameras"
-                f"{' (occluded)' if self.occluded else ''} to {self.out} in {self.seconds:.1f} s "
+                f"{' (occluded)' if self.occluded else ''}{noise} to {self.out} in {self.seconds:.1f} s "
                 f"({self.images_per_s:.0f} images/s)")
 
 
@@ -82,11 +86,14 @@ def _rendered(jobs: list[Job], seed: int, height: int, width: int, workers: int)
 
 def generate(out: str | Path, ids: int = 50, cams: int = 4, seed: int = 0, occluded: bool = False,
              per_camera: int = 6, height: int = 128, width: int = 64, distractors: int | None = None,
-             workers: int = 1, overwrite: bool = False, progress: bool = True) -> SynthSummary:
+             workers: int = 1, overwrite: bool = False, progress: bool = True,
+             caption_noise: float = 0.0) -> SynthSummary:
     """Write the synthetic set under ``out``: the three Market folders, ``captions.jsonl``, ``attributes.jsonl``
-    and ``meta.json``. ``distractors`` defaults to ``max(cams, ids // 5)`` id-0 gallery images."""
+    and ``meta.json``. ``distractors`` defaults to ``max(cams, ids // 5)`` id-0 gallery images; ``caption_noise``
+    is the level of :mod:`.noise` (0: captions from the truth, 1: a realistic captioner)."""
     out = Path(out)
     distractors = max(cams, ids // 5) if distractors is None else distractors
+    caption_noise = check_level(caption_noise)
     _check_arguments(out, ids, cams, per_camera, height, width, distractors, workers, overwrite)
     for folder in SPLIT_FOLDERS.values():
         shutil.rmtree(out / folder, ignore_errors=True)
@@ -107,7 +114,7 @@ def generate(out: str | Path, ids: int = 50, cams: int = 4, seed: int = 0, occlu
     with (out / "attributes.jsonl").open("w", encoding="utf-8") as file:
         file.writelines(json.dumps(r, sort_keys=True) + "\n" for r in records)
     with (out / "captions.jsonl").open("w", encoding="utf-8") as file:
-        file.writelines(caption_line(r["image"], Caption(*describe(r))) for r in records)
+        file.writelines(caption_line(r["image"], Caption(*describe(r, caption_noise, seed))) for r in records)
 
     counts = {split: sum(job.split == split for job in jobs) for split in SPLIT_FOLDERS}
     ids_per_split = {split: len({job.pid for job in jobs if job.split == split and job.pid > 0})
@@ -120,9 +127,11 @@ def generate(out: str | Path, ids: int = 50, cams: int = 4, seed: int = 0, occlu
                             for split in SPLIT_FOLDERS},
         "cameras": _cameras(jobs),
     }
+    if caption_noise:
+        meta["caption_noise"] = caption_noise
     (out / "meta.json").write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     return SynthSummary(out, counts, len(jobs), ids, cams, occluded, seconds, len(jobs) / max(seconds, 1e-9),
-                        ids_per_split)
+                        ids_per_split, caption_noise)
 
 
 def _cameras(jobs: list[Job]) -> list[dict[str, Any]]:
