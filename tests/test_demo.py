@@ -4,8 +4,10 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from fba.ablate import ROWS, ablation_table
-from fba.demo import metrics_table, run_demo
+import torch
+
+from fba.ablate import ROWS, ablation_table, comparison_table, per_run_table
+from fba.demo import FEATURES, feature_metrics, metrics_table, run_demo
 
 
 @pytest.mark.slow
@@ -18,13 +20,16 @@ def test_demo_writes_metrics_and_pictures(tmp_path):
         with Image.open(out / name) as image:
             assert image.size[0] > 100 and image.size[1] > 100
     table = (out / "metrics.md").read_text()
-    for column in ("untrained (full)", "untrained (image)", "trained (full)", "trained (image)", "mAP"):
-        assert column in table
+    header = table.splitlines()[2]
+    assert header == ("| metric | untrained (image) | untrained (text) | untrained (full) | trained (image) "
+                      "| trained (text) | trained (full) | captions alone |")
+    assert "- text: post-BN F_f^V and F_f^T alone" in table and "noise level 1" in table
     saved = json.loads((out / "metrics.json").read_text())
     for state in ("untrained", "trained"):
-        assert set(saved[state]) == {"full", "image"}
-        assert all(0 <= saved[state][kind]["mAP"] <= 100 for kind in ("full", "image"))
-    assert saved == summary
+        assert set(saved[state]) == {"image", "text", "full"}
+        assert all(0 <= saved[state][kind]["mAP"] <= 100 for kind in ("image", "text", "full"))
+    assert saved == summary and saved["caption_noise"] == 1.0 and 0 <= saved["captions alone"]["mAP"] <= 100
+    assert json.loads((tmp_path / "data" / "meta.json").read_text())["caption_noise"] == 1.0
 
 
 def _config():
@@ -42,6 +47,47 @@ def test_metrics_table_puts_the_measured_columns_side_by_side():
     assert lines[5] == "| Rank-10 | 20.00 | 95.00 |"  # reads cmc[9]
 
 
+def test_feature_metrics_scores_the_three_parts_of_one_embedding_pass(monkeypatch):
+    """image, text and full are the column blocks [CLS], [F_f^V, F_f^T] and all three of one full embedding."""
+    import fba.engine.embedder as embedder
+
+    width, n = 4, 6
+    rng = torch.Generator().manual_seed(0)
+    full = {split: torch.nn.functional.normalize(torch.randn(n, 3, width, generator=rng), dim=-1).flatten(1)
+            for split in ("query", "gallery")}
+    scored = {}
+
+    class FakeEval:
+        @classmethod
+        def for_model(cls, cfg, model, dataset, store, device):
+            assert cfg.eval.feature == "full"
+            return cls()
+
+        def embed(self, embedder_):
+            return {"feature": "full", **{split: (full[split], list(range(n)), [0] * n) for split in full}}
+
+        def score(self, features):
+            scored[features["feature"]] = features
+            return {"mAP": 0.5, "cmc": [1.0], "mINP": 0.1}
+
+    monkeypatch.setattr(embedder, "RetrievalEval", FakeEval)
+    monkeypatch.setattr(embedder, "Embedder", lambda model, device: None)
+    model = torch.nn.Linear(1, 1)
+    model.cross_modal = object()
+    results = feature_metrics(cfg=_cfg(), model=model, dataset=None, store={})
+    assert list(results) == list(FEATURES) == ["image", "text", "full"]
+    for split in ("query", "gallery"):
+        torch.testing.assert_close(scored["image"][split][0], full[split][:, :width])
+        torch.testing.assert_close(scored["text"][split][0], full[split][:, width:])
+        torch.testing.assert_close(scored["full"][split][0], full[split])
+
+
+def _cfg():
+    from fba.config import load_config
+
+    return load_config(_config(), [])
+
+
 def test_ablation_rows_follow_table_3_and_table_averages_seeds():
     assert [switches for _, switches in ROWS] == [
         {"cross_modal": False, "diversity": False, "pooling": False},
@@ -56,12 +102,20 @@ def test_ablation_rows_follow_table_3_and_table_averages_seeds():
                       "image": {"mAP": value, "R1": 2 * value}}
             if switches["cross_modal"]:
                 record["full"] = {"mAP": value + 50, "R1": 90.0}
+                record["text"] = {"mAP": value + 40 + seed * 4, "R1": 80.0}
             results.append(record)
     lines = ablation_table(results).splitlines()
     assert len(lines) == 2 + len(ROWS)
+    assert lines[0].startswith("| row | L_ID^C+L_Tri^C | L_div | mask | image mAP | image R-1 | text mAP")
     assert lines[2].count("✓") == 0 and lines[5].count("✓") == 3
-    assert "| – | – | 15.0 ± 5.0 | 30.0 ± 10.0 |" in lines[2]  # baseline: no caption feature
-    assert "| 65.0 ± 5.0 | 90.0 ± 0.0 | 15.0 ± 5.0 |" in lines[3]
+    assert "| 15.0 ± 5.0 | 30.0 ± 10.0 | – | – | – | – | 2 |" in lines[2]  # baseline: no caption features
+    assert "| 15.0 ± 5.0 | 30.0 ± 10.0 | 57.0 ± 7.0 | 80.0 ± 0.0 | 65.0 ± 5.0 | 90.0 ± 0.0 | 2 |" in lines[3]
+    comparison = comparison_table(results).splitlines()
+    assert len(comparison) == 2 + len(ROWS) - 1
+    # full - own text: 10 and 6 (seeds 0, 1); full - baseline image: 50 and 50; text - baseline image: 40 and 44
+    assert comparison[2] == "| + cross-modal | +8.0 ± 2.0 | +50.0 ± 0.0 | +42.0 ± 2.0 |"
+    runs = per_run_table(results).splitlines()
+    assert len(runs) == 2 + 2 * len(ROWS) and "| baseline | 1 | 20.0 | 40.0 | – | – | – | – |" in runs
 
 
 def test_ablation_resume_keeps_finished_runs_and_continues_the_rest(tmp_path, monkeypatch):
@@ -69,6 +123,7 @@ def test_ablation_resume_keeps_finished_runs_and_continues_the_rest(tmp_path, mo
     import fba.engine.trainer as trainer
 
     monkeypatch.setattr(ablate, "ensure_synthetic", lambda root, *args: root)
+    monkeypatch.setattr(ablate, "captions_alone_line", lambda data: "captions alone: -")
     trained = []
 
     class Result:
@@ -79,7 +134,7 @@ def test_ablation_resume_keeps_finished_runs_and_continues_the_rest(tmp_path, mo
         return Result()
 
     monkeypatch.setattr(trainer, "train", fake_train)
-    monkeypatch.setattr(ablate, "measure", lambda cfg, path: {kind: {"mAP": 1.0, "R1": 2.0} for kind in ("full", "image")})
+    monkeypatch.setattr(ablate, "measure", lambda cfg, path: {kind: {"mAP": 1.0, "R1": 2.0} for kind in FEATURES})
     out = tmp_path / "ablation"
     out.mkdir()
     finished = [{"row": ROWS[0][0], "seed": 0, "switches": ROWS[0][1], "minutes": 1.0,

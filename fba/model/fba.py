@@ -22,7 +22,23 @@ from .cross_modal import CrossModalModule, CrossModalOutput
 from .heads import BNNeckHead
 from .text import Text, TextEncoder, TextFeatureCache, TextFeatures
 
-__all__ = ["FBA", "build_model"]
+__all__ = ["FBA", "RETRIEVAL_FEATURES", "build_model", "select_feature"]
+
+# The retrieval features (docs/model.md, "Retrieval feature"), as the parts of [post-BN CLS, F_f^V, F_f^T] they
+# keep: "image" is what a model gives without captions, "text" the part that exists only because of the
+# captions (both cross-modal features; each has also attended to the image), "full" both.
+RETRIEVAL_FEATURES: dict[str, tuple[int, ...]] = {"full": (0, 1, 2), "image": (0,), "text": (1, 2)}
+
+
+def select_feature(full: torch.Tensor, kind: str) -> torch.Tensor:
+    """The ``kind`` retrieval feature from full features [B, 3D] (each part already L2-normalised), so one
+    embedding pass gives all three; ``select_feature(full, "image")`` equals ``extract`` without captions."""
+    if kind not in RETRIEVAL_FEATURES:
+        raise ValueError(f"unknown retrieval feature {kind!r}; choose from {', '.join(RETRIEVAL_FEATURES)}")
+    if full.shape[-1] % 3:
+        raise ValueError(f"full features have 3 equal parts, got width {full.shape[-1]}")
+    parts = full.unflatten(-1, (3, -1))
+    return parts[..., list(RETRIEVAL_FEATURES[kind]), :].flatten(-2)
 
 
 class FBA(nn.Module):
@@ -62,8 +78,10 @@ class FBA(nn.Module):
     def needs_bg(self) -> bool:
         return self.diversity or self.pooling
 
-    def feature_dim(self, with_captions: bool) -> int:
-        return self.width * (3 if with_captions and self.cross_modal is not None else 1)
+    def feature_dim(self, with_captions: bool, kind: str = "full") -> int:
+        if not with_captions or self.cross_modal is None:
+            return self.width
+        return self.width * len(RETRIEVAL_FEATURES[kind])
 
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Everything the optimiser updates: not the frozen text tower, not the BNNecks' frozen biases."""
@@ -119,22 +137,29 @@ class FBA(nn.Module):
             out["pool_mask"] = cm.pool_mask
         return out
 
-    def extract(self, images: torch.Tensor, captions: tuple[Text, Text | None] | None = None) -> torch.Tensor:
-        """Retrieval feature (SPEC section 6); call in eval mode (BatchNorm running statistics).
+    def extract(
+        self, images: torch.Tensor, captions: tuple[Text, Text | None] | None = None, feature: str = "full"
+    ) -> torch.Tensor:
+        """Retrieval feature (SPEC section 6, docs/model.md); call in eval mode (BatchNorm running statistics).
 
-        With captions ``(fg, bg)``: [post-BN CLS, post-BN F_f^V, post-BN F_f^T], each L2-normalised -> [B, 3D]
-        (``bg`` is only needed with pooling on). Without captions, or for the baseline model which has no
-        caption features: post-BN CLS, L2-normalised -> [B, D].
+        With captions ``(fg, bg)``, ``feature`` "full": [post-BN CLS, post-BN F_f^V, post-BN F_f^T], each
+        L2-normalised -> [B, 3D]; "text": the caption part [F_f^V, F_f^T] -> [B, 2D]; "image": post-BN CLS
+        -> [B, D] (``bg`` is only needed with pooling on). Without captions, or for the baseline model which
+        has no caption features: post-BN CLS, L2-normalised -> [B, D] ("text" is then an error).
         """
+        if feature not in RETRIEVAL_FEATURES:
+            raise ValueError(f"unknown retrieval feature {feature!r}; choose from {', '.join(RETRIEVAL_FEATURES)}")
         tokens = self.backbone(images)
         cls = F.normalize(self.head.bn(tokens[:, 0]), dim=-1)
-        if captions is None or self.cross_modal is None:
+        if feature == "image" or captions is None or self.cross_modal is None:
+            if feature == "text":
+                raise ValueError("the text feature needs captions and a model with the cross-modal module")
             return cls
         fg, bg = captions
         cm = self._cross(tokens, fg, bg, self.pooling)
         fg_img = F.normalize(self.head_fg_img.bn(cm.fg_img), dim=-1)
         fg_txt = F.normalize(self.head_fg_txt.bn(cm.fg_txt), dim=-1)
-        return torch.cat([cls, fg_img, fg_txt], dim=-1)
+        return torch.cat([cls, fg_img, fg_txt] if feature == "full" else [fg_img, fg_txt], dim=-1)
 
     def attention_maps(self, images: torch.Tensor, fg: Text, bg: Text) -> tuple[torch.Tensor, torch.Tensor]:
         """Head-averaged image->caption attention of CA, (W_f, W_b) [B, 1 + N, M], image rows incl. CLS (Fig. 4)."""

@@ -6,7 +6,7 @@ from tiny_clip import IMAGE_SIZE, NUM_CLASSES, build_tiny
 
 from fba.config import LossConfig, ModelConfig
 from fba.losses import FBALoss
-from fba.model import TextFeatures, build_model
+from fba.model import TextFeatures, build_model, select_feature
 from fba.model.cross_modal import CrossModalModule
 from fba.model.text import TextEncoder
 
@@ -46,6 +46,26 @@ def test_extract(model, images, captions):
     assert model.feature_dim(True) == 3 * WIDTH and model.feature_dim(False) == WIDTH
     maps = model.attention_maps(images, *captions)
     assert maps[0].shape == (4, 7, 77) and maps[1].shape == (4, 7, 77)
+
+
+def test_text_feature_is_the_caption_part_and_select_feature_slices_the_full_one(model, images, captions):
+    model.eval()
+    with torch.no_grad():
+        full = model.extract(images, captions)
+        text = model.extract(images, captions, feature="text")
+        image = model.extract(images, captions, feature="image")
+        out = model(images, *captions)  # pre-BN features; in eval mode BN uses the running statistics
+    want_text = torch.cat([torch.nn.functional.normalize(model.head_fg_img.bn(out["fg_img"]), dim=-1),
+                           torch.nn.functional.normalize(model.head_fg_txt.bn(out["fg_txt"]), dim=-1)], dim=-1)
+    assert text.shape == (4, 2 * WIDTH) and model.feature_dim(True, "text") == 2 * WIDTH
+    torch.testing.assert_close(text, want_text)
+    torch.testing.assert_close(image, model.extract(images))
+    for kind, want in (("full", full), ("image", image), ("text", text)):
+        torch.testing.assert_close(select_feature(full, kind), want)
+    with pytest.raises(ValueError, match="needs captions"):
+        model.extract(images, feature="text")
+    with pytest.raises(ValueError, match="unknown retrieval feature 'caption'"):
+        select_feature(full, "caption")
 
 
 def test_token_ids_and_text_features_give_the_same_outputs(model, images, captions):

@@ -22,6 +22,8 @@ import numpy as np
 from .attributes import COLOURS, SynthError, choose
 
 NOISE_STREAM = 0xCA97
+# The level the demo and the ablation use: every rate below as stated.
+REALISTIC_LEVEL = 1.0
 
 # A colour word is wrong this often in neutral daylight: the garments are a few pixels wide at 128x64 and
 # JPEG-blurred, and LLaVA-style models confuse neighbouring hues (navy/black, beige/white) on such crops.
