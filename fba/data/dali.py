@@ -322,14 +322,14 @@ def build_dali_train_loader(
         raise ValueError("build_dali_train_loader: no training items")
     device_id = default_device_id() if device_id == "auto" else device_id
     sampler = PKSampler([pid for _, pid, _ in items], data.batch_size, data.num_instances, seed=cfg.train.seed,
-                        rank=rank, world_size=world_size)
+                        rank=rank, world_size=world_size, accum_steps=cfg.solver.grad_accum_steps)
 
     def params(rng: np.random.Generator, count: int) -> dict[str, np.ndarray]:
         return sample_train_params(rng, count, data.height, data.width, data.flip_prob, data.padding,
                                    data.erasing_prob)
 
     def build(source: _BatchSource):
-        return _build_pipeline(_train_graph, source, data.batch_size, data.height, data.width, data.num_workers,
+        return _build_pipeline(_train_graph, source, sampler.micro_batch_size, data.height, data.width, data.num_workers,
                                device_id, seed=cfg.train.seed * 1000 + sampler.rank)
 
     return DALITrainLoader(items, sampler, cfg.train.seed, params, build)

@@ -7,10 +7,12 @@ chunks left: P identities at random, one chunk each. Because that draw is random
 differ by a few from one epoch to the next; here the whole epoch is planned up front from ``(seed, epoch)``,
 so ``len()`` is exact for the current epoch.
 
-Several ranks: every rank plans the same global list of batches, and rank ``r`` takes the global batches
-``r, r + W, r + 2W, ...``, cut to ``G // W`` so that all ranks have the same length. Each rank batch is thus a
-whole P x K group (the batch-hard triplet loss needs K images of every identity it sees), ``batch_size`` is
-the batch of *one* rank, and the ranks see disjoint images of an epoch except where an identity was resampled.
+Several ranks, gradient accumulation: ``batch_size`` (P x K) is the *global* batch of one optimiser step, as
+CLIP-ReID's and TransReID's ``IMS_PER_BATCH`` is. Every rank plans the same global list of batches, one per
+optimiser step, so the epoch length and the schedule do not depend on the world size W or the accumulation A.
+Each global batch is cut into W x A parts of P / (W x A) whole identities (K images each): micro-step ``a`` of
+rank ``r`` takes part ``a x W + r``, so the W ranks of one micro-step together hold P / A whole identities
+(docs/distributed.md).
 """
 from __future__ import annotations
 
@@ -49,17 +51,21 @@ class PKSampler(Sampler[int]):
         seed: int = 0,
         rank: int | None = None,
         world_size: int | None = None,
+        accum_steps: int = 1,
     ):
-        if num_instances < 1 or batch_size < num_instances or batch_size % num_instances:
-            raise PKBatchError(
-                f"PKSampler: batch_size ({batch_size}) must be a positive multiple of num_instances ({num_instances})"
-            )
+        from fba.engine.distributed import micro_batch_size
+
+        self.rank, self.world_size = _distributed_default(rank, world_size)
+        if accum_steps < 1:
+            raise PKBatchError(f"PKSampler: accum_steps must be >= 1, got {accum_steps}")
+        self.micro_batch_size = micro_batch_size(batch_size, num_instances, self.world_size, accum_steps)
         self.batch_size = batch_size
         self.num_instances = num_instances
         self.num_pids_per_batch = batch_size // num_instances
+        self.accum_steps = accum_steps
         self.seed = seed
-        self.rank, self.world_size = _distributed_default(rank, world_size)
         self.epoch = 0
+        self.start_batch = 0
         self.index_by_pid: dict[int, list[int]] = {}
         for index, pid in enumerate(pids):
             self.index_by_pid.setdefault(int(pid), []).append(index)
@@ -69,10 +75,8 @@ class PKSampler(Sampler[int]):
                 f"PKSampler: {len(self.index_by_pid)} identities, but a batch needs P = {self.num_pids_per_batch}"
             )
         self._plan: tuple[tuple[int, int], list[list[int]]] | None = None
-        if not self.batches():
-            raise PKBatchError(
-                f"PKSampler: one epoch gives fewer P x K batches than the {self.world_size} ranks need one each"
-            )
+        if not self.global_batches(0):
+            raise PKBatchError(f"PKSampler: one epoch gives no P x K batch of {self.num_pids_per_batch} identities")
 
     def global_batches(self, epoch: int) -> list[list[int]]:
         """The batches of ``epoch`` for all ranks together: the same list on every rank."""
@@ -99,24 +103,31 @@ class PKSampler(Sampler[int]):
         return batches
 
     def batches(self) -> list[list[int]]:
-        """This rank's batches of the current epoch."""
-        batches = self.global_batches(self.epoch)
-        per_rank = len(batches) // self.world_size
-        return batches[self.rank::self.world_size][:per_rank]
+        """This rank's micro-batches of the current epoch, from global batch ``start_batch`` on."""
+        size = self.micro_batch_size
+        mine = []
+        for batch in self.global_batches(self.epoch)[self.start_batch:]:
+            for step in range(self.accum_steps):
+                part = step * self.world_size + self.rank
+                mine.append(batch[part * size:(part + 1) * size])
+        return mine
 
     @property
     def num_batches(self) -> int:
-        return len(self.global_batches(self.epoch)) // self.world_size
+        """Micro-batches this rank yields in the current epoch (from ``start_batch``)."""
+        return (len(self.global_batches(self.epoch)) - self.start_batch) * self.accum_steps
 
-    def set_epoch(self, epoch: int) -> None:
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        """Iterate ``epoch`` from its global batch ``start_batch`` (a resume in the middle of an epoch)."""
         self.epoch = int(epoch)
+        self.start_batch = int(start_batch)
 
     def __iter__(self) -> Iterator[int]:
         for batch in self.batches():
             yield from batch
 
     def __len__(self) -> int:
-        return self.num_batches * self.batch_size
+        return self.num_batches * self.micro_batch_size
 
     def state_dict(self) -> dict[str, int]:
         return {"epoch": self.epoch, "seed": self.seed, "batch_size": self.batch_size,
@@ -137,8 +148,8 @@ class SamplerEpochs:
 
     sampler: PKSampler
 
-    def set_epoch(self, epoch: int) -> None:
-        self.sampler.set_epoch(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.sampler.set_epoch(epoch, start_batch)
 
     def __len__(self) -> int:
         return self.sampler.num_batches

@@ -114,8 +114,8 @@ class TrainLoader(SamplerEpochs):
         self.sampler = sampler
         self.seed = seed
 
-    def set_epoch(self, epoch: int) -> None:
-        super().set_epoch(epoch)
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        super().set_epoch(epoch, start_batch)
         self.loader.generator.manual_seed((self.seed * 1000 + self.sampler.rank) * 100_003 + epoch)
 
     def __iter__(self) -> Iterator[dict[str, torch.Tensor]]:
@@ -125,16 +125,17 @@ class TrainLoader(SamplerEpochs):
 def build_train_loader(
     cfg: Config, items: Sequence[Item], rank: int | None = None, world_size: int | None = None
 ) -> TrainLoader:
-    """P x K batches of the augmented training images; one batch of the DataLoader is one P x K group."""
+    """Augmented training images; one batch of the DataLoader is this rank's part of a global P x K batch
+    (``data.batch_size`` is global: the sampler cuts it into world size x ``solver.grad_accum_steps`` parts)."""
     data = cfg.data
     sampler = PKSampler(
         [pid for _, pid, _ in items], data.batch_size, data.num_instances, seed=cfg.train.seed,
-        rank=rank, world_size=world_size,
+        rank=rank, world_size=world_size, accum_steps=cfg.solver.grad_accum_steps,
     )
     transform = build_train_transform(data.height, data.width, data.flip_prob, data.padding, data.erasing_prob)
     loader = DataLoader(
         ImageDataset(items, transform),
-        batch_size=data.batch_size,
+        batch_size=sampler.micro_batch_size,
         sampler=sampler,
         drop_last=True,
         num_workers=data.num_workers,

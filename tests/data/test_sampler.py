@@ -6,6 +6,7 @@ from collections import Counter
 import pytest
 import torch.distributed as dist
 
+from fba.config import ConfigError
 from fba.data import PKSampler
 
 
@@ -19,8 +20,9 @@ def random_pids(seed: int = 0, num_ids: int = 23) -> list[int]:
 
 def batches_of(sampler: PKSampler) -> list[list[int]]:
     flat = list(sampler)
-    assert len(flat) == len(sampler) and len(flat) % sampler.batch_size == 0
-    return [flat[i:i + sampler.batch_size] for i in range(0, len(flat), sampler.batch_size)]
+    size = sampler.micro_batch_size
+    assert len(flat) == len(sampler) and len(flat) % size == 0
+    return [flat[i:i + size] for i in range(0, len(flat), size)]
 
 
 @pytest.mark.parametrize("batch_size, k", [(16, 4), (12, 3), (10, 5), (7, 1)])
@@ -78,24 +80,44 @@ def test_deterministic_by_seed_and_epoch():
     assert list(a) == first
 
 
-@pytest.mark.parametrize("world_size", [2, 3])
-def test_ranks_are_disjoint_same_length_and_cover_the_global_plan(world_size: int):
+@pytest.mark.parametrize("world_size, accum", [(1, 2), (2, 1), (3, 1), (2, 3)])
+def test_the_global_batch_is_cut_into_whole_identities_for_every_rank_and_micro_step(world_size: int, accum: int):
+    """``batch_size`` is the global batch of an optimiser step at any world size W and accumulation A: the
+    W x A parts of step s (micro-step a of rank r is part a x W + r) put back together are global batch s."""
     pids = random_pids(num_ids=40)
-    samplers = [PKSampler(pids, 8, 4, seed=1, rank=r, world_size=world_size) for r in range(world_size)]
+    samplers = [PKSampler(pids, 24, 4, seed=1, rank=r, world_size=world_size, accum_steps=accum)
+                for r in range(world_size)]
+    single = PKSampler(pids, 24, 4, seed=1)
     for epoch in (0, 5):
+        single.set_epoch(epoch)
         for s in samplers:
             s.set_epoch(epoch)
         per_rank = [batches_of(s) for s in samplers]
-        assert len({len(b) for b in per_rank}) == 1 and len({len(s) for s in samplers}) == 1
-        global_batches = samplers[0].global_batches(epoch)
-        assert len(per_rank[0]) == len(global_batches) // world_size
-        for r, batches in enumerate(per_rank):
-            assert batches == global_batches[r::world_size][:len(batches)]
-            for batch in batches:
-                assert set(Counter(pids[i] for i in batch).values()) == {4}
-        counts = Counter(pids)
-        used = [{i for b in batches for i in b if counts[pids[i]] >= 4} for batches in per_rank]
-        assert all(not used[i] & used[j] for i in range(world_size) for j in range(i + 1, world_size))
+        global_batches = single.global_batches(epoch)
+        assert all(len(b) == len(global_batches) * accum for b in per_rank)  # the same number of optimiser steps
+        assert samplers[0].micro_batch_size == 24 // (world_size * accum)
+        for step, expected in enumerate(global_batches):
+            parts = [per_rank[r][step * accum + a] for a in range(accum) for r in range(world_size)]
+            assert [i for part in parts for i in part] == expected == batches_of(single)[step]
+            for part in parts:
+                assert set(Counter(pids[i] for i in part).values()) == {4}
+
+
+def test_a_resume_in_the_middle_of_an_epoch_starts_at_its_global_batch():
+    pids = random_pids(num_ids=40)
+    sampler = PKSampler(pids, 16, 4, seed=2, rank=1, world_size=2, accum_steps=2)
+    sampler.set_epoch(4)
+    whole = batches_of(sampler)
+    sampler.set_epoch(4, start_batch=3)
+    assert batches_of(sampler) == whole[3 * 2:] and sampler.num_batches == len(whole) - 6
+
+
+def test_a_global_batch_that_does_not_split_is_a_config_error_naming_the_numbers():
+    with pytest.raises(ConfigError, match=r"data.batch_size=8 is 2 identities x 4 images.*world size 3 x "
+                                          r"solver.grad_accum_steps 1 = 3"):
+        PKSampler(random_pids(), 8, 4, rank=0, world_size=3)
+    with pytest.raises(ConfigError, match="world size 2 x solver.grad_accum_steps 2 = 4"):
+        PKSampler(random_pids(), 24, 4, rank=0, world_size=2, accum_steps=2)
 
 
 def test_rank_defaults_from_torch_distributed(monkeypatch):
@@ -120,11 +142,11 @@ def test_state_dict_replays_the_same_order():
 
 
 def test_bad_arguments():
-    with pytest.raises(ValueError, match="multiple of num_instances"):
+    with pytest.raises(ValueError, match="multiple of data.num_instances"):
         PKSampler([0, 1, 2], batch_size=10, num_instances=4)
     with pytest.raises(ValueError, match="3 identities, but a batch needs P = 4"):
         PKSampler([0, 1, 2], batch_size=16, num_instances=4)
     with pytest.raises(ValueError, match="rank"):
         PKSampler([0, 1, 2, 3], batch_size=8, num_instances=4, rank=2, world_size=2)
-    with pytest.raises(ValueError, match="ranks need one each"):
-        PKSampler([0, 1], batch_size=8, num_instances=4, rank=0, world_size=2)
+    with pytest.raises(ValueError, match="2 identities, but a batch needs P = 4"):
+        PKSampler([0, 1], batch_size=16, num_instances=4, rank=0, world_size=2)

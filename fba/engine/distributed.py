@@ -1,0 +1,92 @@
+"""Data-parallel arithmetic and collectives that keep the paper's recipe at any world size (docs/distributed.md).
+
+- :func:`micro_batch_size`: ``data.batch_size`` (P x K) is the global batch of one optimiser step; a rank's
+  micro-batch holds P / (W x A) identities x K images.
+- :func:`gather_with_local_grad`: the features of every rank, concatenated in rank order, for losses that
+  mine across the batch (batch-hard triplet). Only the local slice carries a gradient, scaled by W so that the
+  engine's gradient *average* over ranks gives the gradient of the one global loss.
+- :func:`elastic_restart`: whether this process is a restart by an elastic launcher (``torchrun --max-restarts``).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.distributed as dist
+
+from fba.config import ConfigError
+
+__all__ = ["elastic_restart", "gather_with_local_grad", "gather_no_grad", "micro_batch_size", "world"]
+
+
+def world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group, (0, 1) without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def micro_batch_size(batch_size: int, num_instances: int, world_size: int, accum_steps: int) -> int:
+    """Images in one rank's micro-batch when ``batch_size`` (P x K) is the global batch of an optimiser step.
+
+    Every rank draws whole identities (the triplet loss needs K images of each identity it sees), so P must
+    split evenly into ``world_size x accum_steps`` parts; anything else is refused with the numbers.
+    """
+    if num_instances < 1 or batch_size < num_instances or batch_size % num_instances:
+        raise ConfigError(
+            f"data.batch_size ({batch_size}) must be a positive multiple of data.num_instances ({num_instances})"
+        )
+    identities = batch_size // num_instances
+    parts = world_size * accum_steps
+    if identities % parts:
+        raise ConfigError(
+            f"data.batch_size={batch_size} is {identities} identities x {num_instances} images, which does not split "
+            f"into world size {world_size} x solver.grad_accum_steps {accum_steps} = {parts} equal parts of whole "
+            f"identities; use a data.batch_size whose identity count ({identities}) is a multiple of {parts}"
+        )
+    return identities // parts * num_instances
+
+
+class _GatherWithLocalGrad(torch.autograd.Function):
+    """all_gather in the forward; the backward hands back the local slice's gradient times the world size.
+
+    Every rank computes the same loss of the gathered features, so the sum over ranks of the local slices'
+    gradients (what ``torch.distributed.nn.all_gather``'s backward collects with a second collective) equals
+    W times the local one: no collective is needed in the backward.
+    """
+
+    @staticmethod
+    def forward(ctx, local: torch.Tensor) -> torch.Tensor:
+        rank, size = world()
+        ctx.rank, ctx.size, ctx.rows = rank, size, local.shape[0]
+        parts = [torch.empty_like(local) for _ in range(size)]
+        dist.all_gather(parts, local.contiguous())
+        parts[rank] = local
+        return torch.cat(parts)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        start = ctx.rank * ctx.rows
+        return grad[start:start + ctx.rows] * ctx.size
+
+
+def gather_with_local_grad(local: torch.Tensor) -> torch.Tensor:
+    """[B_local, ...] -> [W x B_local, ...] in rank order; the identity on one rank (same batch size on all)."""
+    if world()[1] == 1:
+        return local
+    return _GatherWithLocalGrad.apply(local)
+
+
+def gather_no_grad(local: torch.Tensor) -> torch.Tensor:
+    """[B_local, ...] -> [W x B_local, ...] in rank order, for labels."""
+    size = world()[1]
+    if size == 1:
+        return local
+    parts = [torch.empty_like(local) for _ in range(size)]
+    dist.all_gather(parts, local.contiguous())
+    return torch.cat(parts)
+
+
+def elastic_restart() -> bool:
+    """True in a worker that an elastic launcher restarted after a failure (torchrun sets the count >= 1)."""
+    return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
