@@ -48,6 +48,7 @@ class ModelConfig:
     cross_layers: int = 4
     text_cache: str | None = None  # directory of the frozen text tower's cached outputs
     kernel: str = "auto"  # auto | reference | triton | cuda
+    sync_bn: bool = False  # BNNeck statistics over all ranks' batch (docs/distributed.md); default per rank
 
 
 @dataclass
@@ -56,6 +57,7 @@ class LossConfig:
     triplet_margin: float = 0.3
     diversity_margin: float = 0.3
     diversity_weight: float = 0.5
+    gather_across_ranks: bool = True  # batch-hard triplet mines over every rank's features (docs/distributed.md)
 
 
 @dataclass
@@ -69,23 +71,25 @@ class SolverConfig:
     final_factor: float = 0.01
     grad_clip: float = 0.0  # 0 disables clipping
     iters_per_epoch: int | None = None  # None: the PK sampler's epoch length; else epochs are cut to this many steps
-    grad_accum_steps: int = 1  # micro-batches per optimiser step (world 1 x 2 micro-batches == world 2 x 1)
+    grad_accum_steps: int = 1  # micro-batches per optimiser step; data.batch_size stays the global batch
 
 
 @dataclass
 class TrainConfig:
     output_dir: str = "runs/default"
     seed: int = 0
-    zero_stage: int = 2
+    zero_stage: str = "auto"  # auto (0 on one rank, 2 on several) | 0 | 1 | 2 | 3 (docs/performance.md)
     precision: str = "auto"  # auto | bf16 | fp16 | fp32
     eval_every: int = 10
-    checkpoint_every: int = 1
+    checkpoint_every: int = 0  # optimiser steps between checkpoints inside an epoch; 0: at epoch ends only
     log_every: int = 20
     compile: str = "auto"  # auto (off on CPU, default on GPU: unmeasured) | off | default | max-autotune | ... (fba.compile_modes)
     keep_checkpoints: int = 2  # full (resumable) checkpoints kept besides best_model.pt
     divergence_factor: float = 10.0  # stop when a logged loss exceeds this times the first one (0: never)
     max_skipped_steps: int = 8  # stop when more optimiser steps than this in a row are skipped (0: never)
     preflight: bool = True  # read every image of every split before the first step
+    engine_mode: str = "auto"  # auto (= autocast) | autocast | lowp_weights (docs/performance.md)
+    auto_resume: bool | None = None  # None: resume when an elastic launcher restarts the workers
 
 
 @dataclass

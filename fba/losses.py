@@ -1,6 +1,11 @@
 """Losses of FBA (SPEC section 5): ID with label smoothing, batch-hard triplet, diversity, and their total.
 
 Every term is returned by name as a detached tensor (no ``.item()``: no host sync in the training step).
+
+Several ranks (docs/distributed.md): with ``loss.gather_across_ranks`` the batch-hard triplet mines over the
+features of every rank's micro-batch, as one GPU with the whole batch would; ID and diversity terms compare an
+image with its own label and its own four features, so their per-rank means averaged by the engine are already
+the global ones.
 """
 from __future__ import annotations
 
@@ -9,6 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fba.config import LossConfig, ModelConfig
+from fba.engine.distributed import gather_no_grad, gather_with_local_grad, world
 
 __all__ = ["FBALoss", "diversity_loss", "id_loss", "pairwise_euclidean", "triplet_loss"]
 
@@ -85,18 +91,23 @@ class FBALoss(nn.Module):
 
     def forward(self, outputs: dict[str, torch.Tensor], pids: torch.Tensor):
         cfg = self.cfg
+        gather = cfg.gather_across_ranks and world()[1] > 1
+        mined_pids = gather_no_grad(pids) if gather else pids
+
+        def triplet(features: torch.Tensor) -> torch.Tensor:
+            features = gather_with_local_grad(features) if gather else features
+            return triplet_loss(features, mined_pids, cfg.triplet_margin)
+
         parts = {
             "id": id_loss(outputs["cls_logits"], pids, cfg.label_smoothing),
-            "tri": triplet_loss(outputs["cls"], pids, cfg.triplet_margin),
+            "tri": triplet(outputs["cls"]),
         }
         total = parts["id"] + parts["tri"]
         if self.cross_modal:
             parts["id_c"] = id_loss(outputs["fg_img_logits"], pids, cfg.label_smoothing) + id_loss(
                 outputs["fg_txt_logits"], pids, cfg.label_smoothing
             )
-            parts["tri_c"] = triplet_loss(outputs["fg_img"], pids, cfg.triplet_margin) + triplet_loss(
-                outputs["fg_txt"], pids, cfg.triplet_margin
-            )
+            parts["tri_c"] = triplet(outputs["fg_img"]) + triplet(outputs["fg_txt"])
             total = total + parts["id_c"] + parts["tri_c"]
         if self.diversity:
             div, div_parts = diversity_loss(

@@ -21,7 +21,7 @@ def test_paper_configs_carry_the_recipe(name, lr):
     assert (cfg.data.height, cfg.data.width, cfg.model.stride, cfg.model.arch) == (384, 128, 12, "ViT-B-16")
     assert (cfg.data.batch_size, cfg.data.num_instances) == (64, 4)
     assert (cfg.solver.epochs, cfg.solver.warmup_epochs, cfg.solver.weight_decay) == (60, 10, 1e-4)
-    assert (cfg.solver.warmup_factor, cfg.solver.final_factor, cfg.train.zero_stage) == (0.001, 0.01, 2)
+    assert (cfg.solver.warmup_factor, cfg.solver.final_factor, cfg.train.zero_stage) == (0.001, 0.01, "auto")
 
 
 def test_cuhk03np_uses_labeled_images():

@@ -17,7 +17,7 @@ from fba.engine.run_lock import RunLock
 from fba.errors import InputError
 
 _ATOMIC_TEMPORARY = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.tmp$")
-_CHECKPOINT_TEMPORARY = re.compile(r"^\.tmp-epoch_\d+$")
+_CHECKPOINT_TEMPORARY = re.compile(r"^\.tmp-epoch_\d+(_step_\d+)?$")  # epoch-end and mid-epoch checkpoints
 
 
 class RunFolderInUseError(InputError):

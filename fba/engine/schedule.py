@@ -42,12 +42,12 @@ class EpochCosineSchedule(LRScheduler):
         self.epoch_start = 0
         super().__init__(optimizer, last_epoch)
 
-    def begin_epoch(self, epoch: int, length: int, done: int = 0) -> None:
-        """Call before the first step of ``epoch``, which will have ``length`` optimiser steps (``done`` of them
-        already taken, when a run stopped mid-epoch resumes)."""
+    def begin_epoch(self, epoch: int, length: int) -> None:
+        """Call before the first step of ``epoch``, which will have ``length`` optimiser steps (not on a mid-epoch
+        resume: the restored state already holds the epoch)."""
         if length < 1:
             raise ValueError(f"epoch {epoch} has no optimiser step (length {length})")
-        self.epoch, self.epoch_length, self.epoch_start = int(epoch), int(length), self.last_epoch - int(done)
+        self.epoch, self.epoch_length, self.epoch_start = int(epoch), int(length), self.last_epoch
         for group, lr in zip(self.optimizer.param_groups, self.get_lr()):
             group["lr"] = lr
         self._last_lr = [group["lr"] for group in self.optimizer.param_groups]

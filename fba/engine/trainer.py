@@ -2,15 +2,15 @@
 
 Launch: one process (``fba train -c ...``, the distributed environment is filled in: rank 0 of 1), several on
 one node or several nodes (``torchrun --nproc_per_node 8 -m fba.cli train -c ...`` or
-``deepspeed --module fba.cli train -c ...``: they set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*). The
-engine runs ZeRO ``train.zero_stage`` (default 2) with ``train.precision``: bf16 where the device has it (on a
-CPU only with native bf16, ``fba.precision``), fp16 with dynamic loss scaling on GPUs without bf16, or fp32.
-On the CPU the backend is gloo, the optimiser torch's Adam, and DeepSpeed's shared-memory collective (a 100 s C++ build) is switched off.
+``deepspeed --module fba.cli train -c ...``: they set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*). The engine
+(``fba.engine.engine_config``: ``train.engine_mode``, ``train.zero_stage``) runs with ``train.precision``: bf16
+where the device has it (on a CPU only with native bf16, ``fba.precision``), fp16 with dynamic loss scaling on
+GPUs without bf16, or fp32. On the CPU the backend is gloo, the optimiser torch's Adam (multi-tensor), and
+DeepSpeed's shared-memory collective (a 100 s C++ build) is switched off.
 
-Batches: ``data.batch_size`` (P x K) is the batch of one rank for one micro-step; an optimiser step sees
-``world_size x solver.grad_accum_steps`` such batches. The sampler gives rank ``r`` the global P x K batches
-``r, r + W, ...``, so world size 2 and world size 1 with ``grad_accum_steps=2`` average the gradients of the
-same batches (the test checks their loss curves agree).
+Batches (docs/distributed.md): ``data.batch_size`` (P x K) is the global batch of one optimiser step at any
+world size W and accumulation A; each rank's micro-step holds P / (W x A) identities x K. The epoch length, the
+learning rate and its schedule are therefore the same at any world size (tested: W=2 against W=1).
 
 Schedule: SPEC §7 per optimiser step as a function of the fractional epoch (``fba.engine.schedule``), because
 the P x K epoch length varies a little from epoch to epoch. With ``solver.iters_per_epoch`` set, epochs are cut
@@ -20,9 +20,16 @@ Text: the captions of each split are tokenised once (or, with ``model.text_cache
 are computed once through the cache) and a step gathers the rows of its batch by ``index``. The step never
 syncs with the host: loss terms are summed on the device and read at the log interval only.
 
-Resume (``--resume``) restores weights, optimiser, schedule, sampler epoch and every rank's RNG, so the loss
-curve continues exactly as an unbroken run's (tested). Augmentation in DataLoader worker processes draws from
-streams seeded by (seed, rank, epoch) when the loader's ``set_epoch`` runs, so it resumes exactly too.
+Resume (``--resume``, or ``train.auto_resume``, on by default when an elastic launcher restarts the workers)
+restores weights, optimiser, schedule, sampler position and every rank's RNG from the checkpoint the ``latest``
+pointer names, or without one from the newest complete checkpoint (it says which; nothing is deleted). A
+checkpoint is written at every epoch end, every ``train.checkpoint_every`` optimiser steps, and when SIGINT /
+SIGTERM stops a run (at the next optimiser-step boundary; exit 130 / 143); a mid-epoch one records the
+optimiser steps of the epoch already done (``epoch_step``), which the sampler skips. The loss curve continues
+exactly as an unbroken run's (tested, also for a worker killed mid-epoch under ``torchrun --max-restarts``).
+The final checkpoint and ``model.pt`` are written before the final evaluation, which a resume runs if it was
+cut short. Augmentation in DataLoader worker processes draws from streams seeded by (seed, rank, epoch) when
+the loader's ``set_epoch`` runs, so it resumes exactly too.
 """
 from __future__ import annotations
 
@@ -48,6 +55,8 @@ import yaml
 from fba.config import Config, ConfigError, load_config
 from fba.compile_modes import compile_kwargs, resolve_compile_mode
 from fba.engine.checkpoint import export_model, load_checkpoint, resume_tag, save_checkpoint
+from fba.engine.distributed import elastic_restart, micro_batch_size
+from fba.engine.engine_config import build_optimizer, initialize_engine, plan_engine
 from fba.engine.guard import DivergenceGuard, TrainingDiverged
 from fba.engine.logger import RunLogger
 from fba.engine.preflight import preflight_dataset
@@ -60,7 +69,6 @@ from fba.metrics import percent_metrics
 from fba.precision import auto_cpu_precision
 
 PRECISIONS = ("auto", "bf16", "fp16", "fp32")
-DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}
 
 
 @dataclass
@@ -130,43 +138,27 @@ def resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def deepspeed_config(cfg: Config, precision: str) -> dict:
-    return {
-        "train_micro_batch_size_per_gpu": cfg.data.batch_size,
-        "gradient_accumulation_steps": cfg.solver.grad_accum_steps,
-        "gradient_clipping": cfg.solver.grad_clip,
-        "zero_optimization": {"stage": cfg.train.zero_stage},
-        "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": precision == "bf16"},
-        "fp16": {"enabled": precision == "fp16", "loss_scale": 0, "initial_scale_power": 16},
-        # Buffers in the parameters' dtype (BatchNorm's running statistics): a bf16 BatchNorm weight with fp32
-        # running statistics is refused by batch_norm.
-        "data_types": {"buffer_dtype": precision},
-        "steps_per_print": 2**31 - 1,
-        "wall_clock_breakdown": False,
-    }
-
-
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
 
 
-def check_trainable(cfg: Config) -> None:
-    """Refuse what cannot be trained before any work starts."""
+def check_trainable(cfg: Config, world_size: int = 1) -> None:
+    """Refuse what cannot be trained before any work starts (before DeepSpeed starts, too)."""
     if cfg.data.test_only or cfg.data.dataset == "occluded_reid":
         raise ConfigError(
             f"data set {cfg.data.dataset!r} is test-only (no training split). As in the paper, train on CUHK03-NP "
             "(fba train -c configs/cuhk03np.yaml) and evaluate that model here: "
             "fba eval -c configs/occluded_reid.yaml --checkpoint runs/cuhk03np/model.pt"
         )
-    if cfg.train.zero_stage not in (0, 1, 2, 3):
-        raise ConfigError(f"train.zero_stage must be 0, 1, 2 or 3, got {cfg.train.zero_stage}")
-    for key in ("eval_every", "checkpoint_every", "log_every"):
+    for key in ("eval_every", "log_every"):
         if getattr(cfg.train, key) < 1:
             raise ConfigError(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
+    if cfg.train.checkpoint_every < 0:
+        raise ConfigError(f"train.checkpoint_every must be >= 0 (0: at epoch ends only), got {cfg.train.checkpoint_every}")
     validate_solver(cfg.solver)
+    micro_batch_size(cfg.data.batch_size, cfg.data.num_instances, world_size, cfg.solver.grad_accum_steps)
 
 
 def load_data(cfg: Config, captions: bool | None = None, eval_only: bool = False):
@@ -227,19 +219,22 @@ class Trainer:
 
     @releases_run_lock_on_error
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False):
-        import deepspeed
-
         from fba.losses import FBALoss
         from fba.model import build_model
+        from fba.model.heads import sync_batchnorm
 
-        check_trainable(cfg)
+        check_trainable(cfg, int(os.environ.get("WORLD_SIZE", "1")))
         self.cfg = cfg
         self.env = env = setup_distributed()
         self.precision = resolve_precision(cfg.train.precision, env.device)
-        self.dtype = DTYPES[self.precision]
+        self.plan = plan_engine(cfg, self.precision, env.world_size)
+        self.dtype = self.plan.compute_dtype
+        self.input_dtype = self.plan.weight_dtype
         self.output_dir = Path(cfg.train.output_dir)
         self.checkpoint_dir = self.output_dir / "checkpoints"
-        self.run_lock = claim_run_folder(self.output_dir, env.rank, resume, overwrite)
+        # an automatic resume (an elastic restart) continues this run's own checkpoints, as --resume does
+        auto = cfg.train.auto_resume if cfg.train.auto_resume is not None else elastic_restart()
+        self.run_lock = claim_run_folder(self.output_dir, env.rank, resume or auto, overwrite)
 
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
         self.dataset, store = load_data(cfg)
@@ -248,37 +243,34 @@ class Trainer:
         self.image_size = (cfg.data.height, cfg.data.width)
         self.num_classes = self.dataset.num_train_pids
         model = build_model(cfg.model, self.num_classes, self.image_size).to(env.device)
+        if cfg.model.sync_bn:
+            sync_batchnorm(model)
         self.train_bank = _caption_bank(self.dataset, "train", store, model, env.device, env)
         self.eval_banks = {
             split: _caption_bank(self.dataset, split, store, model, env.device, env) for split in ("query", "gallery")
         } if cfg.eval.feature == "full" else {"query": None, "gallery": None}
 
-        optimizer = torch.optim.Adam(
-            model.trainable_parameters(), lr=cfg.solver.base_lr, weight_decay=cfg.solver.weight_decay,
-            fused=env.device.type == "cuda",
-        )
+        optimizer = build_optimizer(cfg, model.trainable_parameters(), env.device)
         self.scheduler = EpochCosineSchedule(optimizer, cfg.solver)
         self.loader = build_train_loader(cfg, self.dataset.train, env)
         self._epoch_length(0)  # P x K errors surface here, before DeepSpeed starts
-        self.engine, _, _, _ = deepspeed.initialize(
-            model=model, optimizer=optimizer, lr_scheduler=self.scheduler, config=deepspeed_config(cfg, self.precision)
-        )
+        self.engine = initialize_engine(model, optimizer, self.scheduler, cfg, self.plan)
         compile_mode = resolve_compile_mode(cfg.train.compile, env.device)
         if compile_mode:
             self.engine.compile(compile_kwargs=compile_kwargs(compile_mode))
         self.criterion = FBALoss(cfg.loss, cfg.model)
 
         self.start_epoch, self.step, self.best_map = 0, 0, -1.0
-        self.skip_micro = 0  # micro-batches of start_epoch already trained (a run stopped by a signal)
+        self.start_step_in_epoch = 0  # optimiser steps of start_epoch already done (a mid-epoch checkpoint)
         self.final_eval_pending = False
         self.early_loss: float | None = None
         self.stop = StopRequest()
         self.last_eval: dict[str, float] = {}
         self.best_eval: dict[str, float] = {}
-        resumed = self._resume() if resume else False
+        resumed = self._resume(quiet=not resume) if resume or auto else False
         if not resumed:
             seed_everything(cfg.train.seed * 1000 + env.rank)  # augmentation streams differ between ranks
-            if env.rank == 0 and not resume:
+            if env.rank == 0 and not (resume or auto):
                 self._clear_earlier_run()
         if env.rank == 0:  # after a resume was checked, so a refused one leaves the run's config.yaml alone
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -286,21 +278,26 @@ class Trainer:
         self.guard = DivergenceGuard(cfg.train.divergence_factor, cfg.train.max_skipped_steps,
                                      skipped_so_far=self.engine.skipped_steps, early_loss=self.early_loss)
 
-    def _resume(self) -> bool:
+    def _resume(self, quiet: bool = False) -> bool:
+        """Continue from the newest checkpoint (``--resume``, or ``quiet``: an automatic resume after an elastic
+        restart, which starts afresh without a warning when there is none). Nothing is deleted."""
         tag, how = resume_tag(self.checkpoint_dir)
         if tag is None:
-            warnings.warn(f"--resume: {how}; starting from the beginning (nothing was deleted)", stacklevel=3)
+            if not quiet:
+                warnings.warn(f"--resume: {how}; starting from the beginning (nothing was deleted)", stacklevel=3)
             return False
         if self.env.rank == 0:
             print(how)
         state = load_checkpoint(self.engine, self.checkpoint_dir, tag)
-        self.start_epoch = int(state["epoch"]) + 1
+        if state.get("epoch_step") is None:
+            self.start_epoch = int(state["epoch"]) + 1
+        else:
+            self.start_epoch, self.start_step_in_epoch = int(state["epoch"]), int(state["epoch_step"])
         self.step = int(state["step"])
         self.best_map = float(state["best_map"])
         self.best_eval = dict(state.get("best_eval", {}))
         self.last_eval = dict(state.get("last_eval", {}))
         self.loader.load_state_dict(state["sampler"])
-        self.skip_micro = int(state.get("skip_micro", 0))
         self.final_eval_pending = bool(state.get("final_eval_pending", False))
         self.early_loss = state.get("early_loss")
         if self.env.rank == 0:
@@ -320,7 +317,7 @@ class Trainer:
         return self.engine.module
 
     def _epoch_length(self, epoch: int) -> int:
-        """Micro-batches of ``epoch``: whole optimiser steps only, cut to ``solver.iters_per_epoch`` if set."""
+        """Micro-batches of ``epoch`` (all of it): whole optimiser steps, cut to ``solver.iters_per_epoch`` if set."""
         self.loader.set_epoch(epoch)
         accum = self.cfg.solver.grad_accum_steps
         steps = len(self.loader) // accum
@@ -331,38 +328,41 @@ class Trainer:
 
             raise PKBatchError(
                 f"epoch {epoch}: {len(self.loader)} P x K batches per rank make no optimiser step of "
-                f"{accum} micro-batches; use more identities or a smaller data.batch_size"
+                f"{accum} micro-batches (data.batch_size={self.cfg.data.batch_size} is the global batch); "
+                "use more identities or a smaller data.batch_size"
             )
         return steps * accum
 
     def _batch_inputs(self, batch: dict):
         device = self.env.device
-        images = batch["images"].to(device, non_blocking=True).to(self.dtype)
+        images = batch["images"].to(device, non_blocking=True).to(self.input_dtype)
         pids = batch["pids"].to(device, non_blocking=True)
         fg = bg = None
         if self.train_bank is not None:
-            fg, bg = self.train_bank.select(batch["index"], self.dtype)
+            fg, bg = self.train_bank.select(batch["index"], self.input_dtype)
         return images, pids, fg, bg
 
-    def train_epoch(self, epoch: int) -> int | None:
-        """Train one epoch; returns None when it is complete, or the micro-batches done when a signal stopped it."""
+    def train_epoch(self, epoch: int) -> None:
+        """Train one epoch (the rest of it after a mid-epoch checkpoint). A signal stops it at the next optimiser
+        step boundary with a mid-epoch checkpoint (``epoch_step``) and :class:`TrainingInterrupted`; a signal in
+        the epoch's last step is left to :meth:`_run_epochs`, after the epoch-end checkpoint."""
         cfg, engine = self.cfg, self.engine
+        accum = cfg.solver.grad_accum_steps
         micro_batches = self._epoch_length(epoch)
-        steps = micro_batches // cfg.solver.grad_accum_steps
-        skip, self.skip_micro = (self.skip_micro, 0) if epoch == self.start_epoch else (0, 0)
-        self.scheduler.begin_epoch(epoch, steps, done=skip // cfg.solver.grad_accum_steps)
+        steps = micro_batches // accum
+        done = self.start_step_in_epoch if epoch == self.start_epoch else 0
+        if done == 0:
+            self.scheduler.begin_epoch(epoch, steps)  # a mid-epoch resume restored the scheduler's epoch
+        self.loader.set_epoch(epoch, done)
         engine.train()
-        self.logger.start_epoch(epoch, cfg.solver.epochs, steps)
+        self.logger.start_epoch(epoch, cfg.solver.epochs, steps - done)
         names: list[str] | None = None
         sums: torch.Tensor | None = None
         count = 0
         tick = time.perf_counter()
         batches = iter(self.loader)
-        for micro in range(micro_batches):
-            batch = next(batches)
-            if micro < skip:  # trained before the signal that stopped this epoch
-                continue
-            images, pids, fg, bg = self._batch_inputs(batch)
+        for micro in range(done * accum, micro_batches):
+            images, pids, fg, bg = self._batch_inputs(next(batches))
             outputs = engine(images, fg, bg)
             total, parts = self.criterion({k: v.float() for k, v in outputs.items()}, pids)
             boundary = engine.is_gradient_accumulation_boundary()
@@ -389,9 +389,14 @@ class Trainer:
                 sums, count, tick = None, 0, time.perf_counter()
             else:
                 self.logger.advance()
-            if not last and self.stop.agreed(self.env.world_size, sync_now=logging_now) is not None:
+            epoch_step = (micro + 1) // accum  # at an accumulation boundary here
+            every = cfg.train.checkpoint_every
+            path = None
+            if every and self.step % every == 0 and not last:
+                path = self._save(epoch, epoch_step=epoch_step)
+            if not last and self.stop.agreed(self.env.world_size, sync_now=logging_now or path is not None) is not None:
                 self.logger.end_epoch()
-                return micro + 1
+                self._stop_on_signal(epoch, path or self._save(epoch, epoch_step=epoch_step))
         self.logger.end_epoch()
         return None
 
@@ -400,7 +405,7 @@ class Trainer:
         if self.env.world_size > 1:
             dist.all_reduce(means)
             means = means / self.env.world_size
-        images = count * self.cfg.data.batch_size * self.env.world_size
+        images = count * self.cfg.data.batch_size // self.cfg.solver.grad_accum_steps  # micro-steps x all ranks
         record = {"lr": lr, "images_per_s": images / max(elapsed, 1e-9)}
         record.update({f"loss/{name}": value for name, value in zip(names, means.tolist())})
         return record
@@ -409,7 +414,7 @@ class Trainer:
         """Retrieval metrics on query/gallery (percent); every rank gets them (rank 0 computes unless ZeRO-3)."""
         from fba.engine.embedder import Embedder, RetrievalEval
 
-        everyone = self.cfg.train.zero_stage == 3  # partitioned weights: every rank must run the forward
+        everyone = self.plan.zero_stage == 3  # partitioned weights: every rank must run the forward
         record: dict[str, float] = {}
         feature = ""
         if everyone or self.env.rank == 0:
@@ -445,20 +450,18 @@ class Trainer:
             self._evaluate_and_keep_best(cfg.solver.epochs - 1, best_path)
         exported = False
         for epoch in range(self.start_epoch, cfg.solver.epochs):
-            done = self.train_epoch(epoch)
-            if done is not None:  # a signal stopped the epoch
-                self._stop_on_signal(epoch, self._save_checkpoint(epoch, skip_micro=done))
+            self.train_epoch(epoch)  # a signal inside it stops the run there, after a checkpoint
             epochs_run += 1
             final = epoch == cfg.solver.epochs - 1
             stopping = stop_after_epochs is not None and epochs_run >= stop_after_epochs
             if final:  # checkpoint and model.pt first: a failing final evaluation loses neither
-                self._save_checkpoint(epoch, final_eval_pending=True)
+                self._save(epoch, final_eval_pending=True)
                 exported = bool(self._export(model_path))
             if (epoch + 1) % cfg.train.eval_every == 0 or final:
                 self._evaluate_and_keep_best(epoch, best_path)
             signalled = not final and self.stop.agreed(self.env.world_size, sync_now=True) is not None
-            if not final and ((epoch + 1) % cfg.train.checkpoint_every == 0 or stopping or signalled):
-                path = self._save_checkpoint(epoch)
+            if not final:  # a checkpoint at every epoch end (the final one is written before its evaluation)
+                path = self._save(epoch)
                 if signalled:  # the signal came in the epoch's last step or its evaluation
                     self._stop_on_signal(epoch, path)
             if stopping:
@@ -483,14 +486,14 @@ class Trainer:
             self.best_map, self.best_eval = self.last_eval["eval/mAP"], dict(self.last_eval)
             self._export(best_path)
 
-    def _save_checkpoint(self, epoch: int, skip_micro: int = 0, final_eval_pending: bool = False) -> Path:
-        """Checkpoint after ``epoch`` (or, with ``skip_micro``, after that many micro-batches of it)."""
-        tag = f"epoch_{epoch + 1:04d}" if not skip_micro else f"epoch_{epoch:04d}_step_{self.step:08d}"
+    def _save(self, epoch: int, epoch_step: int | None = None, final_eval_pending: bool = False) -> Path:
+        """The one resumable checkpoint: at the end of ``epoch``, or after its first ``epoch_step`` optimiser
+        steps (``train.checkpoint_every``, or a signal: both stop at an optimiser-step boundary)."""
+        tag = f"epoch_{epoch + 1:04d}" if epoch_step is None else f"epoch_{epoch:04d}_step_{self.step:08d}"
         return save_checkpoint(self.engine, self.checkpoint_dir, tag, {
-            "epoch": epoch if not skip_micro else epoch - 1, "skip_micro": skip_micro, "step": self.step,
-            "best_map": self.best_map, "best_eval": self.best_eval, "last_eval": self.last_eval,
-            "sampler": self.loader.state_dict(), "final_eval_pending": final_eval_pending,
-            "early_loss": self.guard.early_loss,
+            "epoch": epoch, "epoch_step": epoch_step, "step": self.step, "best_map": self.best_map,
+            "best_eval": self.best_eval, "last_eval": self.last_eval, "sampler": self.loader.state_dict(),
+            "final_eval_pending": final_eval_pending, "early_loss": self.guard.early_loss,
         }, keep=self.cfg.train.keep_checkpoints)
 
     def _stop_on_signal(self, epoch: int, path: Path) -> None:
@@ -503,7 +506,7 @@ class Trainer:
         )
 
     def _export(self, path: Path) -> Path:
-        return export_model(self.module, path, self.cfg, self.num_classes, self.image_size, self.cfg.train.zero_stage)
+        return export_model(self.module, path, self.cfg, self.num_classes, self.image_size, self.plan.zero_stage)
 
 
 def signal_name(signum: int | None) -> str:

@@ -142,17 +142,36 @@ def test_test_only_dataset_and_cpu_fp16_are_refused(tiny_root, tmp_path):
 
 
 def test_precision_and_deepspeed_settings_follow_the_config(tiny_root, tmp_path):
-    from fba.engine.trainer import deepspeed_config, resolve_precision
+    from fba.engine.engine_config import deepspeed_config, plan_engine
+    from fba.engine.trainer import resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
     with pytest.raises(ConfigError, match="train.precision must be one of"):
         resolve_precision("fp8", cpu)
-    cfg = tiny_config(tiny_root, tmp_path, "solver.grad_clip=1.5", "train.zero_stage=3", "solver.grad_accum_steps=2")
-    ds = deepspeed_config(cfg, "fp16")
+    cfg = tiny_config(tiny_root, tmp_path, "solver.grad_clip=1.5", "train.zero_stage=3", "solver.grad_accum_steps=2",
+                      "train.engine_mode=lowp_weights", "data.batch_size=16")
+    plan = plan_engine(cfg, "fp16", world_size=2)
+    ds = deepspeed_config(cfg, plan)
     assert ds["gradient_clipping"] == 1.5 and ds["zero_optimization"]["stage"] == 3
-    assert ds["gradient_accumulation_steps"] == 2 and ds["train_micro_batch_size_per_gpu"] == 8
+    # data.batch_size=16 is the global batch: 2 ranks x 2 micro-steps x 1 identity of 4 images
+    assert ds["gradient_accumulation_steps"] == 2 and ds["train_batch_size"] == 16
+    assert ds["train_micro_batch_size_per_gpu"] == 4
     assert ds["fp16"]["enabled"] and ds["fp16"]["loss_scale"] == 0 and not ds["bf16"]["enabled"]
+    assert not ds["torch_autocast"]["enabled"] and plan.weight_dtype == torch.float16
+
+
+def test_a_batch_that_does_not_split_over_the_ranks_is_refused_before_deepspeed_starts(tiny_root, tmp_path,
+                                                                                       monkeypatch):
+    import fba.engine.trainer as trainer
+
+    def no_deepspeed():
+        raise AssertionError("DeepSpeed started before the batch split was checked")
+
+    monkeypatch.setenv("WORLD_SIZE", "3")
+    monkeypatch.setattr(trainer, "setup_distributed", no_deepspeed)
+    with pytest.raises(ConfigError, match=r"data.batch_size=8 is 2 identities x 4 images.*world size 3"):
+        train(tiny_config(tiny_root, tmp_path / "run"))
 
 
 def test_cli_refuses_occluded_reid_config(cli_error):
