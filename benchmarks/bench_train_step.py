@@ -10,10 +10,17 @@ Variants, side by side in one run (``--variants`` picks some):
 - ``+cached-text``: ``TextFeatures`` precomputed (``model.text_cache``): no text tower in the step;
 - ``+compile-backbone``: the backbone through ``torch.compile`` (fuses LayerNorm, QuickGELU, casts);
 - ``+compile``: backbone and cross-modal module (the fused Triton kernel included) through ``torch.compile``;
-- ``+deepspeed``: the ``+cached-text`` step through a DeepSpeed engine (bf16, ZeRO-2), as ``fba train`` runs it.
+- ``+deepspeed``: the ``+cached-text`` step through the DeepSpeed engine that ``fba train`` builds by default
+  on one GPU (``train.engine_mode=autocast``, ZeRO 0: fp32 weights, DeepSpeed's ``torch_autocast``, torch's fused
+  Adam stepping the weights itself);
+- ``+deepspeed-zero2``: the same engine with ZeRO 2 (what several GPUs run), here on one;
+- ``+deepspeed-lowp``: ``train.engine_mode=lowp_weights``: bf16 weights, DeepSpeed's fp32 master copy in ZeRO 2
+  (the trainer's engine before issue 14).
 
-The eager variants keep fp32 weights, run the forward under bf16 autocast and step a (fused on CUDA) Adam; the
-DeepSpeed variant holds bf16 weights with fp32 master copies, as the trainer does. Inputs are synthetic but
+The eager variants keep fp32 weights, run the forward under bf16 autocast and step a (fused on CUDA) Adam. The
+DeepSpeed variants are built by the trainer's own engine construction (``fba.engine.engine_config``:
+``plan_engine``, ``build_optimizer``, ``initialize_engine``) and take the inputs in the dtype the trainer hands
+its engine; the step is the trainer's: forward, ``FBALoss``, ``engine.backward``, ``engine.step``. Inputs are synthetic but
 shaped as the trainer's: a pinned host batch copied to the device each step, P x K identities, and the captions
 of the batch gathered from a ``TextBank`` by index (the real JPEG/DALI input pipeline is ``bench_input``).
 
@@ -73,7 +80,12 @@ class Variant:
     kernel: str = "reference"
     cached_text: bool = False
     compile: tuple[str, ...] = ()  # submodules of FBA put through torch.compile
-    deepspeed: bool = False
+    engine_mode: str | None = None  # train.engine_mode of a DeepSpeed engine; None: the eager step
+    zero_stage: str = "auto"
+
+    @property
+    def deepspeed(self) -> bool:
+        return self.engine_mode is not None
 
 
 VARIANTS = {v.name: v for v in (
@@ -82,9 +94,11 @@ VARIANTS = {v.name: v for v in (
     Variant("+cached-text", kernel="triton", cached_text=True),
     Variant("+compile-backbone", kernel="triton", cached_text=True, compile=("backbone",)),
     Variant("+compile", kernel="triton", cached_text=True, compile=("backbone", "cross_modal")),
-    Variant("+deepspeed", kernel="triton", cached_text=True, deepspeed=True),
+    Variant("+deepspeed", kernel="triton", cached_text=True, engine_mode="autocast"),
+    Variant("+deepspeed-zero2", kernel="triton", cached_text=True, engine_mode="autocast", zero_stage="2"),
+    Variant("+deepspeed-lowp", kernel="triton", cached_text=True, engine_mode="lowp_weights"),
 )}
-SMOKE_VARIANTS = ("eager-reference", "+cached-text", "+deepspeed")
+SMOKE_VARIANTS = ("eager-reference", "+cached-text", "+deepspeed", "+deepspeed-zero2", "+deepspeed-lowp")
 SECTIONS = ("data", "backbone_fwd", "text_fwd", "cross_modal_fwd", "heads_fwd", "loss_fwd", "after_backbone_bwd",
             "backbone_bwd", "optimizer", "other")
 WORDS = ("a man woman person wearing red blue black white grey green jacket shirt dress jeans trousers backpack bag "
@@ -236,37 +250,39 @@ def _text_bank(model, captions: tuple[list[str], list[str]], cached: bool, devic
     return TextBank(*tokens)
 
 
-def _deepspeed_engine(model, model_cfg: ModelConfig, shape: Shape, lr: float):
-    import deepspeed
+def _deepspeed_engine(model, model_cfg: ModelConfig, shape: Shape, variant: Variant):
+    """The engine ``fba train`` builds for this model on one rank; returns (engine, the dtype of its inputs)."""
+    from fba.engine.engine_config import build_optimizer, initialize_engine, plan_engine
+    from fba.engine.trainer import setup_distributed
 
-    from fba.engine.trainer import deepspeed_config, setup_distributed
-
-    setup_distributed()
+    env = setup_distributed()
     cfg = Config(model=model_cfg)
     cfg.data.batch_size = shape.batch
     cfg.data.num_instances = shape.num_instances
-    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=lr, weight_decay=1e-4,
-                                 fused=next(model.parameters()).is_cuda)
-    engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, config=deepspeed_config(cfg, "bf16"))
-    return engine
+    cfg.train.engine_mode, cfg.train.zero_stage = variant.engine_mode, variant.zero_stage
+    plan = plan_engine(cfg, "bf16", env.world_size)
+    optimizer = build_optimizer(cfg, model.trainable_parameters(), env.device)
+    return initialize_engine(model, optimizer, None, cfg, plan), plan.weight_dtype
 
 
 def run_variant(variant: Variant, shape: Shape, device: torch.device, peaks: dict[str, float | None]) -> dict:
     """Build the model for ``variant``, run warm-up and timed steps; one result row."""
     kernel = resolve_kernel(variant.kernel, device)
     row: dict = {"variant": variant.name, "kernel": kernel, "cached_text": variant.cached_text,
-                 "compile": "+".join(variant.compile), "deepspeed": variant.deepspeed, "batch": shape.batch}
+                 "compile": "+".join(variant.compile), "deepspeed": variant.deepspeed,
+                 "engine_mode": variant.engine_mode, "zero_stage": variant.zero_stage if variant.deepspeed else None,
+                 "batch": shape.batch}
     free_memory(device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     setup_start = time.perf_counter()
     model_cfg, model = build_bench_model(shape, kernel, device)
-    dtype = torch.bfloat16
+    dtype = input_dtype = torch.bfloat16
     captions = (synthetic_captions(4 * shape.batch, seed=1), synthetic_captions(4 * shape.batch, seed=2))
     bank = _text_bank(model, captions, variant.cached_text, device)
     criterion = FBALoss(Config().loss, model_cfg)
     if variant.deepspeed:
-        engine = _deepspeed_engine(model, model_cfg, shape, lr=8e-5)
+        engine, input_dtype = _deepspeed_engine(model, model_cfg, shape, variant)
         forward, backward, step = engine, engine.backward, engine.step
         autocast = contextlib.nullcontext()
     else:
@@ -293,9 +309,9 @@ def run_variant(variant: Variant, shape: Shape, device: torch.device, peaks: dic
 
     def train_step(i: int) -> None:
         marks.mark("start")
-        images = host_images.to(device, non_blocking=True).to(dtype)
+        images = host_images.to(device, non_blocking=True).to(input_dtype)
         pids = host_pids.to(device, non_blocking=True)
-        fg, bg = bank.select(indices[i], dtype)
+        fg, bg = bank.select(indices[i], input_dtype)
         marks.mark("data")
         with autocast:
             outputs = forward(images, fg, bg)
