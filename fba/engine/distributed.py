@@ -6,6 +6,7 @@
   mine across the batch (batch-hard triplet). Only the local slice carries a gradient, scaled by W so that the
   engine's gradient *average* over ranks gives the gradient of the one global loss.
 - :func:`elastic_restart`: whether this process is a restart by an elastic launcher (``torchrun --max-restarts``).
+- :func:`init_process_group`: the default process group, under a store prefix of its own per elastic attempt.
 """
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ import torch.distributed as dist
 
 from fba.config import ConfigError
 
-__all__ = ["elastic_restart", "gather_with_local_grad", "gather_no_grad", "micro_batch_size", "world"]
+__all__ = ["elastic_restart", "gather_with_local_grad", "gather_no_grad", "init_process_group", "micro_batch_size",
+           "world"]
 
 
 def world() -> tuple[int, int]:
@@ -90,3 +92,17 @@ def gather_no_grad(local: torch.Tensor) -> torch.Tensor:
 def elastic_restart() -> bool:
     """True in a worker that an elastic launcher restarted after a failure (torchrun sets the count >= 1)."""
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
+
+
+def init_process_group(backend: str) -> None:
+    """``env://`` rendezvous, then the default process group on a store prefixed by the elastic attempt.
+
+    torchrun's workers share the agent's store across restarts; a restarted group that keys its gloo connections
+    in it as the first attempt did can read an address of the dead attempt and fail with "connectFullMesh ...
+    Connection refused" (seen in about half of the restarts of tests/engine/test_world_size.py). A prefix per
+    ``TORCHELASTIC_RESTART_COUNT`` keeps every attempt's keys apart.
+    """
+    store, rank, size = next(dist.rendezvous("env://"))
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(backend, store=dist.PrefixStore(f"fba/attempt_{attempt}", store), rank=rank,
+                            world_size=size)

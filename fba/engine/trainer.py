@@ -55,7 +55,7 @@ import yaml
 from fba.config import Config, ConfigError, load_config
 from fba.compile_modes import compile_kwargs, resolve_compile_mode
 from fba.engine.checkpoint import export_model, load_checkpoint, resume_tag, save_checkpoint
-from fba.engine.distributed import elastic_restart, micro_batch_size
+from fba.engine.distributed import elastic_restart, init_process_group, micro_batch_size
 from fba.engine.engine_config import build_optimizer, initialize_engine, plan_engine
 from fba.engine.guard import DivergenceGuard, TrainingDiverged
 from fba.engine.logger import RunLogger
@@ -116,7 +116,8 @@ def setup_distributed() -> DistEnv:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         device = torch.device("cpu")
     if not dist.is_initialized():
-        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")
+        init_process_group("nccl" if on_gpu else "gloo")
+        deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")  # adopts torch's process group
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
 

@@ -53,7 +53,7 @@ def main() -> None:
     parser.add_argument("--kill-rank", type=int)
     parser.add_argument("--kill-at-step", type=int)
     parser.add_argument("overrides", nargs="*")
-    args = parser.parse_args()
+    args = parser.parse_intermixed_args()
     args.out.mkdir(parents=True, exist_ok=True)
     record_batches(args.out)
     if args.kill_at_step is not None:

@@ -21,7 +21,7 @@ MODES = {  # name: overrides
     "fp32": ("train.precision=fp32",),
 }
 COMMON = ("solver.epochs=2", "train.checkpoint_every=2")
-BF16_RTOL = 0.05  # max relative difference per step of any loss term against fp32 (measured: docs/performance.md)
+BF16_RTOL = 0.03  # any loss term against fp32, relative to the total, per step (measured: docs/performance.md)
 
 
 class Crash(Exception):
@@ -71,12 +71,13 @@ def test_autocast_on_one_rank_is_the_eager_step(root, tmp_path):
 def test_loss_curves_of_the_bf16_modes_agree_with_fp32(runs, mode):
     reference, got = _records(runs("fp32")), _records(runs(mode))
     assert [r["step"] for r in got] == [r["step"] for r in reference] == list(range(1, 9))
-    diffs = [max(abs(a[k] - b[k]) / abs(a[k]) for k in LOSS_KEYS) for a, b in zip(reference, got)]
+    # any term's difference relative to the step's total loss (a satisfied triplet margin makes a term exactly 0)
+    diffs = [max(abs(a[k] - b[k]) for k in LOSS_KEYS) / abs(a["loss/total"]) for a, b in zip(reference, got)]
     print(f"\n{mode} vs fp32: max relative loss difference per step {max(diffs):.3g}")
     assert max(diffs) < BF16_RTOL
     if mode == "autocast-zero2":  # ZeRO 2 partitions the same fp32 Adam step: the same numbers as ZeRO 0
         assert [r["loss/total"] for r in got] == pytest.approx([r["loss/total"] for r in _records(runs("autocast"))],
-                                                               rel=1e-6)
+                                                               rel=1e-6)  # measured: identical
 
 
 @pytest.mark.slow

@@ -1,10 +1,8 @@
-"""The DeepSpeed trainer end to end on a tiny captioned data set (tiny CLIP, 64x32 images, CPU, bf16, ZeRO 2)."""
+"""The DeepSpeed trainer end to end on a tiny captioned data set (tiny CLIP, 64x32 images, CPU, bf16, one rank;
+several ranks: test_world_size.py, engine modes: test_engine_modes.py)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -176,40 +174,3 @@ def test_a_batch_that_does_not_split_over_the_ranks_is_refused_before_deepspeed_
 
 def test_cli_refuses_occluded_reid_config(cli_error):
     cli_error(["train", "-c", "configs/occluded_reid.yaml"], "test-only")
-
-
-DRIVER = """
-import sys
-sys.path.insert(0, {tests!r})
-from pathlib import Path
-from _tiny_run import tiny_config
-from fba.engine.trainer import train
-train(tiny_config(Path({root!r}), Path({out!r}), *{overrides!r}))
-"""
-
-DETERMINISTIC = ("data.flip_prob=0", "data.padding=0", "data.erasing_prob=0", "train.zero_stage=2")
-
-
-@pytest.mark.slow
-def test_two_ranks_match_one_rank_with_two_micro_batches(tiny_root, tmp_path):
-    """World size 2 (each rank a whole P x K batch) == world size 1 accumulating the same two batches per step."""
-    driver = tmp_path / "driver.py"
-    out = tmp_path / "two_ranks"
-    driver.write_text(DRIVER.format(tests=str(Path(__file__).parent), root=str(tiny_root), out=str(out),
-                                    overrides=DETERMINISTIC))
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT", "LOCAL_WORLD_SIZE")}
-    env["OMP_NUM_THREADS"] = "1"
-    from fba.engine.trainer import _free_port
-
-    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-               "--master-port", str(_free_port()), str(driver)]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600, cwd=tmp_path)
-    assert done.returncode == 0, done.stderr[-4000:]
-    single = train(tiny_config(tiny_root, tmp_path / "one_rank", *DETERMINISTIC, "solver.grad_accum_steps=2"))
-    two, _ = _records(out / "metrics.jsonl")
-    one, _ = _records(single.metrics_path)
-    assert len(two) == len(one) == 4
-    for a, b in zip(one, two):
-        assert a["lr"] == pytest.approx(b["lr"], rel=1e-9)
-        assert b["loss/total"] == pytest.approx(a["loss/total"], rel=5e-3)  # without accumulation: 2e-2 off
