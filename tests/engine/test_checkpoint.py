@@ -13,7 +13,8 @@ import torch
 from fba.config import Config, SolverConfig, load_config
 from fba.engine import checkpoint as ckpt
 from fba.engine.schedule import EpochCosineSchedule
-from fba.engine.trainer import deepspeed_config, setup_distributed
+from fba.engine.engine_config import EnginePlan, deepspeed_config
+from fba.engine.trainer import setup_distributed
 
 
 def _engine(seed: int = 0):
@@ -27,7 +28,7 @@ def _engine(seed: int = 0):
     cfg = Config()
     cfg.data.batch_size = 4
     engine, _, _, _ = deepspeed.initialize(model=model, optimizer=optimizer, lr_scheduler=scheduler,
-                                           config=deepspeed_config(cfg, "bf16"))
+                                           config=deepspeed_config(cfg, EnginePlan("lowp_weights", "bf16", 2, 1)))
     scheduler.begin_epoch(0, 5)
     return engine, scheduler
 
