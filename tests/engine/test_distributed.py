@@ -80,6 +80,7 @@ def _worker(rank: int, world_size: int, init_file: str, results: dict) -> None:
         dist.destroy_process_group()
 
 
+@pytest.mark.slow  # two spawned interpreters importing torch: ~40 s on a loaded 2-core machine
 def test_gathered_triplet_and_sync_batchnorm_equal_one_process_with_the_whole_batch(tmp_path):
     manager = mp.Manager()
     results = manager.dict()
