@@ -97,9 +97,12 @@ def test_partial_files_of_dead_writers_are_swept(tmp_path):
     stale = tmp_path / f".model.pt.{dead_pid}-0123abcd.tmp"
     live = tmp_path / f".model.pt.{os.getppid()}-0123abcd.tmp"  # a live writer's: kept
     partial = tmp_path / "checkpoints" / ".tmp-epoch_0004"
+    mid_epoch = tmp_path / "checkpoints" / ".tmp-epoch_0004_step_00000012"  # train.checkpoint_every or a signal
     for path in (stale, live):
         path.write_bytes(b"x" * 10)
     partial.mkdir(parents=True)
+    mid_epoch.mkdir()
     (tmp_path / "keep.tmp").write_bytes(b"")  # not of our naming
-    assert sorted(sweep_partial_files(tmp_path)) == sorted([stale, partial])
+    assert sorted(sweep_partial_files(tmp_path)) == sorted([stale, partial, mid_epoch])
     assert live.exists() and (tmp_path / "keep.tmp").exists() and not stale.exists() and not partial.exists()
+    assert not mid_epoch.exists()
