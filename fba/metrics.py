@@ -7,11 +7,13 @@ distance keep their gallery order (a stable sort by ``(distance, gallery index)`
 """
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
 _BACKENDS = ("auto", "numpy", "cpp")
+PairDistance = Callable[[np.ndarray, np.ndarray], np.ndarray]
 JUNK_PID = -1
 _ROWS_PER_CHUNK = 256
 
@@ -227,12 +229,14 @@ def _reciprocal(neighbours: np.ndarray) -> np.ndarray:
     return (neighbours[neighbours] == rows).any(axis=2)
 
 
-def _expanded_weights(dist: np.ndarray, rank: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
+def _expanded_weights(pair_dist: PairDistance, rank: np.ndarray, k1: int) -> tuple[np.ndarray, np.ndarray]:
     """Rows of V before query expansion: Gaussian weights over each item's expanded k-reciprocal set.
 
+    ``pair_dist(rows, cols)`` gives the (squared, row-normalised) distances of those pairs: read from the joint
+    matrix in memory, or computed from the features by the bounded re-ranking (fba.streaming.rerank).
     Returned padded as ``(columns, weights)`` [N, L], columns ascending; padding has column N and weight 0.
     """
-    num = len(dist)
+    num = len(rank)
     forward = rank[:, : k1 + 1]
     half = rank[:, : int(np.around(k1 / 2.0)) + 1]
     recip = _reciprocal(forward)
@@ -256,7 +260,7 @@ def _expanded_weights(dist: np.ndarray, rank: np.ndarray, k1: int) -> tuple[np.n
         row_ids, cols = np.nonzero(in_set)
         slots = np.arange(len(cols)) - np.repeat(np.cumsum(counts) - counts, counts)
         block_weights = np.zeros((len(f), width), dtype=np.float32)
-        block_weights[row_ids, slots] = np.exp(-dist[start + row_ids, cols])
+        block_weights[row_ids, slots] = np.exp(-pair_dist(start + row_ids, cols))
         block_weights /= block_weights.sum(1, keepdims=True)
         columns[start + row_ids, slots] = cols
         weights[start:start + len(f)] = block_weights
@@ -284,6 +288,17 @@ def _query_expanded(columns: np.ndarray, weights: np.ndarray, rank: np.ndarray, 
         cols_out.append(c)
         vals_out.append(dense[r, c])
     return np.concatenate(rows_out), np.concatenate(cols_out), np.concatenate(vals_out)
+
+
+def neighbourhood_vectors(pair_dist: PairDistance, rank: np.ndarray, k1: int, k2: int) -> tuple[np.ndarray, ...]:
+    """The sparse k-reciprocal neighbourhood vectors V (after query expansion over ``k2``) as row-major COO
+    ``(rows, cols, vals)``, from the stable neighbour lists ``rank`` [N, >= max(k1 + 1, k2) or N] and the pair
+    distances. Needs O(N * k1^2) memory, never N^2."""
+    columns, weights = _expanded_weights(pair_dist, rank, k1)
+    if k2 > 1:
+        return _query_expanded(columns, weights, rank, k2)
+    rows, slots = np.nonzero(columns < len(rank))
+    return rows, columns[rows, slots], weights[rows, slots]
 
 
 def _inverted_index(rows, cols, vals, num: int) -> tuple[np.ndarray, ...]:
@@ -343,13 +358,7 @@ def re_rank(q_g: Any, q_q: Any, g_g: Any, k1: int = 20, k2: int = 6, lambda_valu
     dist /= dist.max(axis=1, keepdims=True)
 
     rank = _topk_stable(dist, max(k1 + 1, k2))
-    columns, weights = _expanded_weights(dist, rank, k1)
-    if k2 > 1:
-        rows, cols, vals = _query_expanded(columns, weights, rank, k2)
-    else:
-        rows, cols = np.nonzero(columns < num)
-        vals = weights[rows, cols]
-        cols = columns[rows, cols]
+    rows, cols, vals = neighbourhood_vectors(lambda r, c: dist[r, c], rank, k1, k2)
     inverted = _inverted_index(rows, cols, vals, num)
     final = np.empty((num_query, num_gallery), dtype=np.float32)
     block = 64

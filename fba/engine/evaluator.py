@@ -16,7 +16,7 @@ import numpy as np
 
 from fba.engine.features_io import FeatureSet, FeaturesFileError, load_features
 from fba.errors import UsageError
-from fba.metrics import evaluate, pairwise_distance, percent_metrics, re_rank
+from fba.metrics import percent_metrics
 
 METRICS = ("cosine", "euclidean")
 
@@ -31,17 +31,19 @@ def evaluate_features(
     metric: str = "cosine",
     rerank: bool = False,
     max_rank: int = 50,
+    **scale: Any,
 ) -> dict:
-    """Distances, optional k-reciprocal re-ranking (SPEC §8 defaults), then :func:`fba.metrics.evaluate`.
+    """Distances, optional k-reciprocal re-ranking (SPEC §8 defaults), then :func:`fba.metrics.evaluate`; in
+    gallery blocks above a size threshold (``scale``: ``aqe``, ``block``, ``streaming``, ``progress`` of
+    :func:`fba.streaming.score_features`, docs/retrieval.md).
 
-    Returns the metrics dict of ``evaluate`` plus ``metric``, ``rerank``, ``num_query`` and ``num_gallery``.
+    Returns the metrics dict of ``evaluate`` plus ``metric``, ``rerank``, ``aqe``, ``streaming``, ``num_query``
+    and ``num_gallery``.
     """
-    distmat = pairwise_distance(qf, gf, metric=metric)
-    if rerank:
-        distmat = re_rank(distmat, pairwise_distance(qf, qf, metric=metric), pairwise_distance(gf, gf, metric=metric))
-    metrics = evaluate(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=max_rank)
-    metrics.update(metric=metric, rerank=bool(rerank), num_query=len(distmat), num_gallery=distmat.shape[1])
-    return metrics
+    from fba.streaming import score_features
+
+    return score_features(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=metric, rerank=rerank,
+                          max_rank=max_rank, **scale)
 
 
 def format_metrics(metrics: dict) -> str:
@@ -53,9 +55,12 @@ def format_metrics(metrics: dict) -> str:
     rows.append(("valid queries", valid))
     if "num_gallery" in metrics:
         rows.append(("gallery", str(metrics["num_gallery"])))
-    for key, label in (("feature", "feature"), ("metric", "distance"), ("rerank", "re-ranking")):
+    for key, label in (("feature", "feature"), ("metric", "distance"), ("rerank", "re-ranking"),
+                       ("aqe", "query expansion"), ("streaming", "streamed")):
         if key in metrics:
             value = metrics[key]
+            if key == "aqe":
+                value = f"k={value}" if value else False
             rows.append((label, ("on" if value else "off") if isinstance(value, bool) else str(value)))
     width = max(len(name) for name, _ in rows)
     value_width = max(len(value) for _, value in rows)
@@ -78,6 +83,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options = parser.add_argument_group("evaluation")
     options.add_argument("--metric", choices=METRICS, default="cosine", help="distance between features")
     options.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")
+    options.add_argument("--aqe", type=int, default=0, metavar="K",
+                         help="average query expansion over the K most similar features (fast-reid's aqe; 0: off)")
+    options.add_argument("--aqe-alpha", type=float, default=3.0, help="weight exponent of query expansion")
+    options.add_argument("--block", type=int, default=4096, help="gallery rows per block on the streaming path")
+    options.add_argument("--streaming", choices=("auto", "on", "off"), default="auto",
+                         help="evaluate in gallery blocks (auto: above 5e7 distances, docs/retrieval.md)")
     options.add_argument("--max-rank", type=int, default=50, help="length of the CMC curve")
     options.add_argument("--json", type=Path, metavar="OUT", help="also write the metrics as JSON to OUT")
 
@@ -116,7 +127,8 @@ def _run_features(args: argparse.Namespace) -> dict:
     query, gallery = _split_rows(fs, args.features)
     metrics = evaluate_features(
         query.features, gallery.features, query.pids, gallery.pids, query.camids, gallery.camids,
-        metric=args.metric, rerank=args.rerank, max_rank=args.max_rank,
+        metric=args.metric, rerank=args.rerank, max_rank=args.max_rank, aqe=args.aqe, aqe_alpha=args.aqe_alpha,
+        block=args.block, streaming=args.streaming, progress=True,
     )
     if "feature" in fs.meta:
         metrics["feature"] = fs.meta["feature"]

@@ -1,0 +1,243 @@
+"""Exact mAP, CMC and mINP from distance blocks: the whole query x gallery matrix is never held.
+
+A query's metrics need only the rank of each of its true matches among the gallery items that count for it
+(SPEC §8: same id *and* camera dropped, junk id -1 dropped, distractors kept as wrong). That rank is the number
+of kept wrong items closer than the match, or at the same distance with a smaller gallery index (the stable
+order of :func:`fba.metrics.evaluate`), plus the matches before it. So each query chunk is streamed twice:
+
+1. the blocks holding a true match of the chunk give the matches' distances (few per query), sorted;
+2. every block is bucketed against them (``searchsorted``): a histogram of wrong items per gap between
+   consecutive matches, whose running sum is the count before each match. Exact ties with a match distance
+   are settled by gallery index, one by one (they are rare).
+
+A block's distances must come out bit for bit the same in both passes, which holds as both compute the same
+block with the same shapes. The result equals the in-memory ranking exactly on the same distances, and memory
+is bounded by ``query_block x gallery_block`` (plus a few numbers per true match).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from fba.metrics import JUNK_PID, _summarise, as_numpy
+from fba.streaming.rows import (
+    block_distance, check_metric, check_source, compute_dtype, num_rows, output_dtype, prepare, read_rows,
+    source_device,
+)
+
+DEFAULT_GALLERY_BLOCK = 4096
+DEFAULT_QUERY_BLOCK = 2048
+
+
+class DistanceBlocks(Protocol):
+    """Distances of query rows ``q0:q1`` to gallery rows ``g0:g1`` on demand, bit for bit the same every call."""
+
+    num_query: int
+    num_gallery: int
+
+    def block(self, q0: int, q1: int, g0: int, g1: int) -> torch.Tensor: ...
+
+
+class FeatureDistances:
+    """Distance blocks computed from query and gallery features (any source of :mod:`fba.streaming.rows`).
+
+    ``precision="float64"`` is the in-memory path's arithmetic (:func:`fba.metrics.pairwise_distance`: float64,
+    rounded to float32); ``"float32"`` is about twice as fast on a CPU, with float32 rounding in the distances.
+    The query chunk last asked for is kept prepared, so a chunk's gallery blocks reuse it.
+    """
+
+    def __init__(self, qf: Any, gf: Any, metric: str = "cosine", precision: str = "float64",
+                 device: torch.device | str | None = None):
+        check_metric(metric)
+        dim = check_source("query features", qf)
+        check_source("gallery features", gf, dim)
+        self.qf, self.gf, self.metric = qf, gf, metric
+        self.dtype = compute_dtype(precision)
+        self.out_dtype = output_dtype(qf, gf)
+        self.device = torch.device(device) if device is not None else source_device(qf, gf)
+        self.num_query, self.num_gallery = num_rows(qf), num_rows(gf)
+        self._query: tuple[tuple[int, int], Any] | None = None
+
+    def query_rows(self, q0: int, q1: int):
+        if self._query is None or self._query[0] != (q0, q1):
+            self._query = ((q0, q1), prepare(read_rows(self.qf, q0, q1, self.device), self.metric, self.dtype))
+        return self._query[1]
+
+    def block(self, q0: int, q1: int, g0: int, g1: int) -> torch.Tensor:
+        gallery = prepare(read_rows(self.gf, g0, g1, self.device), self.metric, self.dtype)
+        return block_distance(self.query_rows(q0, q1), gallery, self.metric, self.out_dtype)
+
+
+def _match_lists(q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray, g_camids: np.ndarray):
+    """Per query, the gallery indices of its true matches (same id, other camera, not junk), ascending, padded
+    with -1 to the longest list: ``(indices [Q, P], counts [Q])``."""
+    order = np.argsort(g_pids, kind="stable")
+    sorted_pids = g_pids[order]
+    lo = np.searchsorted(sorted_pids, q_pids, side="left")
+    hi = np.searchsorted(sorted_pids, q_pids, side="right")
+    lists = []
+    for q in range(len(q_pids)):
+        if q_pids[q] == JUNK_PID:
+            lists.append(order[:0])
+            continue
+        same_id = order[lo[q]:hi[q]]
+        lists.append(np.sort(same_id[g_camids[same_id] != q_camids[q]]))
+    counts = np.array([len(m) for m in lists], dtype=np.int64)
+    indices = np.full((len(q_pids), max(1, int(counts.max(initial=0)))), -1, dtype=np.int64)
+    for q, matches in enumerate(lists):
+        indices[q, :len(matches)] = matches
+    return indices, counts
+
+
+def _ids(name: str, values: Any, expected: int) -> np.ndarray:
+    values = as_numpy(values)
+    if values.ndim != 1 or len(values) != expected:
+        raise ValueError(f"{name} must be 1-D with {expected} entries, got shape {values.shape}")
+    if not np.issubdtype(values.dtype, np.integer):
+        raise ValueError(f"{name} must hold integers, got dtype {values.dtype}")
+    return values.astype(np.int64)
+
+
+def _rank_chunk(source: DistanceBlocks, q0: int, q1: int, match_idx: torch.Tensor,
+                q_pids: torch.Tensor, g_pids: torch.Tensor, gallery_block: int, bar) -> torch.Tensor:
+    """The 0-based rank of every true match of queries ``q0:q1`` among their kept gallery items, [n, P] (padding
+    entries are garbage), matches in their ranked order."""
+    n, width = match_idx.shape
+    num_gallery = source.num_gallery
+    blocks = [(g0, min(g0 + gallery_block, num_gallery)) for g0 in range(0, num_gallery, gallery_block)]
+    valid = match_idx >= 0
+    # Pass 1: the distances of the matches, from the blocks that hold one.
+    holding = torch.unique(match_idx[valid] // gallery_block).tolist()
+    match_dist = None
+    for b in holding:
+        g0, g1 = blocks[b]
+        dist = source.block(q0, q1, g0, g1)
+        if match_dist is None:  # the chunk has a match, so this runs at least once
+            match_dist = torch.full((n, width), math.inf, dtype=dist.dtype, device=dist.device)
+            match_idx = match_idx.to(dist.device)
+            valid = valid.to(dist.device)
+        inside = valid & (match_idx >= g0) & (match_idx < g1)
+        rows, slots = inside.nonzero(as_tuple=True)
+        match_dist[rows, slots] = dist[rows, match_idx[rows, slots] - g0]
+    device = match_dist.device
+    match_dist, order = torch.sort(match_dist, dim=1, stable=True)  # indices ascend: ties stay by gallery index
+    match_idx = torch.gather(match_idx, 1, order)
+    q_pids, g_pids = q_pids.to(device), g_pids.to(device)
+    # Pass 2: wrong items per gap between consecutive matches, and ties with a match settled by gallery index.
+    histogram = torch.zeros((n, width + 2), dtype=torch.int64, device=device)
+    tied_before = torch.zeros((n, width), dtype=torch.int64, device=device)
+    dump = torch.tensor(width + 1, device=device)
+    for g0, g1 in blocks:
+        dist = source.block(q0, q1, g0, g1)
+        if torch.isnan(dist).any():
+            raise ValueError(f"distances of queries {q0}:{q1} to gallery {g0}:{g1} hold NaN: the ranking is undefined")
+        block_pids = g_pids[g0:g1]
+        wrong = (block_pids[None, :] != q_pids[:, None]) & (block_pids != JUNK_PID)[None, :]
+        after = torch.searchsorted(match_dist, dist.contiguous(), right=True)  # matches at distance <= d
+        tied = wrong & (after > 0) & (torch.gather(match_dist, 1, (after - 1).clamp_min_(0)) == dist)
+        if tied.any():
+            _settle_ties(tied, dist, after, match_dist, match_idx, g0, tied_before)
+        histogram.scatter_add_(1, torch.where(wrong, after, dump), torch.ones_like(after))
+        _check_match_distances(dist, match_dist, match_idx, g0, g1, q0)
+        bar.update(n * (g1 - g0))
+    before = histogram[:, :width].cumsum(1) + tied_before  # wrong items ranked before each match
+    return before + torch.arange(width, device=device)[None, :]
+
+
+def _settle_ties(tied, dist, after, match_dist, match_idx, g0, tied_before) -> None:
+    """A wrong item at exactly a match's distance is before it when its gallery index is smaller."""
+    rows, cols = tied.nonzero(as_tuple=True)
+    values = dist[rows, cols]
+    first = torch.searchsorted(match_dist[rows], values[:, None].contiguous()).squeeze(1)
+    spans = after[rows, cols] - first
+    rows = rows.repeat_interleave(spans)
+    cols = cols.repeat_interleave(spans)
+    starts = torch.cumsum(spans, 0) - spans
+    slots = first.repeat_interleave(spans) + torch.arange(len(rows), device=rows.device) - starts.repeat_interleave(spans)
+    keep = match_idx[rows, slots] > cols + g0
+    tied_before.index_put_((rows[keep], slots[keep]), torch.ones_like(rows[keep]), accumulate=True)
+
+
+def _check_match_distances(dist, match_dist, match_idx, g0, g1, q0) -> None:
+    inside = (match_idx >= g0) & (match_idx < g1)
+    if inside.any():
+        rows, slots = inside.nonzero(as_tuple=True)
+        if not torch.equal(dist[rows, match_idx[rows, slots] - g0], match_dist[rows, slots]):
+            raise RuntimeError(
+                f"distances of queries from {q0} changed between two computations of the same block: "
+                "the distance source must be deterministic"
+            )
+
+
+def rank_blocks(
+    source: DistanceBlocks, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
+    gallery_block: int = DEFAULT_GALLERY_BLOCK, query_block: int = DEFAULT_QUERY_BLOCK, progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per-query ``(ap, inp, first_rank)`` as :func:`fba.metrics._rank_metrics_numpy`, streamed from ``source``."""
+    if gallery_block < 1 or query_block < 1:
+        raise ValueError(f"block sizes must be >= 1, got gallery {gallery_block} and query {query_block}")
+    num_query, num_gallery = source.num_query, source.num_gallery
+    q_pids, q_camids = _ids("q_pids", q_pids, num_query), _ids("q_camids", q_camids, num_query)
+    g_pids, g_camids = _ids("g_pids", g_pids, num_gallery), _ids("g_camids", g_camids, num_gallery)
+    match_idx, counts = _match_lists(q_pids, g_pids, q_camids, g_camids)
+    ap = np.full(num_query, np.nan)
+    inp = np.full(num_query, np.nan)
+    first_rank = np.full(num_query, -1, dtype=np.int64)
+    q_pids_t, g_pids_t = torch.from_numpy(q_pids), torch.from_numpy(g_pids)
+    with tqdm(total=num_query * num_gallery, unit="pair", unit_scale=True, desc="ranking", disable=not progress,
+              smoothing=0.1) as bar:
+        for q0 in range(0, num_query, query_block):
+            q1 = min(q0 + query_block, num_query)
+            chunk_counts = counts[q0:q1]
+            if not chunk_counts.any():
+                bar.update((q1 - q0) * num_gallery)
+                continue
+            width = int(chunk_counts.max())
+            idx = torch.from_numpy(match_idx[q0:q1, :width])
+            ranks = _rank_chunk(source, q0, q1, idx, q_pids_t[q0:q1], g_pids_t, gallery_block, bar).cpu().numpy()
+            for offset, count in enumerate(chunk_counts):
+                if count == 0:
+                    continue
+                r = ranks[offset, :count].astype(np.float64)
+                q = q0 + offset
+                ap[q] = float(np.mean(np.arange(1.0, count + 1.0) / (r + 1.0)))
+                inp[q] = count / (r[-1] + 1.0)
+                first_rank[q] = int(r[0])
+    return ap, inp, first_rank
+
+
+def evaluate_blocks(
+    source: DistanceBlocks, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any, max_rank: int = 50,
+    gallery_block: int = DEFAULT_GALLERY_BLOCK, query_block: int = DEFAULT_QUERY_BLOCK, progress: bool = True,
+) -> dict:
+    """mAP, CMC and mINP as :func:`fba.metrics.evaluate`, from a :class:`DistanceBlocks` source."""
+    if max_rank < 1:
+        raise ValueError(f"max_rank must be >= 1, got {max_rank}")
+    per_query = rank_blocks(source, q_pids, g_pids, q_camids, g_camids, gallery_block, query_block, progress)
+    return _summarise(*per_query, max_rank=max_rank)
+
+
+def evaluate_streaming(
+    qf: Any, gf: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any, metric: str = "cosine",
+    max_rank: int = 50, gallery_block: int = DEFAULT_GALLERY_BLOCK, query_block: int = DEFAULT_QUERY_BLOCK,
+    precision: str = "float64", progress: bool = True,
+) -> dict:
+    """mAP, CMC and mINP straight from query and gallery features, ``gallery_block`` gallery rows at a time."""
+    source = FeatureDistances(qf, gf, metric=metric, precision=precision)
+    return evaluate_blocks(source, q_pids, g_pids, q_camids, g_camids, max_rank, gallery_block, query_block, progress)
+
+
+class MatrixDistances:
+    """Blocks of a distance matrix already in memory: the in-memory path's distances, streamed (tests, checks)."""
+
+    def __init__(self, distmat: Any):
+        self.distmat = torch.from_numpy(np.ascontiguousarray(as_numpy(distmat))) if not torch.is_tensor(distmat) else distmat
+        self.num_query, self.num_gallery = self.distmat.shape
+
+    def block(self, q0: int, q1: int, g0: int, g1: int) -> torch.Tensor:
+        return self.distmat[q0:q1, g0:g1]
+

@@ -1,0 +1,61 @@
+"""One entry point for scoring features: the in-memory path for small sets, the streaming path above a size
+threshold, with optional average query expansion and k-reciprocal re-ranking in either (docs/retrieval.md).
+
+Both paths give the same numbers: the streaming ranking is exact and the bounded re-ranking reproduces
+:func:`fba.metrics.re_rank`; the threshold only decides what fits in memory.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from fba.metrics import evaluate, pairwise_distance, re_rank
+from fba.streaming.evaluate import DEFAULT_GALLERY_BLOCK, DEFAULT_QUERY_BLOCK, FeatureDistances, evaluate_blocks
+from fba.streaming.query_expansion import DEFAULT_ALPHA, average_query_expansion
+from fba.streaming.rerank import DEFAULT_QUERY_BLOCK as RERANK_QUERY_BLOCK
+from fba.streaming.rerank import RerankedDistances
+from fba.streaming.rows import num_rows
+
+STREAMING_MODES = ("auto", "on", "off")
+# Above this many float32 distances (200 MB) "auto" streams: Q x G for plain evaluation, (Q + G)^2 with
+# re-ranking, whose in-memory path holds the joint matrix (1.5 GB on Market-1501).
+STREAMING_THRESHOLD = 50_000_000
+RERANK_K1, RERANK_K2, RERANK_LAMBDA = 20, 6, 0.3  # SPEC §8
+
+
+def use_streaming(num_query: int, num_gallery: int, rerank: bool, mode: str = "auto") -> bool:
+    if mode not in STREAMING_MODES:
+        raise ValueError(f"streaming must be one of {STREAMING_MODES}, got {mode!r}")
+    if mode != "auto":
+        return mode == "on"
+    held = (num_query + num_gallery) ** 2 if rerank else num_query * num_gallery
+    return held > STREAMING_THRESHOLD
+
+
+def score_features(
+    qf: Any, gf: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any, metric: str = "cosine",
+    rerank: bool = False, aqe: int = 0, aqe_alpha: float = DEFAULT_ALPHA, max_rank: int = 50,
+    block: int = DEFAULT_GALLERY_BLOCK, streaming: str = "auto", progress: bool = False,
+) -> dict:
+    """Metrics of :func:`fba.metrics.evaluate` plus how they were computed: ``metric``, ``rerank``, ``aqe``
+    (k, 0 for off), ``streaming``, ``num_query``, ``num_gallery``."""
+    num_query, num_gallery = num_rows(qf), num_rows(gf)
+    stream = use_streaming(num_query, num_gallery, rerank, streaming)
+    if aqe:
+        qf, gf = average_query_expansion(qf, gf, k=aqe, alpha=aqe_alpha, block=block, progress=progress)
+    ids = (q_pids, g_pids, q_camids, g_camids)
+    if not stream:
+        distmat = pairwise_distance(qf, gf, metric=metric)
+        if rerank:
+            distmat = re_rank(distmat, pairwise_distance(qf, qf, metric=metric),
+                              pairwise_distance(gf, gf, metric=metric), RERANK_K1, RERANK_K2, RERANK_LAMBDA)
+        metrics = evaluate(distmat, *ids, max_rank=max_rank)
+    elif rerank:
+        source = RerankedDistances(qf, gf, metric, RERANK_K1, RERANK_K2, RERANK_LAMBDA, block=block, progress=progress)
+        metrics = evaluate_blocks(source, *ids, max_rank, gallery_block=block, query_block=RERANK_QUERY_BLOCK,
+                                  progress=progress)
+    else:
+        metrics = evaluate_blocks(FeatureDistances(qf, gf, metric), *ids, max_rank, gallery_block=block,
+                                  query_block=DEFAULT_QUERY_BLOCK, progress=progress)
+    metrics.update(metric=metric, rerank=bool(rerank), aqe=int(aqe), streaming=stream, num_query=num_query,
+                   num_gallery=num_gallery)
+    return metrics
