@@ -88,7 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_argument("--aqe-alpha", type=float, default=3.0, help="weight exponent of query expansion")
     options.add_argument("--block", type=int, default=4096, help="gallery rows per block on the streaming path")
     options.add_argument("--streaming", choices=("auto", "on", "off"), default="auto",
-                         help="evaluate in gallery blocks (auto: above 5e7 distances, docs/retrieval.md)")
+                         help="evaluate in gallery blocks (auto: above 1e8 distances, docs/retrieval.md)")
     options.add_argument("--max-rank", type=int, default=50, help="length of the CMC curve")
     options.add_argument("--json", type=Path, metavar="OUT", help="also write the metrics as JSON to OUT")
 

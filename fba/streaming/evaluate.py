@@ -30,7 +30,19 @@ from fba.streaming.rows import (
 )
 
 DEFAULT_GALLERY_BLOCK = 4096
-DEFAULT_QUERY_BLOCK = 2048
+DEFAULT_QUERY_BLOCK = 4096
+BACKENDS = ("auto", "torch", "cpp")
+
+
+def _compiled():
+    try:
+        from fba import _C
+    except ImportError:
+        return None
+    return _C if hasattr(_C, "count_block") else None
+
+
+_C = _compiled()
 
 
 class DistanceBlocks(Protocol):
@@ -103,7 +115,7 @@ def _ids(name: str, values: Any, expected: int) -> np.ndarray:
 
 
 def _rank_chunk(source: DistanceBlocks, q0: int, q1: int, match_idx: torch.Tensor,
-                q_pids: torch.Tensor, g_pids: torch.Tensor, gallery_block: int, bar) -> torch.Tensor:
+                q_pids: torch.Tensor, g_pids: torch.Tensor, gallery_block: int, use_cpp: bool, bar) -> torch.Tensor:
     """The 0-based rank of every true match of queries ``q0:q1`` among their kept gallery items, [n, P] (padding
     entries are garbage), matches in their ranked order."""
     n, width = match_idx.shape
@@ -111,8 +123,9 @@ def _rank_chunk(source: DistanceBlocks, q0: int, q1: int, match_idx: torch.Tenso
     blocks = [(g0, min(g0 + gallery_block, num_gallery)) for g0 in range(0, num_gallery, gallery_block)]
     valid = match_idx >= 0
     # Pass 1: the distances of the matches, from the blocks that hold one.
-    holding = torch.unique(match_idx[valid] // gallery_block).tolist()
+    holding = np.unique(match_idx[valid].numpy() // gallery_block).tolist()
     match_dist = None
+    seen = {}  # block -> (rows, slots, columns) of its matches, to check pass 2 computes the same distances
     for b in holding:
         g0, g1 = blocks[b]
         dist = source.block(q0, q1, g0, g1)
@@ -122,30 +135,50 @@ def _rank_chunk(source: DistanceBlocks, q0: int, q1: int, match_idx: torch.Tenso
             valid = valid.to(dist.device)
         inside = valid & (match_idx >= g0) & (match_idx < g1)
         rows, slots = inside.nonzero(as_tuple=True)
-        match_dist[rows, slots] = dist[rows, match_idx[rows, slots] - g0]
+        seen[g0] = (rows, slots, match_idx[rows, slots] - g0)
+        match_dist[rows, slots] = dist[rows, seen[g0][2]]
     device = match_dist.device
+    first_pass = match_dist
     match_dist, order = torch.sort(match_dist, dim=1, stable=True)  # indices ascend: ties stay by gallery index
     match_idx = torch.gather(match_idx, 1, order)
+    g_pids_np = g_pids.numpy()
     q_pids, g_pids = q_pids.to(device), g_pids.to(device)
     # Pass 2: wrong items per gap between consecutive matches, and ties with a match settled by gallery index.
     histogram = torch.zeros((n, width + 2), dtype=torch.int64, device=device)
     tied_before = torch.zeros((n, width), dtype=torch.int64, device=device)
-    dump = torch.tensor(width + 1, device=device)
+    counts = (match_idx >= 0).sum(1)
     for g0, g1 in blocks:
-        dist = source.block(q0, q1, g0, g1)
-        if torch.isnan(dist).any():
+        dist = source.block(q0, q1, g0, g1).contiguous()
+        if use_cpp and dist.device.type == "cpu" and dist.dtype in (torch.float32, torch.float64):
+            finite = _C.count_block(dist.numpy(), g_pids_np[g0:g1], q_pids.numpy(), match_dist.numpy(),
+                                    match_idx.numpy(), counts.numpy(), g0, histogram.numpy(), tied_before.numpy())
+        else:
+            finite = _count_block(dist, g_pids[g0:g1], q_pids, match_dist, match_idx, g0, histogram, tied_before)
+        if not finite:
             raise ValueError(f"distances of queries {q0}:{q1} to gallery {g0}:{g1} hold NaN: the ranking is undefined")
-        block_pids = g_pids[g0:g1]
-        wrong = (block_pids[None, :] != q_pids[:, None]) & (block_pids != JUNK_PID)[None, :]
-        after = torch.searchsorted(match_dist, dist.contiguous(), right=True)  # matches at distance <= d
-        tied = wrong & (after > 0) & (torch.gather(match_dist, 1, (after - 1).clamp_min_(0)) == dist)
-        if tied.any():
-            _settle_ties(tied, dist, after, match_dist, match_idx, g0, tied_before)
-        histogram.scatter_add_(1, torch.where(wrong, after, dump), torch.ones_like(after))
-        _check_match_distances(dist, match_dist, match_idx, g0, g1, q0)
+        if g0 in seen:
+            rows, slots, columns = seen[g0]
+            if not torch.equal(dist[rows, columns], first_pass[rows, slots]):
+                raise RuntimeError(f"distances of queries {q0}:{q1} to gallery {g0}:{g1} changed between two "
+                                   "computations of the same block: the distance source must be deterministic")
         bar.update(n * (g1 - g0))
     before = histogram[:, :width].cumsum(1) + tied_before  # wrong items ranked before each match
     return before + torch.arange(width, device=device)[None, :]
+
+
+def _count_block(dist, block_pids, q_pids, match_dist, match_idx, g0, histogram, tied_before) -> bool:
+    """The torch counting pass (any device; the reference of ``fba._C.count_block``). False on NaN."""
+    if torch.isnan(dist).any():
+        return False
+    width = match_dist.shape[1]
+    wrong = (block_pids[None, :] != q_pids[:, None]) & (block_pids != JUNK_PID)[None, :]
+    after = torch.searchsorted(match_dist, dist, right=True)  # matches at distance <= d
+    tied = wrong & (after > 0) & (torch.gather(match_dist, 1, (after - 1).clamp_min_(0)) == dist)
+    if tied.any():
+        _settle_ties(tied, dist, after, match_dist, match_idx, g0, tied_before)
+    dump = torch.tensor(width + 1, device=dist.device)
+    histogram.scatter_add_(1, torch.where(wrong, after, dump), torch.ones_like(after))
+    return True
 
 
 def _settle_ties(tied, dist, after, match_dist, match_idx, g0, tied_before) -> None:
@@ -153,31 +186,27 @@ def _settle_ties(tied, dist, after, match_dist, match_idx, g0, tied_before) -> N
     rows, cols = tied.nonzero(as_tuple=True)
     values = dist[rows, cols]
     first = torch.searchsorted(match_dist[rows], values[:, None].contiguous()).squeeze(1)
-    spans = after[rows, cols] - first
-    rows = rows.repeat_interleave(spans)
-    cols = cols.repeat_interleave(spans)
-    starts = torch.cumsum(spans, 0) - spans
-    slots = first.repeat_interleave(spans) + torch.arange(len(rows), device=rows.device) - starts.repeat_interleave(spans)
-    keep = match_idx[rows, slots] > cols + g0
-    tied_before.index_put_((rows[keep], slots[keep]), torch.ones_like(rows[keep]), accumulate=True)
-
-
-def _check_match_distances(dist, match_dist, match_idx, g0, g1, q0) -> None:
-    inside = (match_idx >= g0) & (match_idx < g1)
-    if inside.any():
-        rows, slots = inside.nonzero(as_tuple=True)
-        if not torch.equal(dist[rows, match_idx[rows, slots] - g0], match_dist[rows, slots]):
-            raise RuntimeError(
-                f"distances of queries from {q0} changed between two computations of the same block: "
-                "the distance source must be deterministic"
-            )
+    spans = after[rows, cols] - first  # the matches at exactly this distance: first .. after - 1
+    for offset in range(int(spans.max())):
+        slots = (first + offset).clamp_max_(match_idx.shape[1] - 1)
+        keep = (offset < spans) & (match_idx[rows, slots] > cols + g0)
+        tied_before.index_put_((rows[keep], slots[keep]), torch.ones_like(rows[keep]), accumulate=True)
 
 
 def rank_blocks(
     source: DistanceBlocks, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any,
     gallery_block: int = DEFAULT_GALLERY_BLOCK, query_block: int = DEFAULT_QUERY_BLOCK, progress: bool = True,
+    backend: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-query ``(ap, inp, first_rank)`` as :func:`fba.metrics._rank_metrics_numpy`, streamed from ``source``."""
+    """Per-query ``(ap, inp, first_rank)`` as :func:`fba.metrics._rank_metrics_numpy`, streamed from ``source``.
+
+    ``backend`` of the counting pass: "torch" (any device), "cpp" (``fba._C``, CPU blocks) or "auto".
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
+    use_cpp = backend == "cpp" or (backend == "auto" and _C is not None)
+    if use_cpp and _C is None:
+        raise RuntimeError("backend='cpp' needs the compiled extension fba._C with count_block (rebuild: pip install -e .)")
     if gallery_block < 1 or query_block < 1:
         raise ValueError(f"block sizes must be >= 1, got gallery {gallery_block} and query {query_block}")
     num_query, num_gallery = source.num_query, source.num_gallery
@@ -198,7 +227,8 @@ def rank_blocks(
                 continue
             width = int(chunk_counts.max())
             idx = torch.from_numpy(match_idx[q0:q1, :width])
-            ranks = _rank_chunk(source, q0, q1, idx, q_pids_t[q0:q1], g_pids_t, gallery_block, bar).cpu().numpy()
+            ranks = _rank_chunk(source, q0, q1, idx, q_pids_t[q0:q1], g_pids_t, gallery_block, use_cpp,
+                                bar).cpu().numpy()
             for offset, count in enumerate(chunk_counts):
                 if count == 0:
                     continue
@@ -213,22 +243,25 @@ def rank_blocks(
 def evaluate_blocks(
     source: DistanceBlocks, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any, max_rank: int = 50,
     gallery_block: int = DEFAULT_GALLERY_BLOCK, query_block: int = DEFAULT_QUERY_BLOCK, progress: bool = True,
+    backend: str = "auto",
 ) -> dict:
     """mAP, CMC and mINP as :func:`fba.metrics.evaluate`, from a :class:`DistanceBlocks` source."""
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
-    per_query = rank_blocks(source, q_pids, g_pids, q_camids, g_camids, gallery_block, query_block, progress)
+    per_query = rank_blocks(source, q_pids, g_pids, q_camids, g_camids, gallery_block, query_block, progress,
+                            backend)
     return _summarise(*per_query, max_rank=max_rank)
 
 
 def evaluate_streaming(
     qf: Any, gf: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any, metric: str = "cosine",
     max_rank: int = 50, gallery_block: int = DEFAULT_GALLERY_BLOCK, query_block: int = DEFAULT_QUERY_BLOCK,
-    precision: str = "float64", progress: bool = True,
+    precision: str = "float64", progress: bool = True, backend: str = "auto",
 ) -> dict:
     """mAP, CMC and mINP straight from query and gallery features, ``gallery_block`` gallery rows at a time."""
     source = FeatureDistances(qf, gf, metric=metric, precision=precision)
-    return evaluate_blocks(source, q_pids, g_pids, q_camids, g_camids, max_rank, gallery_block, query_block, progress)
+    return evaluate_blocks(source, q_pids, g_pids, q_camids, g_camids, max_rank, gallery_block, query_block, progress,
+                           backend)
 
 
 class MatrixDistances:

@@ -16,9 +16,9 @@ from fba.streaming.rerank import RerankedDistances
 from fba.streaming.rows import num_rows
 
 STREAMING_MODES = ("auto", "on", "off")
-# Above this many float32 distances (200 MB) "auto" streams: Q x G for plain evaluation, (Q + G)^2 with
+# Above this many float32 distances (400 MB) "auto" streams: Q x G for plain evaluation, (Q + G)^2 with
 # re-ranking, whose in-memory path holds the joint matrix (1.5 GB on Market-1501).
-STREAMING_THRESHOLD = 50_000_000
+STREAMING_THRESHOLD = 100_000_000
 RERANK_K1, RERANK_K2, RERANK_LAMBDA = 20, 6, 0.3  # SPEC §8
 
 
