@@ -1,21 +1,36 @@
-"""Time of ``fba.metrics.evaluate`` at the size of the Market-1501 and DukeMTMC-reID test sets, NumPy vs C++.
+"""Evaluation at the size of the real test sets: the ranking (NumPy vs C++), and in-memory vs streaming
+evaluation and re-ranking from features, with peak memory.
 
-Distances are random, but the ids and cameras have the real structure: every query id has several gallery images
-on several cameras (some on the query's own camera, which the protocol drops), plus distractors (id 0) and junk
-(id -1) in Market's proportions; true matches are drawn a little closer so the metrics are not trivial.
+Part 1 (key ``metrics``): ``fba.metrics.evaluate`` on Market-1501 / DukeMTMC-reID sized distance matrices, NumPy vs
+C++. Distances are random, but the ids and cameras have the real structure: every query id has several gallery
+images on several cameras (some on the query's own camera, which the protocol drops), plus distractors (id 0) and
+junk (id -1) in Market's proportions; true matches are drawn a little closer so the metrics are not trivial.
 
-    python -m benchmarks.bench_metrics [--smoke] [--results-dir DIR]     # table + benchmarks/results/<device>.json
-    pytest benchmarks/bench_metrics.py                                     # pytest-benchmark
+Part 2 (key ``metrics-scale``): from 768-d features whose images of one id lie around a shared centre, the
+in-memory path (``pairwise_distance`` + ``evaluate``; ``re_rank``) against the streaming one
+(``fba.streaming``: ``evaluate_streaming``; ``RerankedDistances`` + ``evaluate_blocks``), each measurement in a
+subprocess of its own so its peak RSS is its own (``resource.getrusage``: ``ru_maxrss``; after imports, the
+``baseline`` column). ``--large`` (key ``metrics-large``) runs the two targets of docs/retrieval.md: Market-1501's
+queries against its gallery plus 500,000 distractors (the gallery made block by block from a seeded generator, so
+it is never held), and MSMT17-size re-ranking + evaluation, with its check against the in-memory re-ranking on a
+subset.
+
+    python -m benchmarks.bench_metrics [--smoke] [--large] [--results-dir DIR]   # table + benchmarks/results/<device>.json
+    pytest benchmarks/bench_metrics.py                                             # pytest-benchmark (part 1)
 """
 from __future__ import annotations
 
 import functools
+import json
+import os
+import subprocess
+import sys
 from dataclasses import asdict, dataclass
 
 import numpy as np
 import pytest
 
-from benchmarks.common import benchmark_parser, format_table, measure, write_results
+from benchmarks.common import REPO_ROOT, benchmark_parser, format_table, measure, write_results
 from fba.metrics import cpp_available, evaluate
 
 
@@ -85,20 +100,81 @@ def run_benchmark(problems: dict[str, Problem], repeat: int = 3) -> list[dict]:
     return rows
 
 
+# Part 2: (case, problem, precision) side by side; each pair of rows is the in-memory path and its streaming twin.
+SCALE_CASES = [
+    ("eval-memory", "market", "float64"), ("eval-stream", "market", "float64"), ("eval-stream", "market", "float32"),
+    ("rerank-memory", "rerank-mid", "float64"), ("rerank-bounded", "rerank-mid", "float64"),
+    ("rerank-memory", "market", "float64"), ("rerank-bounded", "market", "float64"),
+]
+SMOKE_SCALE_CASES = [
+    ("eval-memory", "smoke", "float64"), ("eval-stream", "smoke", "float64"),
+    ("eval-stream", "smoke-distractors", "float32"), ("rerank-memory", "smoke", "float64"),
+    ("rerank-bounded", "smoke", "float64"), ("rerank-check", "smoke", "float64"),
+]
+LARGE_CASES = [
+    ("eval-stream", "market+500k", "float32"),
+    ("rerank-check", "msmt17-subset", "float64"), ("rerank-check", "msmt17-subset", "float32"),
+    ("rerank-bounded", "msmt17", "float32"),
+]
+SCALE_COLUMNS = ["case", "problem", "queries", "gallery", "precision", "seconds", "peak_rss_mb", "baseline_rss_mb",
+                 "peak_device_mb", "mAP", "R1", "mINP", "max_abs_diff"]
+
+
+def run_scale(cases: list[tuple[str, str, str]], device: str, isolated: bool = True) -> list[dict]:
+    """One row per case, each run in a fresh interpreter (``isolated``) so its peak RSS is its own."""
+    from benchmarks import retrieval_scale
+
+    rows = []
+    for case, problem, precision in cases:
+        if not isolated:
+            rows.append(retrieval_scale.run_case(case, problem, precision, device))
+            continue
+        command = [sys.executable, "-m", "benchmarks.retrieval_scale", case, problem, precision, device]
+        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"{case} {problem} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        print(format_table(rows[-1:], [c for c in SCALE_COLUMNS if c in rows[-1]]), flush=True)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> int:
-    parser = benchmark_parser(__doc__, "tiny sizes (seconds); stored under 'metrics-smoke'")
+    parser = benchmark_parser(__doc__, "tiny sizes (seconds); stored under 'metrics-smoke' and 'metrics-scale-smoke'")
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of the C++ path (NumPy runs once at full size)")
+    parser.add_argument("--large", action="store_true",
+                        help="only the two targets: Market + 500k distractors, MSMT17-size re-ranking (minutes)")
+    parser.add_argument("--device", default="cpu", help="where part 2 computes: cpu or cuda (device memory reported)")
     args = parser.parse_args(argv)
-    problems = SMOKE_PROBLEMS if args.smoke else PROBLEMS
-    rows = run_benchmark(problems, repeat=args.repeat)
-    print(format_table(rows, ["problem", "queries", "gallery", "backend", "best_s", "median_s", "runs",
-                              "speedup_vs_numpy", "mAP", "R1", "mINP", "valid_queries"]))
-    config = {"problems": {name: asdict(p) for name, p in problems.items()}, "distmat_dtype": "float32",
-              "threads": 1, "seed": 0}
-    key = f"{BENCHMARK_KEY}-smoke" if args.smoke else BENCHMARK_KEY
-    path = write_results(key, rows, kind="cpu", config=config, directory=args.results_dir)
+    kind = "cuda" if args.device.startswith("cuda") else "cpu"
+    if not args.large:
+        problems = SMOKE_PROBLEMS if args.smoke else PROBLEMS
+        rows = run_benchmark(problems, repeat=args.repeat)
+        print(format_table(rows, ["problem", "queries", "gallery", "backend", "best_s", "median_s", "runs",
+                                  "speedup_vs_numpy", "mAP", "R1", "mINP", "valid_queries"]))
+        config = {"problems": {name: asdict(p) for name, p in problems.items()}, "distmat_dtype": "float32",
+                  "threads": 1, "seed": 0}
+        key = f"{BENCHMARK_KEY}-smoke" if args.smoke else BENCHMARK_KEY
+        path = write_results(key, rows, kind="cpu", config=config, directory=args.results_dir)
+        print(f"results written to {path} (key {key!r})")
+    from benchmarks.retrieval_scale import FEATURE_PROBLEMS
+
+    cases = LARGE_CASES if args.large else SMOKE_SCALE_CASES if args.smoke else SCALE_CASES
+    rows = run_scale(cases, args.device, isolated=not args.smoke)
+    print(format_table(rows, [c for c in SCALE_COLUMNS if any(c in row for row in rows)]))
+    key = "metrics-large" if args.large else "metrics-scale-smoke" if args.smoke else "metrics-scale"
+    config = {"problems": {name: asdict(FEATURE_PROBLEMS[name]) for name in sorted({p for _, p, _ in cases})},
+              "metric": "cosine", "isolated_processes": not args.smoke, "torch_threads": _torch_threads(),
+              "rerank": {"k1": 20, "k2": 6, "lambda": 0.3}, "gallery_block": 4096}
+    path = write_results(key, rows, kind=kind, config=config, directory=args.results_dir)
     print(f"results written to {path} (key {key!r})")
     return 0
+
+
+def _torch_threads() -> int:
+    import torch
+
+    return torch.get_num_threads()
 
 
 @functools.lru_cache(maxsize=1)

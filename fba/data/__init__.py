@@ -11,6 +11,7 @@ from typing import Any
 
 from fba.data.captions import BG_PROMPT, FG_PROMPT, Caption, CaptionBank, CaptionError, CaptionStore, attach_captions
 from fba.data.datasets import DATASETS, DatasetError, ReIDDataset, build_dataset, register
+from fba.data import folder as _folder  # noqa: F401  (registers data.dataset=folder)
 
 _LAZY = {
     "PKSampler": "fba.data.sampler",

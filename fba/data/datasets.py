@@ -47,6 +47,7 @@ class ReIDDataset:
     query: list[Item]
     gallery: list[Item]
     junk_dropped: dict[str, int] = field(default_factory=dict)  # split -> images with id -1 left out
+    notes: tuple[str, ...] = ()  # how the protocol differs from Market-1501's, shown by summary()
 
     @property
     def num_train_pids(self) -> int:
@@ -79,6 +80,7 @@ class ReIDDataset:
         if dropped:
             where = ", ".join(f"{split} {n}" for split, n in self.junk_dropped.items() if n)
             rows.append(f"  junk images (id -1) dropped: {dropped} ({where})")
+        rows += [f"  note: {note}" for note in self.notes]
         return "\n".join(rows)
 
 
