@@ -116,7 +116,7 @@ LARGE_CASES = [
     ("rerank-check", "msmt17-subset", "float64"), ("rerank-check", "msmt17-subset", "float32"),
     ("rerank-bounded", "msmt17", "float32"),
 ]
-SCALE_COLUMNS = ["case", "problem", "queries", "gallery", "precision", "seconds", "peak_rss_mb", "baseline_rss_mb",
+SCALE_COLUMNS = ["case", "problem", "queries", "gallery", "precision", "seconds", "cpu_seconds", "peak_rss_mb", "baseline_rss_mb",
                  "peak_device_mb", "mAP", "R1", "mINP", "max_abs_diff"]
 
 

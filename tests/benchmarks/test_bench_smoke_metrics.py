@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+
 from benchmarks import bench_metrics
 from benchmarks.common import device_slug, format_table, write_results
 
@@ -24,6 +27,24 @@ def test_bench_metrics_smoke_writes_table_and_json(tmp_path, capsys, monkeypatch
     assert len(maps) == 1 and 0.0 < maps.pop() <= 1.0
     assert all(row["best_s"] > 0 for row in entry["rows"])
     assert not (tmp_path / "ignored").exists()
+    scale = {(row["case"], row["problem"]): row for row in data["metrics-scale-smoke"]["rows"]}
+    assert "eval-stream" in printed and "peak_rss_mb" in printed
+    for memory, streamed in (("eval-memory", "eval-stream"), ("rerank-memory", "rerank-bounded")):
+        assert scale[(streamed, "smoke")]["mAP"] == pytest.approx(scale[(memory, "smoke")]["mAP"], abs=1e-9)
+        assert scale[(streamed, "smoke")]["mINP"] == pytest.approx(scale[(memory, "smoke")]["mINP"], abs=1e-9)
+    assert scale[("rerank-check", "smoke")]["max_abs_diff"] <= 1e-5
+    assert scale[("eval-stream", "smoke-distractors")]["gallery"] == 1000
+    assert all(row["peak_rss_mb"] >= row["baseline_rss_mb"] > 0 and row["seconds"] > 0 for row in scale.values())
+
+
+def test_seeded_rows_are_the_same_whatever_the_slices():
+    from benchmarks.retrieval_scale import FEATURE_PROBLEMS, make_features
+
+    qf, rows, ids = make_features(FEATURE_PROBLEMS["smoke-distractors"], materialise=False)
+    whole = rows[0:rows.shape[0]]
+    assert whole.shape == (1000, 32) and qf.shape == (40, 32) and len(ids[1]) == 1000
+    np.testing.assert_array_equal(np.concatenate([rows[0:5], rows[5:777], rows[777:1000]]), whole)
+    np.testing.assert_allclose(np.linalg.norm(whole, axis=1), 1.0, rtol=1e-5)
 
 
 def test_results_dir_from_environment(tmp_path, monkeypatch):
