@@ -130,3 +130,27 @@ def test_errors():
         FeatureDistances(np.zeros((2, 3)), np.zeros((4, 5)))
     with pytest.raises(ValueError, match="g_pids"):
         evaluate_blocks(MatrixDistances(distmat), ids[0], ids[1][:2], ids[2], ids[3], progress=False)
+
+
+def _rss_file_kb() -> int:
+    for line in open("/proc/self/status"):
+        if line.startswith("RssFile:"):
+            return int(line.split()[1])
+    raise OSError("no RssFile in /proc/self/status")
+
+
+@pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc")
+def test_memmap_pages_leave_the_resident_set(tmp_path):
+    from fba.streaming.rows import read_rows
+
+    rows = np.random.default_rng(4).normal(size=(8192, 1024)).astype(np.float32)  # 32 MB
+    path = tmp_path / "big.f32"
+    rows.tofile(path)
+    mapped = np.memmap(path, dtype=np.float32, mode="r", shape=rows.shape)
+    float(read_rows(mapped, 0, 256).sum())  # the libraries' own pages, faulted in by a first call
+    before = _rss_file_kb()
+    total = 0.0
+    for start in range(0, len(rows), 256):
+        total += float(read_rows(mapped, start, start + 256).sum())
+    assert total == pytest.approx(float(rows.sum(dtype=np.float64)), rel=1e-4)
+    assert _rss_file_kb() - before < 8 * 1024  # a plain memmap read would keep all 32 MB resident
