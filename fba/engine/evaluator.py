@@ -119,7 +119,7 @@ def _split_rows(fs: FeatureSet, source: Path) -> tuple[FeatureSet, FeatureSet]:
 
 def _run_features(args: argparse.Namespace) -> dict:
     try:
-        fs = load_features(args.features)
+        fs = load_features(args.features, mmap=True)
     except FileNotFoundError as error:
         raise FeaturesFileError(str(error)) from None
     except ValueError as error:  # a wrong suffix

@@ -48,8 +48,11 @@ class FeatureSet:
         if self.split is None:
             raise ValueError("this feature set has no split column")
         rows = np.array([s == split for s in self.split], dtype=bool)
+        picked = np.flatnonzero(rows)
+        contiguous = len(picked) > 0 and picked[-1] - picked[0] + 1 == len(picked)
         return FeatureSet(
-            features=self.features[rows],
+            # one run of rows is a view (of a memory-mapped file, too: docs/retrieval.md), not a copy
+            features=self.features[picked[0]:picked[-1] + 1] if contiguous else self.features[rows],
             paths=[p for p, keep in zip(self.paths, rows) if keep],
             pids=None if self.pids is None else self.pids[rows],
             camids=None if self.camids is None else self.camids[rows],
@@ -151,14 +154,18 @@ def _encode_npz(fs: FeatureSet) -> bytes:
     return buffer.getvalue()
 
 
-def load_features(path: str | os.PathLike) -> FeatureSet:
-    """Read a features file written by :func:`save_features`; a malformed file raises FeaturesFileError."""
+def load_features(path: str | os.PathLike, mmap: bool = False) -> FeatureSet:
+    """Read a features file written by :func:`save_features`; a malformed file raises FeaturesFileError.
+
+    ``mmap``: the features of a ``.safetensors`` file are memory-mapped (read-only) instead of read, so a
+    gallery larger than memory can be evaluated in blocks (docs/retrieval.md); ``.npz`` files are always read.
+    """
     path = Path(path)
     suffix = _check_suffix(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: features file not found")
     try:
-        fs = _decode_safetensors(path) if suffix == ".safetensors" else _decode_npz(path)
+        fs = _decode_safetensors(path, mmap) if suffix == ".safetensors" else _decode_npz(path)
     except FeaturesFileError:
         raise
     except Exception as error:  # safetensors, zipfile, numpy and json each raise their own kinds
@@ -172,14 +179,30 @@ def _check_version(path: Path, version: int | None) -> None:
         raise FeaturesFileError(f"{path}: features format version {version}, this fba reads {FORMAT_VERSION}")
 
 
-def _decode_safetensors(path: Path) -> FeatureSet:
+def _memmap_tensor(path: Path, name: str) -> np.ndarray:
+    """A tensor of a safetensors file as a read-only ``np.memmap``: the format is an 8-byte header length, a
+    JSON header giving each tensor's dtype, shape and byte range, then the raw little-endian data."""
+    with path.open("rb") as handle:
+        (header_len,) = np.frombuffer(handle.read(8), dtype="<u8")
+        header = json.loads(handle.read(int(header_len)))
+    entry = header[name]
+    dtype = {"F32": "<f4", "F64": "<f8", "F16": "<f2"}[entry["dtype"]]
+    begin, end = entry["data_offsets"]
+    shape = tuple(entry["shape"])
+    if end - begin != int(np.prod(shape)) * np.dtype(dtype).itemsize:
+        raise FeaturesFileError(f"{path}: tensor {name!r} has {end - begin} bytes for shape {shape}")
+    return np.memmap(path, dtype=dtype, mode="r", offset=8 + int(header_len) + begin, shape=shape)
+
+
+def _decode_safetensors(path: Path, mmap: bool = False) -> FeatureSet:
     from safetensors import safe_open
 
     with safe_open(str(path), framework="numpy") as handle:
         metadata = handle.metadata() or {}
         if _METADATA_KEY not in metadata:
             raise FeaturesFileError(f"{path}: safetensors file without the '{_METADATA_KEY}' metadata entry")
-        tensors = {name: handle.get_tensor(name) for name in handle.keys()}
+        tensors = {name: _memmap_tensor(path, name) if mmap and name == "features" else handle.get_tensor(name)
+                   for name in handle.keys()}
     header = json.loads(metadata[_METADATA_KEY])
     _check_version(path, header.get("version"))
     if "features" not in tensors:

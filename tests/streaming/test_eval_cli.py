@@ -43,3 +43,25 @@ def test_streaming_and_in_memory_agree(tmp_path, capsys, options):
     aqe = int(options[options.index("--aqe") + 1]) if "--aqe" in options else 0
     assert results["on"]["aqe"] == aqe
     assert "streamed" in printed and ("query expansion" in printed) and (f"k={aqe}" in printed or aqe == 0)
+
+
+def test_safetensors_features_are_memory_mapped_and_split_without_copies(tmp_path, capsys):
+    from fba.engine.features_io import load_features
+
+    npz = _features_file(tmp_path)
+    plain = load_features(npz)
+    order = np.argsort([s != "query" for s in plain.split], kind="stable")  # query rows first, then gallery
+    path = save_features(tmp_path / "feats.safetensors", plain.features[order], [plain.paths[i] for i in order],
+                         pids=plain.pids[order], camids=plain.camids[order], split=[plain.split[i] for i in order])
+    mapped = load_features(path, mmap=True)
+    assert isinstance(mapped.features, np.memmap)
+    np.testing.assert_array_equal(mapped.features, plain.features[order])
+    gallery = mapped.select("gallery")
+    assert isinstance(gallery.features, np.memmap) and np.shares_memory(gallery.features, mapped.features)
+    np.testing.assert_array_equal(gallery.features, plain.select("gallery").features)
+    results = []
+    for source in (npz, path):
+        out = tmp_path / "m.json"
+        assert main(["eval", "--features", str(source), "--streaming", "on", "--block", "16", "--json", str(out)]) == 0
+        results.append(json.loads(out.read_text()))
+    assert results[0]["mAP"] == pytest.approx(results[1]["mAP"], abs=1e-12)
