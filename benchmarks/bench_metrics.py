@@ -25,6 +25,7 @@ import json
 import os
 import subprocess
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -120,14 +121,17 @@ SCALE_COLUMNS = ["case", "problem", "queries", "gallery", "precision", "seconds"
                  "peak_device_mb", "mAP", "R1", "mINP", "max_abs_diff"]
 
 
-def run_scale(cases: list[tuple[str, str, str]], device: str, isolated: bool = True) -> list[dict]:
-    """One row per case, each run in a fresh interpreter (``isolated``) so its peak RSS is its own."""
+def run_scale(cases: list[tuple[str, str, str]], device: str, isolated: bool = True,
+              save: Callable[[list[dict]], object] = lambda rows: None) -> list[dict]:
+    """One row per case, each run in a fresh interpreter (``isolated``) so its peak RSS is its own; ``save``
+    is called with the rows so far after each case, so a run cut short keeps what it measured."""
     from benchmarks import retrieval_scale
 
     rows = []
     for case, problem, precision in cases:
         if not isolated:
             rows.append(retrieval_scale.run_case(case, problem, precision, device))
+            save(rows)
             continue
         command = [sys.executable, "-m", "benchmarks.retrieval_scale", case, problem, precision, device]
         env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
@@ -136,6 +140,7 @@ def run_scale(cases: list[tuple[str, str, str]], device: str, isolated: bool = T
             raise RuntimeError(f"{case} {problem} failed ({done.returncode}):\n{done.stderr[-3000:]}")
         rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(format_table(rows[-1:], [c for c in SCALE_COLUMNS if c in rows[-1]]), flush=True)
+        save(rows)
     return rows
 
 
@@ -160,14 +165,17 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.retrieval_scale import FEATURE_PROBLEMS
 
     cases = LARGE_CASES if args.large else SMOKE_SCALE_CASES if args.smoke else SCALE_CASES
-    rows = run_scale(cases, args.device, isolated=not args.smoke)
-    print(format_table(rows, [c for c in SCALE_COLUMNS if any(c in row for row in rows)]))
     key = "metrics-large" if args.large else "metrics-scale-smoke" if args.smoke else "metrics-scale"
     config = {"problems": {name: asdict(FEATURE_PROBLEMS[name]) for name in sorted({p for _, p, _ in cases})},
               "metric": "cosine", "isolated_processes": not args.smoke, "torch_threads": _torch_threads(),
               "rerank": {"k1": 20, "k2": 6, "lambda": 0.3}, "gallery_block": 4096}
-    path = write_results(key, rows, kind=kind, config=config, directory=args.results_dir)
-    print(f"results written to {path} (key {key!r})")
+
+    def save(rows: list[dict]):
+        return write_results(key, rows, kind=kind, config=config, directory=args.results_dir)
+
+    rows = run_scale(cases, args.device, isolated=not args.smoke, save=save)
+    print(format_table(rows, [c for c in SCALE_COLUMNS if any(c in row for row in rows)]))
+    print(f"results written to {save(rows)} (key {key!r})")
     return 0
 
 
