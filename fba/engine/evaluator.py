@@ -83,14 +83,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     options = parser.add_argument_group("evaluation")
     options.add_argument("--metric", choices=METRICS, default="cosine", help="distance between features")
     options.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")
-    options.add_argument("--aqe", type=int, default=0, metavar="K",
+    options.add_argument("--aqe", type=_count(0), default=0, metavar="K",
                          help="average query expansion over the K most similar features (fast-reid's aqe; 0: off)")
     options.add_argument("--aqe-alpha", type=float, default=3.0, help="weight exponent of query expansion")
-    options.add_argument("--block", type=int, default=4096, help="gallery rows per block on the streaming path")
+    options.add_argument("--block", type=_count(1), default=4096, help="gallery rows per block on the streaming path")
     options.add_argument("--streaming", choices=("auto", "on", "off"), default="auto",
                          help="evaluate in gallery blocks (auto: above 1e8 distances, docs/retrieval.md)")
     options.add_argument("--max-rank", type=int, default=50, help="length of the CMC curve")
     options.add_argument("--json", type=Path, metavar="OUT", help="also write the metrics as JSON to OUT")
+
+
+def _count(minimum: int):
+    """An argparse type: an integer >= ``minimum`` (else argparse's one-line error, exit 2)."""
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    parse.__name__ = "integer"
+    return parse
 
 
 def run(args: argparse.Namespace) -> int:

@@ -65,3 +65,11 @@ def test_safetensors_features_are_memory_mapped_and_split_without_copies(tmp_pat
         assert main(["eval", "--features", str(source), "--streaming", "on", "--block", "16", "--json", str(out)]) == 0
         results.append(json.loads(out.read_text()))
     assert results[0]["mAP"] == pytest.approx(results[1]["mAP"], abs=1e-12)
+
+
+@pytest.mark.parametrize("option", [["--block", "0"], ["--aqe", "-1"], ["--streaming", "maybe"]])
+def test_bad_options_exit_2(tmp_path, capsys, option):
+    path = _features_file(tmp_path)
+    with pytest.raises(SystemExit) as exit_info:
+        main(["eval", "--features", str(path), *option])
+    assert exit_info.value.code == 2 and option[0] in capsys.readouterr().err
