@@ -31,7 +31,9 @@ from dataclasses import asdict, dataclass
 import numpy as np
 import pytest
 
-from benchmarks.common import REPO_ROOT, benchmark_parser, format_table, measure, write_results
+from benchmarks.common import (
+    REPO_ROOT, benchmark_parser, device_slug, format_table, measure, results_dir, write_results,
+)
 from fba.metrics import cpp_available, evaluate
 
 
@@ -150,6 +152,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--large", action="store_true",
                         help="only the two targets: Market + 500k distractors, MSMT17-size re-ranking (minutes)")
     parser.add_argument("--device", default="cpu", help="where part 2 computes: cpu or cuda (device memory reported)")
+    parser.add_argument("--cases", nargs="+", metavar="CASE:PROBLEM:PRECISION",
+                        help="only these part-2 cases (e.g. eval-stream:market+500k:float32)")
+    parser.add_argument("--append", action="store_true",
+                        help="keep the stored part-2 rows of the cases not run now (a --large run split in parts)")
     args = parser.parse_args(argv)
     kind = "cuda" if args.device.startswith("cuda") else "cpu"
     if not args.large:
@@ -165,18 +171,32 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks.retrieval_scale import FEATURE_PROBLEMS
 
     cases = LARGE_CASES if args.large else SMOKE_SCALE_CASES if args.smoke else SCALE_CASES
+    if args.cases:
+        wanted = [tuple(name.split(":")) for name in args.cases]
+        unknown = [":".join(case) for case in wanted if case not in cases]
+        if unknown:
+            parser.error(f"unknown cases {unknown}; this mode has {[':'.join(c) for c in cases]}")
+        cases = wanted
     key = "metrics-large" if args.large else "metrics-scale-smoke" if args.smoke else "metrics-scale"
     config = {"problems": {name: asdict(FEATURE_PROBLEMS[name]) for name in sorted({p for _, p, _ in cases})},
               "metric": "cosine", "isolated_processes": not args.smoke, "torch_threads": _torch_threads(),
               "rerank": {"k1": 20, "k2": 6, "lambda": 0.3}, "gallery_block": 4096}
 
     def save(rows: list[dict]):
-        return write_results(key, rows, kind=kind, config=config, directory=args.results_dir)
+        return write_results(key, [*_stored_rows(key, kind, args.results_dir, cases), *rows] if args.append else rows,
+                             kind=kind, config=config, directory=args.results_dir)
 
     rows = run_scale(cases, args.device, isolated=not args.smoke, save=save)
     print(format_table(rows, [c for c in SCALE_COLUMNS if any(c in row for row in rows)]))
     print(f"results written to {save(rows)} (key {key!r})")
     return 0
+
+
+def _stored_rows(key: str, kind: str, directory: str | None, replaced: list[tuple[str, str, str]]) -> list[dict]:
+    """The rows already stored under ``key`` for this device, less those of the cases about to be measured."""
+    path = results_dir(directory) / f"{device_slug(kind)}.json"
+    rows = json.loads(path.read_text()).get(key, {}).get("rows", []) if path.exists() else []
+    return [row for row in rows if (row["case"], row["problem"], row["precision"]) not in replaced]
 
 
 def _torch_threads() -> int:
