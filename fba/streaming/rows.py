@@ -76,8 +76,10 @@ def source_device(*sources: Any) -> torch.device:
 def output_dtype(*sources: Any) -> torch.dtype:
     """float64 when every source holds float64 (as :func:`fba.metrics.pairwise_distance`), else float32."""
     def is_double(source: Any) -> bool:
-        dtype = source.dtype
-        return dtype == torch.float64 if torch.is_tensor(source) else np.dtype(dtype) == np.float64
+        dtype = getattr(source, "dtype", None)  # rows made on demand need not say
+        if torch.is_tensor(source):
+            return dtype == torch.float64
+        return dtype is not None and np.dtype(dtype) == np.float64
 
     return torch.float64 if all(is_double(s) for s in sources) else torch.float32
 
