@@ -115,3 +115,17 @@ def test_streaming_threshold():
     assert use_streaming(10, 10, rerank=False, mode="on") and not use_streaming(10**6, 10**6, False, mode="off")
     with pytest.raises(ValueError, match="streaming"):
         use_streaming(1, 1, False, mode="maybe")
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; the CPU twins above run instead")
+def test_cuda_features_give_the_cpu_numbers():
+    qf, gf = _split(10, 30, 200, dim=12)
+    rng = np.random.default_rng(10)
+    ids = (rng.integers(0, 10, 30), rng.integers(-1, 10, 200), rng.integers(0, 3, 30), rng.integers(0, 3, 200))
+    for options in ({}, {"rerank": True}, {"aqe": 3}):
+        cpu = score_features(qf, gf, *ids, streaming="on", block=64, **options)
+        cuda = score_features(torch.from_numpy(qf).cuda(), torch.from_numpy(gf).cuda(), *ids, streaming="on",
+                              block=64, **options)
+        assert cuda["mAP"] == pytest.approx(cpu["mAP"], abs=1e-6)
+        np.testing.assert_allclose(cuda["cmc"], cpu["cmc"], atol=1e-6)
