@@ -167,6 +167,11 @@ def evaluate(
     return _summarise(*per_query, max_rank=max_rank)
 
 
+def _writeable(array: np.ndarray) -> np.ndarray:
+    """A read-only array (a memory-mapped features file) copied, as torch wants writeable memory."""
+    return array if array.flags.writeable else np.array(array)
+
+
 def pairwise_distance(qf: Any, gf: Any, metric: str = "euclidean", chunk_size: int = 1024) -> np.ndarray:
     """Distance matrix [num_query, num_gallery] between two feature sets (NumPy arrays or tensors).
 
@@ -179,8 +184,8 @@ def pairwise_distance(qf: Any, gf: Any, metric: str = "euclidean", chunk_size: i
 
     if metric not in ("euclidean", "cosine"):
         raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
-    q = qf.detach() if torch.is_tensor(qf) else torch.from_numpy(as_numpy(qf))
-    g = (gf.detach() if torch.is_tensor(gf) else torch.from_numpy(as_numpy(gf))).to(q.device)
+    q = qf.detach() if torch.is_tensor(qf) else torch.from_numpy(_writeable(as_numpy(qf)))
+    g = (gf.detach() if torch.is_tensor(gf) else torch.from_numpy(_writeable(as_numpy(gf)))).to(q.device)
     if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1]:
         raise ValueError(f"features must be [N, D] with the same D, got query {tuple(q.shape)} and gallery {tuple(g.shape)}")
     out_dtype = torch.float64 if (q.dtype == torch.float64 and g.dtype == torch.float64) else torch.float32

@@ -56,8 +56,8 @@ def read_rows(source: Any, start: int, stop: int, device: torch.device | str | N
     if torch.is_tensor(source):
         rows = source[start:stop].detach()
     else:
-        block = source[start:stop]
-        rows = torch.from_numpy(np.array(block, copy=True) if isinstance(source, np.memmap) else np.asarray(block))
+        block = np.asarray(source[start:stop])
+        rows = torch.from_numpy(np.array(block) if isinstance(source, np.memmap) or not block.flags.writeable else block)
         if isinstance(source, np.memmap):
             _release(source, start, stop)
     if not rows.is_floating_point() or rows.element_size() < 4:
