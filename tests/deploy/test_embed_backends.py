@@ -28,9 +28,9 @@ def test_onnxruntime_backend_writes_the_pytorch_file(checkpoint, exported, image
 
 
 @pytest.mark.slow
-def test_image_only_asked_of_a_full_export_is_refused(exported, image_folder, tmp_path):
-    with pytest.raises(SystemExit, match="export --feature image"):
-        embed(tmp_path, "x", exported("onnx", "full"), image_folder, "--backend", "onnxruntime", "--image-only")
+def test_image_only_asked_of_a_full_export_is_refused(exported, image_folder, tmp_path, cli_error):
+    cli_error(["embed", "--model", exported("onnx", "full"), "--images", image_folder, "--out", tmp_path / "x.npz",
+               "--num-workers", "0", "--backend", "onnxruntime", "--image-only"], "export --feature image")
 
 
 @pytest.mark.slow
