@@ -156,7 +156,7 @@ def run_suite(rehearse: bool, out: Path, deadline_s: float, only: list[str] | No
 def setup(out: Path, rehearse: bool) -> int:
     """Carried wheels, the ``fba.kernels`` layout of a checkout, ``fba._C``, and the CUDA extension's build in the
     background (the CUDA tests wait for it). Missing optional parts are said, not fatal. A rehearsal installs
-    nothing: it lists the wheels it would install."""
+    nothing and builds nothing in the checkout: it says what it would do."""
     wheels = sorted(WHEELS_DIR.glob("*.whl"))
     if rehearse:
         print(f"rehearsal: would install {len(wheels)} wheels from {WHEELS_DIR}")
@@ -165,11 +165,14 @@ def setup(out: Path, rehearse: bool) -> int:
                         "--find-links", str(WHEELS_DIR), *map(str, wheels)], check=True)
         print(f"installed {len(wheels)} wheels from {WHEELS_DIR}")
     link = REPO_ROOT / "fba" / "kernels"
-    if not link.exists():
-        link.symlink_to(Path("..") / "kernels")
-        print(f"linked {link} -> ../kernels (the checkout layout)")
-    built = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=REPO_ROOT)
-    print("fba._C built" if built.returncode == 0 else "fba._C not built (metrics fall back to NumPy)")
+    if rehearse:  # the rehearsal runs inside an installed checkout: rebuilding fba._C in place would overwrite
+        print("rehearsal: would link fba/kernels and build fba._C in place")  # the .so that running tests mapped
+    else:
+        if not link.exists():
+            link.symlink_to(Path("..") / "kernels")
+            print(f"linked {link} -> ../kernels (the checkout layout)")
+        built = subprocess.run([sys.executable, "setup.py", "-q", "build_ext", "--inplace"], cwd=REPO_ROOT)
+        print("fba._C built" if built.returncode == 0 else "fba._C not built (metrics fall back to NumPy)")
     import torch
 
     if torch.cuda.is_available():
