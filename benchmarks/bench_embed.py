@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import statistics
 import sys
-import time
 import traceback
 from dataclasses import asdict, dataclass
 from typing import Iterator
@@ -40,7 +39,9 @@ from benchmarks.bench_train_step import (
     resolve_kernel,
     synthetic_captions,
 )
-from benchmarks.common import benchmark_parser, device_name, earlier_rows, format_table, write_results
+from benchmarks.common import (
+    benchmark_parser, device_name, earlier_rows, format_table, measure, time_loop, write_results,
+)
 from fba.engine.embedder import Embedder
 from fba.engine.fast_embed import FastEmbedder
 from fba.engine.text_bank import TextBank
@@ -133,16 +134,11 @@ def run_variant(variant: EmbedVariant, shape: EmbedShape, device: torch.device, 
                 bank = cached if kind == "captions-cached" else tokens
                 text = _text(bank, kind, batch, embedder.param_dtype)
                 images = host_images[:batch]
-                start = time.perf_counter()
-                for _ in range(shape.warmup):
-                    embedder.embed(images, text)
-                row["warmup_s"] = time.perf_counter() - start
+                call = lambda: embedder.embed(images, text)  # noqa: E731
+                row["warmup_s"] = shape.warmup * time_loop(call, shape.warmup, warmup=0, device=device)
                 iters = shape.throughput_iters if batch == most else shape.latency_iters
-                times = []
-                for _ in range(iters):
-                    start = time.perf_counter()
-                    embedder.embed(images, text)
-                    times.append(1e3 * (time.perf_counter() - start))
+                timing, _ = measure(call, repeat=iters, warmup=0, device=device)
+                times = [1e3 * seconds for seconds in timing.runs]
                 p50 = statistics.median(times)
                 flops = extract_flops(model_cfg, (shape.height, shape.width), with_captions=kind != "image",
                                       cached_text=kind == "captions-cached")

@@ -88,13 +88,13 @@ def run_benchmark(problems: dict[str, Problem], repeat: int = 3) -> list[dict]:
                                      warmup=0 if backend == "numpy" else 1)
             if reference is None:
                 reference = result
-            elif abs(result["mAP"] - reference["mAP"]) > 1e-9 or abs(result["mINP"] - reference["mINP"]) > 1e-9:
+            elif abs(result.mAP - reference.mAP) > 1e-9 or abs(result.mINP - reference.mINP) > 1e-9:
                 raise AssertionError(f"{name}: {backend} disagrees with numpy: {result} vs {reference}")
             rows.append({
                 "problem": name, "queries": problem.num_query, "gallery": problem.num_gallery, "backend": backend,
                 "best_s": timing.best, "median_s": timing.median, "runs": len(timing.runs),
-                "mAP": result["mAP"], "R1": float(result["cmc"][0]), "mINP": result["mINP"],
-                "valid_queries": result["num_valid_queries"],
+                "mAP": result.mAP, "R1": float(result.cmc[0]), "mINP": result.mINP,
+                "valid_queries": result.num_valid_queries,
             })
         numpy_best = next(row["best_s"] for row in rows if row["problem"] == name and row["backend"] == "numpy")
         for row in rows:
@@ -218,7 +218,7 @@ def test_evaluate(benchmark, name, backend):
     inputs = _cached_inputs(name)
     rounds = 1 if backend == "numpy" else 5
     result = benchmark.pedantic(evaluate, args=inputs, kwargs={"backend": backend}, rounds=rounds, iterations=1)
-    assert result["num_valid_queries"] > 0.9 * PROBLEMS[name].num_query
+    assert result.num_valid_queries > 0.9 * PROBLEMS[name].num_query
 
 
 if __name__ == "__main__":

@@ -18,9 +18,11 @@ Variants, side by side in one run (``--variants`` picks some):
   (the trainer's engine before issue 14).
 
 The eager variants keep fp32 weights, run the forward under bf16 autocast and step a (fused on CUDA) Adam. The
-DeepSpeed variants are built by the trainer's own engine construction (``fba.engine.engine_config``:
-``plan_engine``, ``build_optimizer``, ``initialize_engine``) and take the inputs in the dtype the trainer hands
-its engine; the step is the trainer's: forward, ``FBALoss``, ``engine.backward``, ``engine.step``. Inputs are synthetic but
+DeepSpeed variants are what ``fba train`` runs: the trainer's own engine (:func:`fba.engine.trainer.build_engine`
+over ``plan_engine``: optimiser, LR schedule, engine mode, ZeRO stage) stepped by the trainer's own
+:class:`fba.engine.trainer.TrainStep` (inputs in the dtype the trainer hands its engine, forward, ``FBALoss``,
+``engine.backward``, ``engine.step``). One more engine setting is one more ``Variant(..., engine_mode=...,
+zero_stage=...)`` line. Inputs are synthetic but
 shaped as the trainer's: a pinned host batch copied to the device each step, P x K identities, and the captions
 of the batch gathered from a ``TextBank`` by index (the real JPEG/DALI input pipeline is ``bench_input``).
 
@@ -45,8 +47,12 @@ from typing import Callable, Iterator
 
 import torch
 
-from benchmarks.common import benchmark_parser, device_name, earlier_rows, format_table, synchronize, write_results
-from fba.config import Config, ModelConfig
+from benchmarks.common import (
+    benchmark_parser, device_name, earlier_rows, format_table, synchronize, time_loop, write_results,
+)
+from fba.config import Config, ModelConfig, apply_overrides, validate
+from fba.engine.engine_config import plan_engine
+from fba.engine.trainer import TrainStep, build_engine, setup_distributed
 from fba.engine.text_bank import TextBank
 from fba.flops import spec_peak_tflops, training_flops
 from fba.losses import FBALoss
@@ -178,14 +184,7 @@ def matmul_peak_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16
     size = size or (8192 if device.type == "cuda" else 512)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)
-    for _ in range(3):
-        a @ b
-    synchronize(device)
-    start = time.perf_counter()
-    for _ in range(repeat):
-        a @ b
-    synchronize(device)
-    return 2 * size**3 * repeat / (time.perf_counter() - start) / 1e12
+    return 2 * size**3 / time_loop(lambda: a @ b, repeat, warmup=3, device=device) / 1e12
 
 
 def count_host_syncs(fn: Callable[[], object], device: torch.device) -> int | None:
@@ -250,19 +249,52 @@ def _text_bank(model, captions: tuple[list[str], list[str]], cached: bool, devic
     return TextBank(*tokens)
 
 
-def _deepspeed_engine(model, model_cfg: ModelConfig, shape: Shape, variant: Variant):
-    """The engine ``fba train`` builds for this model on one rank; returns (engine, the dtype of its inputs)."""
-    from fba.engine.engine_config import build_optimizer, initialize_engine, plan_engine
-    from fba.engine.trainer import setup_distributed
-
-    env = setup_distributed()
+def trainer_config(model_cfg: ModelConfig, shape: Shape, variant: Variant) -> Config:
+    """The config ``fba train`` would run this shape and engine with: the model, the P x K batch, bf16, eager
+    (``train.compile=off``), the variant's engine mode and ZeRO stage."""
     cfg = Config(model=model_cfg)
-    cfg.data.batch_size = shape.batch
-    cfg.data.num_instances = shape.num_instances
-    cfg.train.engine_mode, cfg.train.zero_stage = variant.engine_mode, variant.zero_stage
+    apply_overrides(cfg, [f"data.batch_size={shape.batch}", f"data.num_instances={shape.num_instances}",
+                          "solver.base_lr=8e-5", "solver.weight_decay=1e-4", "train.precision=bf16",
+                          "train.compile=off", f"train.engine_mode={variant.engine_mode}",
+                          f"train.zero_stage={variant.zero_stage}"])
+    return validate(cfg)
+
+
+def trainer_step(model, model_cfg: ModelConfig, shape: Shape, variant: Variant, bank: TextBank,
+                 device: torch.device) -> TrainStep:
+    """The trainer's own engine and step for ``model`` on one rank (what ``Trainer`` builds), on an epoch long
+    enough for the benchmark's steps."""
+    cfg = trainer_config(model_cfg, shape, variant)
+    env = setup_distributed()
     plan = plan_engine(cfg, "bf16", env.world_size)
-    optimizer = build_optimizer(cfg, model.trainable_parameters(), env.device)
-    return initialize_engine(model, optimizer, None, cfg, plan), plan.weight_dtype
+    engine, scheduler = build_engine(cfg, model, plan)
+    scheduler.begin_epoch(0, shape.warmup + shape.steps + 1)
+    return TrainStep(engine, FBALoss(cfg.loss, cfg.model), bank, plan.weight_dtype, device)
+
+
+def _eager_step(model, model_cfg: ModelConfig, bank: TextBank, dtype: torch.dtype, device: torch.device):
+    """The eager variants' step: fp32 weights, bf16 autocast, torch Adam (fused on CUDA); the same sections
+    as :class:`TrainStep` marks."""
+    criterion = FBALoss(Config().loss, model_cfg)
+    optimizer = torch.optim.Adam(model.trainable_parameters(), lr=8e-5, weight_decay=1e-4, fused=device.type == "cuda")
+
+    def step(batch: dict, mark) -> None:
+        images = batch["images"].to(device, non_blocking=True).to(dtype)
+        pids = batch["pids"].to(device, non_blocking=True)
+        fg, bg = bank.select(batch["index"], dtype)
+        mark("data")
+        with torch.autocast(device.type, dtype=dtype):
+            outputs = model(images, fg, bg)
+        mark("heads_fwd")
+        total, _parts = criterion({k: v.float() for k, v in outputs.items()}, pids)
+        mark("loss_fwd")
+        total.backward()
+        mark("backbone_bwd")
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        mark("optimizer")
+
+    return step
 
 
 def run_variant(variant: Variant, shape: Shape, device: torch.device, peaks: dict[str, float | None]) -> dict:
@@ -277,24 +309,12 @@ def run_variant(variant: Variant, shape: Shape, device: torch.device, peaks: dic
         torch.cuda.reset_peak_memory_stats()
     setup_start = time.perf_counter()
     model_cfg, model = build_bench_model(shape, kernel, device)
-    dtype = input_dtype = torch.bfloat16
     captions = (synthetic_captions(4 * shape.batch, seed=1), synthetic_captions(4 * shape.batch, seed=2))
     bank = _text_bank(model, captions, variant.cached_text, device)
-    criterion = FBALoss(Config().loss, model_cfg)
     if variant.deepspeed:
-        engine, input_dtype = _deepspeed_engine(model, model_cfg, shape, variant)
-        forward, backward, step = engine, engine.backward, engine.step
-        autocast = contextlib.nullcontext()
+        step_fn = trainer_step(model, model_cfg, shape, variant, bank, device)
     else:
-        optimizer = torch.optim.Adam(model.trainable_parameters(), lr=8e-5, weight_decay=1e-4,
-                                     fused=device.type == "cuda")
-        forward, backward = model, torch.Tensor.backward
-
-        def step() -> None:
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
-
-        autocast = torch.autocast(device.type, dtype=dtype)
+        step_fn = _eager_step(model, model_cfg, bank, torch.bfloat16, device)
     for name in variant.compile:  # $FBA_BENCH_COMPILE_BACKEND: gpu_suite --rehearse traces with "eager" on the CPU
         setattr(model, name, torch.compile(getattr(model, name), backend=os.environ.get("FBA_BENCH_COMPILE_BACKEND",
                                                                                          "inductor")))
@@ -309,19 +329,7 @@ def run_variant(variant: Variant, shape: Shape, device: torch.device, peaks: dic
 
     def train_step(i: int) -> None:
         marks.mark("start")
-        images = host_images.to(device, non_blocking=True).to(input_dtype)
-        pids = host_pids.to(device, non_blocking=True)
-        fg, bg = bank.select(indices[i], input_dtype)
-        marks.mark("data")
-        with autocast:
-            outputs = forward(images, fg, bg)
-        marks.mark("heads_fwd")
-        total, _parts = criterion({k: v.float() for k, v in outputs.items()}, pids)
-        marks.mark("loss_fwd")
-        backward(total)
-        marks.mark("backbone_bwd")
-        step()
-        marks.mark("optimizer")
+        step_fn({"images": host_images, "pids": host_pids, "index": indices[i]}, marks.mark)
 
     with section_hooks(model, marks):
         for i in range(shape.warmup):
@@ -359,13 +367,7 @@ def h2d_copy_ms(shape: Shape, device: torch.device, repeat: int = 10) -> dict[st
     result = {}
     for name, pinned in (("pinned", True), ("pageable", False)):
         host = torch.randn(shape.batch, 3, shape.height, shape.width, pin_memory=pinned)
-        host.to(device)
-        synchronize(device)
-        start = time.perf_counter()
-        for _ in range(repeat):
-            host.to(device, non_blocking=pinned)
-        synchronize(device)
-        result[name] = 1e3 * (time.perf_counter() - start) / repeat
+        result[name] = 1e3 * time_loop(lambda: host.to(device, non_blocking=pinned), repeat, device=device)
     return result
 
 

@@ -118,17 +118,37 @@ def synchronize(device: Any) -> None:
         torch.cuda.synchronize()
 
 
-def measure(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1) -> tuple[Timing, Any]:
-    """Time ``fn()`` ``repeat`` times after ``warmup`` untimed calls; returns the timing and the last result."""
+def measure(fn: Callable[[], Any], repeat: int = 3, warmup: int = 1, device: Any = None) -> tuple[Timing, Any]:
+    """Time ``fn()`` ``repeat`` times after ``warmup`` untimed calls; returns the timing and the last result.
+
+    With a CUDA ``device`` each run is synchronised before its clock starts and before it stops, so a run's time
+    is the device work it queued (its latency); :func:`time_loop` measures throughput instead.
+    """
     result = None
     for _ in range(warmup):
         result = fn()
     runs = []
     for _ in range(repeat):
+        synchronize(device)
         start = time.perf_counter()
         result = fn()
+        synchronize(device)
         runs.append(time.perf_counter() - start)
     return Timing(runs), result
+
+
+def time_loop(fn: Callable[[], Any], iters: int, warmup: int = 1, device: Any = None) -> float:
+    """Seconds per call of ``fn()`` run ``iters`` times back to back after ``warmup`` untimed calls, with one
+    synchronisation before the clock starts and one before it stops (the device pipelines the calls, as a
+    training or embedding loop does)."""
+    for _ in range(warmup):
+        fn()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(iters):
+        fn()
+    synchronize(device)
+    return (time.perf_counter() - start) / iters
 
 
 def _cell(value: Any, float_format: str) -> str:

@@ -15,7 +15,7 @@ from fba.data.captions import BG_PROMPT, FG_PROMPT
 if TYPE_CHECKING:
     import torch
 
-SPECIALS = ("<unk>", "<pad>", "<s>", "</s>", "<image>")
+RESERVED_TOKENS = ("<unk>", "<pad>", "<s>", "</s>", "<image>")
 EXTRA_WORDS = "USER: ASSISTANT: a man woman red blue black coat bag car tree wall street bicycle pole"
 
 
@@ -63,7 +63,7 @@ def llava_processor(shape: LlavaShape, chat_template: str | None = None) -> Any:
     trained = Tokenizer(models.WordLevel(unk_token="<unk>"))
     trained.pre_tokenizer = pre_tokenizers.Whitespace()
     trained.train_from_iterator([FG_PROMPT, BG_PROMPT, EXTRA_WORDS],
-                                trainers.WordLevelTrainer(special_tokens=list(SPECIALS)))
+                                trainers.WordLevelTrainer(special_tokens=list(RESERVED_TOKENS)))
     vocab = trained.get_vocab()
     vocab.update({f"tok{i}": i for i in range(len(vocab), shape.vocab_size or 0)})
     words = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
@@ -84,7 +84,7 @@ def llava_config(shape: LlavaShape, tokenizer: Any) -> Any:
     """The ``LlavaConfig`` of ``shape``, its special token ids taken from ``tokenizer``."""
     from transformers import CLIPVisionConfig, LlamaConfig, LlavaConfig
 
-    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIALS}
+    ids = {token: tokenizer.convert_tokens_to_ids(token) for token in RESERVED_TOKENS}
     return LlavaConfig(
         vision_config=CLIPVisionConfig(
             hidden_size=shape.vision_hidden, intermediate_size=shape.vision_intermediate,

@@ -18,8 +18,15 @@ from pathlib import Path
 
 import numpy as np
 
+from fba.atomic import atomic_write_bytes
+from fba.caption_baseline import caption_only_metrics
+from fba.config import load_config
+from fba.data import CaptionStore, build_dataset
+from fba.data.loaders import load_data
 from fba.data.synthetic.noise import REALISTIC_LEVEL
-from fba.demo import DEMO_CONFIG, FEATURES, ensure_synthetic
+from fba.demo import DEMO_CONFIG, FEATURES, ensure_synthetic, feature_metrics, headline
+from fba.engine.checkpoint import load_model
+from fba.engine.trainer import train
 
 ROWS: list[tuple[str, dict[str, bool]]] = [
     ("baseline", {"cross_modal": False, "diversity": False, "pooling": False}),
@@ -91,20 +98,12 @@ def per_run_table(results: list[dict]) -> str:
 
 def captions_alone_line(data: Path) -> str:
     """The model-free reference of the data set: its fg captions' bag of words (:mod:`fba.caption_baseline`)."""
-    from fba.caption_baseline import caption_only_metrics
-    from fba.data import CaptionStore, build_dataset
-    from fba.demo import headline
-
     result = headline(caption_only_metrics(build_dataset("synthetic", data), CaptionStore.load(data / "captions.jsonl")))
     return f"Captions alone (fg bag of words, no model) on this data set: mAP {result['mAP']:.1f}, R-1 {result['R1']:.1f}."
 
 
 def measure(cfg, model_path: Path) -> dict[str, dict[str, float]]:
     """mAP / R-1 (percent) of a trained ``model.pt`` for each retrieval feature it has (:data:`FEATURES`)."""
-    from fba.demo import feature_metrics, headline
-    from fba.engine.checkpoint import load_model
-    from fba.engine.trainer import load_data
-
     model, _ = load_model(model_path)
     dataset, store = load_data(cfg)
     return {kind: headline(m) for kind, (m, _) in feature_metrics(cfg, model, dataset, store).items()}
@@ -115,10 +114,6 @@ def run_ablation(out: Path, data: Path, ids: int, cams: int, data_seed: int, see
     """Train and measure every (row, seed). With ``resume``, runs already in ``out/ablation.json`` are kept and
     the first unfinished one continues from its latest checkpoint, so an interrupted ablation loses at most
     one epoch."""
-    from fba.config import load_config
-    from fba.atomic import atomic_write_bytes
-    from fba.engine.trainer import train
-
     ensure_synthetic(data, ids, cams, data_seed, caption_noise)
     out.mkdir(parents=True, exist_ok=True)
     results_path = out / "ablation.json"

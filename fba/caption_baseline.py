@@ -12,6 +12,9 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from fba.metrics import RetrievalMetrics
+from fba.streaming import score_features
+
 _WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
 
 
@@ -29,14 +32,12 @@ def bag_of_words(texts: Sequence[str]) -> np.ndarray:
     return weighted / np.maximum(np.linalg.norm(weighted, axis=1, keepdims=True), 1e-12)
 
 
-def caption_only_metrics(dataset, store, max_rank: int = 50) -> dict:
+def caption_only_metrics(dataset, store, max_rank: int = 50) -> RetrievalMetrics:
     """Market-protocol metrics of query/gallery ranked by their fg captions' bag of words (cosine)."""
-    from fba.engine.evaluator import evaluate_features
-
     query, gallery = dataset.split("query"), dataset.split("gallery")
     texts = [store[dataset.relpath(path)].fg for path, _, _ in [*query, *gallery]]
     features = bag_of_words(texts)
     q_pids, g_pids = (np.array([pid for _, pid, _ in items]) for items in (query, gallery))
     q_cams, g_cams = (np.array([cam for _, _, cam in items]) for items in (query, gallery))
-    return evaluate_features(features[: len(query)], features[len(query):], q_pids, g_pids, q_cams, g_cams,
-                             metric="cosine", max_rank=max_rank)
+    return score_features(features[: len(query)], features[len(query):], q_pids, g_pids, q_cams, g_cams,
+                          metric="cosine", max_rank=max_rank)

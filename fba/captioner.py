@@ -1,7 +1,7 @@
 """``fba caption``: foreground/background captions of every image of a data set, written as JSON Lines.
 
-The paper captions each image once, offline, with LLaVA-1.5 and its two prompts (SPEC §1). Two backends share
-one writer:
+The paper captions each image once, offline, with LLaVA-1.5 and its two prompts (docs/design.md#inputs). Two
+backends share one writer:
 
 - ``llava`` loads a LLaVA-style model through ``transformers`` (``LlavaForConditionalGeneration`` +
   ``AutoProcessor``) from a local folder (``--allow-download`` lets a hub id be fetched where there is network)

@@ -18,7 +18,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "caption": ("fba.captioner", "caption a data set with a vision-language model (or the template backend)"),
     "train": ("fba.engine.trainer", "train FBA with DeepSpeed (ZeRO, bf16)"),
     "eval": ("fba.engine.evaluator", "evaluate a checkpoint on a data set, or a saved features file"),
-    "embed": ("fba.engine.embedder", "embed a folder or list of images into a features file"),
+    "embed": ("fba.engine.embed_cli", "embed a folder or list of images into a features file"),
     "export": ("fba.deploy.export", "export a model.pt to ONNX or an AOTInductor package for serving"),
     "demo": ("fba.demo", "the main job: synthetic data, train the tiny FBA, evaluate, draw the pictures"),
     "ablate": ("fba.ablate", "train the Table 3 ablation rows on the synthetic occluded set"),

@@ -14,9 +14,9 @@ from typing import Callable, TypeVar
 
 import torch
 
+from fba.config import COMPILE_MODES
 from fba.errors import InputError
 
-COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 GPU_DEFAULT = "default"  # unmeasured; see the module docstring
 
 T = TypeVar("T")

@@ -1,7 +1,11 @@
 """Configs as data: nested dataclasses, YAML files in ``configs/`` and dotted command-line overrides.
 
-A YAML file and the overrides may only name fields that exist; a wrong key is an error that lists the valid
-ones, so a typo never silently trains the wrong model.
+A config is checked once, where it is loaded (:func:`load_config`, :func:`config_from_dict`), and nowhere else:
+a YAML file and the overrides may only name fields that exist (a wrong key lists the valid ones), every value
+must have its field's type, a field typed ``Literal[...]`` takes only those choices, and :func:`validate` checks
+ranges and the rules between fields (P x K divisibility, the ablation switches, the schedule). Every problem is
+a :class:`ConfigError` (an ``InputError``: the CLI prints it on one line and exits 2), so the code that reads a
+loaded config trusts it.
 """
 from __future__ import annotations
 
@@ -9,11 +13,21 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 import typing
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
 from fba.errors import InputError
+
+Loader = Literal["auto", "torch", "dali"]  # auto: DALI on a GPU (when installed), torch on the CPU
+Arch = Literal["ViT-B-16", "tiny"]  # fba.model.ARCHS
+Kernel = Literal["auto", "reference", "triton", "cuda"]  # fba.kernels.BACKENDS
+Optimizer = Literal["adam"]
+ZeroStage = Literal["auto", "0", "1", "2", "3"]  # auto: 0 on one rank, 2 on several (fba.engine.engine_config)
+Precision = Literal["auto", "bf16", "fp16", "fp32"]
+EngineMode = Literal["auto", "autocast", "lowp_weights"]  # fba.engine.engine_config.ENGINE_MODES
+Feature = Literal["full", "image"]  # full: CLS, F_f^V, F_f^T with captions; image: CLS only
+COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 @dataclass
@@ -29,7 +43,7 @@ class DataConfig:
     num_instances: int = 4
     eval_batch_size: int = 128
     num_workers: int = 2
-    loader: str = "auto"  # auto (dali on GPU, torch on CPU) | torch | dali
+    loader: Loader = "auto"
     flip_prob: float = 0.5
     padding: int = 10
     erasing_prob: float = 0.5
@@ -38,7 +52,7 @@ class DataConfig:
 
 @dataclass
 class ModelConfig:
-    arch: str = "ViT-B-16"  # ViT-B-16 | tiny
+    arch: Arch = "ViT-B-16"
     pretrained: str | None = None  # local open_clip/OpenAI checkpoint; never downloaded
     stride: int = 12
     cross_modal: bool = True
@@ -47,7 +61,7 @@ class ModelConfig:
     pool_grad: bool = False
     cross_layers: int = 4
     text_cache: str | None = None  # directory of the frozen text tower's cached outputs
-    kernel: str = "auto"  # auto | reference | triton | cuda
+    kernel: Kernel = "auto"
     sync_bn: bool = False  # BNNeck statistics over all ranks' batch (docs/distributed.md); default per rank
 
 
@@ -62,7 +76,7 @@ class LossConfig:
 
 @dataclass
 class SolverConfig:
-    optimizer: str = "adam"
+    optimizer: Optimizer = "adam"
     base_lr: float = 8e-5
     weight_decay: float = 1e-4
     epochs: int = 60
@@ -78,8 +92,8 @@ class SolverConfig:
 class TrainConfig:
     output_dir: str = "runs/default"
     seed: int = 0
-    zero_stage: str = "auto"  # auto (0 on one rank, 2 on several) | 0 | 1 | 2 | 3 (docs/performance.md)
-    precision: str = "auto"  # auto | bf16 | fp16 | fp32
+    zero_stage: ZeroStage = "auto"  # docs/performance.md
+    precision: Precision = "auto"
     eval_every: int = 10
     checkpoint_every: int = 0  # optimiser steps between checkpoints inside an epoch; 0: at epoch ends only
     log_every: int = 20
@@ -88,13 +102,13 @@ class TrainConfig:
     divergence_factor: float = 10.0  # stop when a logged loss exceeds this times the first one (0: never)
     max_skipped_steps: int = 8  # stop when more optimiser steps than this in a row are skipped (0: never)
     preflight: bool = True  # read every image of every split before the first step
-    engine_mode: str = "auto"  # auto (= autocast) | autocast | lowp_weights (docs/performance.md)
+    engine_mode: EngineMode = "auto"  # auto = autocast (docs/performance.md)
     auto_resume: bool | None = None  # None: resume when an elastic launcher restarts the workers
 
 
 @dataclass
 class EvalConfig:
-    feature: str = "full"  # full (CLS, F_f^V, F_f^T) | image (CLS only)
+    feature: Feature = "full"
     rerank: bool = False
     max_rank: int = 50
 
@@ -121,7 +135,8 @@ class Config:
 
 
 class ConfigError(InputError):
-    """A config file or override names a key that does not exist or gives a value of the wrong type."""
+    """A config file or override names a key that does not exist, gives a value of the wrong type, or breaks a
+    range or a rule between fields."""
 
 
 def _valid_keys(obj: Any) -> list[str]:
@@ -161,6 +176,18 @@ def _declared_scalar(obj: Any, key: str) -> Any:
     return kinds[0]() if len(kinds) == 1 and kinds[0] in (bool, int, float, str) else None
 
 
+def choices(section: type, key: str) -> tuple | None:
+    """The values a ``Literal``-typed field takes, or None for a free field."""
+    hint = typing.get_type_hints(section)[key]
+    return typing.get_args(hint) if typing.get_origin(hint) is Literal else None
+
+
+def _check_choice(obj: Any, key: str, value: Any, where: str) -> None:
+    allowed = choices(type(obj), key)
+    if allowed is not None and value not in allowed:
+        raise ConfigError(f"{where}: must be one of {', '.join(map(str, allowed))}, got {value!r}")
+
+
 def _set(obj: Any, key: str, value: Any, where: str) -> None:
     if key not in _valid_keys(obj):
         raise ConfigError(f"{where}: unknown key {key!r}; valid keys: {', '.join(_valid_keys(obj))}")
@@ -173,7 +200,9 @@ def _set(obj: Any, key: str, value: Any, where: str) -> None:
         for sub_key, sub_value in value.items():
             _set(current, sub_key, sub_value, f"{where}.{sub_key}" if where else sub_key)
         return
-    setattr(obj, key, _coerce(value, current, where or key))
+    value = _coerce(value, current, where or key)
+    _check_choice(obj, key, value, where or key)
+    setattr(obj, key, value)
 
 
 def apply_dict(cfg: Config, values: dict, source: str = "") -> Config:
@@ -214,8 +243,83 @@ def apply_overrides(cfg: Config, overrides: list[str]) -> Config:
     return cfg
 
 
+_RULES: list[tuple[str, typing.Callable[[Any], bool], str]] = [
+    ("data.height", lambda v: v >= 1, ">= 1"),
+    ("data.width", lambda v: v >= 1, ">= 1"),
+    ("data.batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.num_instances", lambda v: v >= 1, ">= 1"),
+    ("data.eval_batch_size", lambda v: v >= 1, ">= 1"),
+    ("data.num_workers", lambda v: v >= 0, ">= 0"),
+    ("data.flip_prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("data.padding", lambda v: v >= 0, ">= 0"),
+    ("data.erasing_prob", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("model.stride", lambda v: v >= 1, ">= 1"),
+    ("model.cross_layers", lambda v: v >= 0, ">= 0"),
+    ("loss.label_smoothing", lambda v: 0 <= v < 1, "in [0, 1)"),
+    ("loss.triplet_margin", lambda v: v >= 0, ">= 0"),
+    ("loss.diversity_margin", lambda v: v >= 0, ">= 0"),
+    ("loss.diversity_weight", lambda v: v >= 0, ">= 0"),
+    ("solver.base_lr", lambda v: v > 0, "> 0"),
+    ("solver.weight_decay", lambda v: v >= 0, ">= 0"),
+    ("solver.epochs", lambda v: v >= 1, ">= 1"),
+    ("solver.warmup_factor", lambda v: 0 < v <= 1, "in (0, 1]"),
+    ("solver.final_factor", lambda v: 0 <= v <= 1, "in [0, 1]"),
+    ("solver.grad_clip", lambda v: v >= 0, ">= 0 (0 disables it)"),
+    ("solver.iters_per_epoch", lambda v: v is None or v >= 1, ">= 1 or null"),
+    ("solver.grad_accum_steps", lambda v: v >= 1, ">= 1"),
+    ("train.eval_every", lambda v: v >= 1, ">= 1"),
+    ("train.checkpoint_every", lambda v: v >= 0, ">= 0 (0: at epoch ends only)"),
+    ("train.log_every", lambda v: v >= 1, ">= 1"),
+    ("train.keep_checkpoints", lambda v: v >= 1, ">= 1"),
+    ("train.divergence_factor", lambda v: v == 0 or v > 1, "> 1, or 0 to never stop"),
+    ("train.max_skipped_steps", lambda v: v >= 0, ">= 0 (0: never stop)"),
+    ("eval.max_rank", lambda v: v >= 1, ">= 1"),
+]
+
+
+def validate(cfg: Config) -> Config:
+    """Ranges and the rules between fields; raises one :class:`ConfigError` naming every problem."""
+    problems = []
+    for dotted, ok, expected in _RULES:
+        section, key = dotted.split(".")
+        value = getattr(getattr(cfg, section), key)
+        if not ok(value):
+            problems.append(f"{dotted} must be {expected}, got {value!r}")
+    for section in dataclasses.fields(cfg):
+        obj = getattr(cfg, section.name)
+        for f in dataclasses.fields(obj):
+            allowed = choices(type(obj), f.name)
+            if allowed is not None and getattr(obj, f.name) not in allowed:
+                problems.append(f"{section.name}.{f.name} must be one of {', '.join(map(str, allowed))}, "
+                                f"got {getattr(obj, f.name)!r}")
+    data, model, solver = cfg.data, cfg.model, cfg.solver
+    if data.batch_size % data.num_instances:
+        problems.append(f"data.batch_size ({data.batch_size}) must be a multiple of data.num_instances "
+                        f"({data.num_instances}): a batch is P identities x K images")
+    if not model.cross_modal and (model.diversity or model.pooling):
+        problems.append("model.diversity and model.pooling need model.cross_modal=true; "
+                        "for the baseline set all three to false")
+    if model.pool_grad and not model.pooling:
+        problems.append("model.pool_grad needs model.pooling=true (it trains through the pooling weights)")
+    for dotted in ("train.compile", "embed.compile"):
+        section, key = dotted.split(".")
+        mode = getattr(getattr(cfg, section), key)
+        if str(mode).lower() not in (*COMPILE_MODES, "true", "false"):
+            problems.append(f"{dotted} must be one of {', '.join(COMPILE_MODES)} (true/false: default/off), "
+                            f"got {mode!r}")
+    batches = cfg.embed.graph_batches
+    if not batches or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in batches):
+        problems.append(f"embed.graph_batches must be a non-empty list of batch sizes >= 1, got {batches!r}")
+    if not 0 <= solver.warmup_epochs <= solver.epochs:
+        problems.append(f"solver.warmup_epochs must be in [0, solver.epochs={solver.epochs}], "
+                        f"got {solver.warmup_epochs}")
+    if problems:
+        raise ConfigError("; ".join(problems))
+    return cfg
+
+
 def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
-    """Defaults, then the YAML file at ``path`` (if any), then the dotted ``overrides``."""
+    """Defaults, then the YAML file at ``path`` (if any), then the dotted ``overrides``; then :func:`validate`."""
     cfg = Config()
     if path is not None:
         path = Path(path)
@@ -233,9 +337,9 @@ def load_config(path: str | Path | None = None, overrides: list[str] | None = No
         if not isinstance(values, dict):
             raise ConfigError(f"{path}: the top level must be a mapping of sections")
         apply_dict(cfg, values, source=f"{path}: ")
-    return apply_overrides(cfg, overrides or [])
+    return validate(apply_overrides(cfg, overrides or []))
 
 
 def config_from_dict(values: dict) -> Config:
-    """Rebuild a config saved with :meth:`Config.to_dict` (e.g. inside a checkpoint)."""
-    return apply_dict(Config(), values)
+    """Rebuild a config saved with :meth:`Config.to_dict` (e.g. inside a checkpoint), checked as a loaded one."""
+    return validate(apply_dict(Config(), values))

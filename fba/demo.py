@@ -21,10 +21,20 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from fba import viz
+from fba.caption_baseline import caption_only_metrics
 from fba.config import Config, load_config
+from fba.data.loaders import load_data
+from fba.data.synthetic import generate
 from fba.data.synthetic.noise import REALISTIC_LEVEL
-from fba.metrics import percent_metrics
-from fba.model import select_feature
+from fba.data.transforms import build_eval_transform, read_image
+from fba.engine.checkpoint import load_model
+from fba.engine.embedder import Embedder
+from fba.engine.features_io import FeatureSet
+from fba.engine.retrieval import RetrievalEval, query_gallery, with_feature
+from fba.engine.trainer import seed_everything, train
+from fba.metrics import RetrievalMetrics, pairwise_distance
+from fba.model import build_model, select_feature
 from fba.model.text import TextFeatures
 
 DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "synthetic.yaml"
@@ -40,8 +50,6 @@ FEATURES = {
 
 def ensure_synthetic(root: Path, ids: int, cams: int, seed: int, caption_noise: float = 0.0) -> Path:
     """The occluded synthetic set at ``root``: reused when its meta.json says it was made with these settings."""
-    from fba.data.synthetic import generate
-
     meta_path = root / "meta.json"
     wanted = (ids, cams, seed, True, float(caption_noise))
     if meta_path.is_file():
@@ -58,23 +66,18 @@ def ensure_synthetic(root: Path, ids: int, cams: int, seed: int, caption_noise: 
     return root
 
 
-def feature_metrics(cfg: Config, model: torch.nn.Module, dataset, store) -> dict[str, tuple[dict, dict]]:
+def feature_metrics(cfg: Config, model: torch.nn.Module, dataset, store) -> dict[str, tuple[RetrievalMetrics, FeatureSet]]:
     """``{kind: (metrics, features)}`` for each retrieval feature of :data:`FEATURES` the model has ("image"
     only for the baseline or without captions), from one embedding pass of the full feature."""
-    from fba.engine.embedder import Embedder, RetrievalEval
-
     with_captions = model.cross_modal is not None and store is not None
-    kind_cfg = dataclasses.replace(cfg, eval=dataclasses.replace(cfg.eval, feature="full" if with_captions else "image"))
     device = next(model.parameters()).device
-    evaluation = RetrievalEval.for_model(kind_cfg, model, dataset, store, device)
+    evaluation = RetrievalEval.for_model(with_feature(cfg, "full" if with_captions else "image"), model, dataset,
+                                         store, device)
     embedded = evaluation.embed(Embedder(model, device))
     results = {}
     for kind in FEATURES if with_captions else ("image",):
-        features = dict(embedded, feature=kind)
-        if with_captions:
-            for split in ("query", "gallery"):
-                rows, pids, camids = embedded[split]
-                features[split] = (select_feature(torch.as_tensor(rows), kind), pids, camids)
+        rows = select_feature(torch.as_tensor(embedded.features), kind).numpy() if with_captions else embedded.features
+        features = dataclasses.replace(embedded, features=rows, meta={**embedded.meta, "feature": kind})
         results[kind] = (evaluation.score(features), features)
     return results
 
@@ -91,15 +94,13 @@ def fg_attention_heat(model, images: torch.Tensor, fg: TextFeatures, bg: TextFea
     return heat.view(-1, *model.backbone.grid).cpu().numpy()
 
 
-def draw_pictures(out: Path, cfg: Config, model, dataset, store, features: dict, metrics_file: Path) -> dict[str, Path]:
-    from fba import viz
-    from fba.data.transforms import build_eval_transform, read_image
-    from fba.metrics import pairwise_distance
-
-    (qf, q_pids, q_cams), (gf, g_pids, g_cams) = features["query"], features["gallery"]
+def draw_pictures(out: Path, cfg: Config, model, dataset, store, features: FeatureSet,
+                  metrics_file: Path) -> dict[str, Path]:
+    query, gallery = query_gallery(features)
     query_paths = [path for path, _, _ in dataset.query]
     gallery_paths = [path for path, _, _ in dataset.gallery]
-    distmat = pairwise_distance(qf, gf, metric="cosine")
+    q_pids, g_pids, q_cams, g_cams = query.pids, gallery.pids, query.camids, gallery.camids
+    distmat = pairwise_distance(query.features, gallery.features, metric="cosine")
     rng = np.random.default_rng(cfg.train.seed)
     shown = sorted(rng.choice(len(query_paths), size=min(6, len(query_paths)), replace=False).tolist())
     pictures = {
@@ -120,17 +121,17 @@ def draw_pictures(out: Path, cfg: Config, model, dataset, store, features: dict,
     return pictures
 
 
-def headline(metrics: dict) -> dict[str, float]:
+def headline(metrics: RetrievalMetrics) -> dict[str, float]:
     """mAP and Rank-1 in percent: what the demo's summary and the ablation table report."""
-    percent = percent_metrics(metrics)
+    percent = metrics.percent()
     return {"mAP": percent["mAP"], "R1": percent["R1"]}
 
 
-def metrics_table(columns: dict[str, dict]) -> str:
+def metrics_table(columns: dict[str, RetrievalMetrics]) -> str:
     """Markdown table: one row per metric (percent), one column per measured model/feature."""
     names = list(columns)
     lines = ["| metric | " + " | ".join(names) + " |", "|---|" + "--:|" * len(names)]
-    percent = [percent_metrics(m) for m in columns.values()]
+    percent = [m.percent() for m in columns.values()]
     for name in percent[0]:
         lines.append(f"| {name.replace('R', 'Rank-')} | " + " | ".join(f"{p[name]:.2f}" for p in percent) + " |")
     return "\n".join(lines)
@@ -153,10 +154,6 @@ def demo_note(caption_noise: float, kinds: list[str], captions_alone: bool = Fal
 
 def run_demo(out: Path, data: Path, ids: int, cams: int, seed: int, config: Path, overrides: list[str],
              caption_noise: float = REALISTIC_LEVEL) -> dict:
-    from fba.engine.checkpoint import load_model
-    from fba.engine.trainer import load_data, seed_everything, train
-    from fba.model import build_model
-
     start = time.perf_counter()
     out.mkdir(parents=True, exist_ok=True)
     ensure_synthetic(data, ids, cams, seed, caption_noise)
@@ -167,8 +164,6 @@ def run_demo(out: Path, data: Path, ids: int, cams: int, seed: int, config: Path
 
     captions_alone = None
     if store is not None:
-        from fba.caption_baseline import caption_only_metrics
-
         captions_alone = caption_only_metrics(dataset, store, cfg.eval.max_rank)
     print("[2/5] evaluating the untrained model (same seed, random weights)")
     seed_everything(cfg.train.seed)

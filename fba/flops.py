@@ -26,7 +26,7 @@ from fba.model.backbone import ClipArch, get_arch, patch_grid
 __all__ = [
     "ModelFlops",
     "PartFlops",
-    "SPEC_PEAK_BF16_TFLOPS",
+    "DATASHEET_PEAK_BF16_TFLOPS",
     "extract_flops",
     "spec_peak_tflops",
     "training_flops",
@@ -188,7 +188,7 @@ def extract_flops(
 
 
 # Dense bf16 tensor-core peaks from the vendors' data sheets (TFLOP/s, no sparsity), matched by device name.
-SPEC_PEAK_BF16_TFLOPS: dict[str, float] = {
+DATASHEET_PEAK_BF16_TFLOPS: dict[str, float] = {
     "H100 PCIe": 756.0,
     "H100 NVL": 835.0,
     "H100": 989.4,  # SXM5 (the name CUDA reports is "NVIDIA H100 80GB HBM3")
@@ -202,7 +202,7 @@ SPEC_PEAK_BF16_TFLOPS: dict[str, float] = {
 
 def spec_peak_tflops(device_name: str) -> float | None:
     """The data-sheet bf16 dense peak of a CUDA device by name (longest matching key), None when unknown."""
-    matches = [key for key in SPEC_PEAK_BF16_TFLOPS if key.lower() in device_name.lower()]
+    matches = [key for key in DATASHEET_PEAK_BF16_TFLOPS if key.lower() in device_name.lower()]
     if not matches:
         return None
-    return SPEC_PEAK_BF16_TFLOPS[max(matches, key=len)]
+    return DATASHEET_PEAK_BF16_TFLOPS[max(matches, key=len)]

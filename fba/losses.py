@@ -1,4 +1,4 @@
-"""Losses of FBA (SPEC section 5): ID with label smoothing, batch-hard triplet, diversity, and their total.
+"""Losses of FBA (docs/design.md#losses): ID with label smoothing, batch-hard triplet, diversity, and their total.
 
 Every term is returned by name as a detached tensor (no ``.item()``: no host sync in the training step).
 

@@ -7,29 +7,68 @@ distance keep their gallery order (a stable sort by ``(distance, gallery index)`
 """
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import torch
 
 _BACKENDS = ("auto", "numpy", "cpp")
 PairDistance = Callable[[np.ndarray, np.ndarray], np.ndarray]
 JUNK_PID = -1
 _ROWS_PER_CHUNK = 256
+DISTANCES = ("cosine", "euclidean")
 
 
-def percent_metrics(metrics: dict) -> dict[str, float]:
-    """``evaluate``'s result as the field reports it: mAP, R1, R5, R10 (those within the CMC's length) and mINP,
-    in percent. Logs, tables and summaries all read it from here."""
-    cmc = np.asarray(metrics["cmc"])
-    record = {"mAP": 100.0 * float(metrics["mAP"])}
-    record.update({f"R{k}": 100.0 * float(cmc[k - 1]) for k in (1, 5, 10) if k <= len(cmc)})
-    record["mINP"] = 100.0 * float(metrics["mINP"])
-    return record
+@dataclass(frozen=True)
+class RetrievalMetrics:
+    """What one evaluation measured: mAP, CMC and mINP as fractions, and what they were measured on.
+
+    ``cmc[k]`` is the share of valid queries whose first true match is within the top ``k + 1``. ``feature``
+    (``"full"`` or ``"image"``), ``metric`` (the distance) and ``rerank`` say how, where known.
+    """
+
+    mAP: float
+    cmc: np.ndarray
+    mINP: float
+    num_valid_queries: int
+    num_query: int
+    num_gallery: int
+    feature: str | None = None
+    metric: str | None = None
+    rerank: bool = False
+    aqe: int = 0  # average query expansion's k; 0: off
+    streaming: bool = False  # measured in gallery blocks (fba.streaming)
+
+    def __getitem__(self, name: str) -> Any:
+        """Read a field by the name it has in ``fba eval --json`` (``metrics["mAP"]``); the fields are the API."""
+        if name not in self.__dataclass_fields__:
+            raise KeyError(name)
+        return getattr(self, name)
+
+    def percent(self) -> dict[str, float]:
+        """As the field reports it: mAP, R1, R5, R10 (those within the CMC's length) and mINP, in percent.
+        Logs, tables and summaries all read it from here."""
+        record = {"mAP": 100.0 * self.mAP}
+        record.update({f"R{k}": 100.0 * float(self.cmc[k - 1]) for k in (1, 5, 10) if k <= len(self.cmc)})
+        record["mINP"] = 100.0 * self.mINP
+        return record
+
+    def replace(self, **changes: Any) -> RetrievalMetrics:
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready (the CMC as a list); fields that are unknown (None) are left out."""
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        values["cmc"] = [float(v) for v in self.cmc]
+        return {key: value for key, value in values.items() if value is not None}
 
 
 def protocol_keep(pids: np.ndarray, camids: np.ndarray, q_pid: int, q_camid: int) -> np.ndarray:
-    """Which gallery entries count for one query under SPEC §8: not the same id in the same camera, not junk."""
+    """Which gallery entries count for one query (docs/design.md#evaluation-protocol): not the same id in the same
+    camera, not junk."""
     return ~(((pids == q_pid) & (camids == q_camid)) | (pids == JUNK_PID))
 
 
@@ -119,7 +158,7 @@ def _rank_metrics_cpp(distmat, q_pids, g_pids, q_camids, g_camids) -> tuple[np.n
     return rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids)
 
 
-def _summarise(ap: np.ndarray, inp: np.ndarray, first_rank: np.ndarray, max_rank: int) -> dict:
+def _summarise(ap: np.ndarray, inp: np.ndarray, first_rank: np.ndarray, max_rank: int, num_gallery: int) -> RetrievalMetrics:
     valid = first_rank >= 0
     num_valid = int(valid.sum())
     if num_valid == 0:
@@ -129,12 +168,10 @@ def _summarise(ap: np.ndarray, inp: np.ndarray, first_rank: np.ndarray, max_rank
         )
     hits = np.bincount(first_rank[valid], minlength=max_rank)[:max_rank]
     cmc = np.cumsum(hits) / num_valid
-    return {
-        "mAP": float(ap[valid].mean()),
-        "cmc": cmc,
-        "mINP": float(inp[valid].mean()),
-        "num_valid_queries": num_valid,
-    }
+    return RetrievalMetrics(
+        mAP=float(ap[valid].mean()), cmc=cmc, mINP=float(inp[valid].mean()), num_valid_queries=num_valid,
+        num_query=len(first_rank), num_gallery=num_gallery,
+    )
 
 
 def evaluate(
@@ -145,8 +182,8 @@ def evaluate(
     g_camids: Any,
     max_rank: int = 50,
     backend: str = "auto",
-) -> dict:
-    """mAP, CMC and mINP under the Market/Duke protocol (SPEC §8).
+) -> RetrievalMetrics:
+    """mAP, CMC and mINP under the Market/Duke protocol (docs/design.md#evaluation-protocol).
 
     For each query the gallery items with the query's id *and* camera are dropped, as are junk items (id -1);
     distractors (id 0) stay and count as wrong. Queries left without a true match are skipped and the others
@@ -164,12 +201,7 @@ def evaluate(
     arrays = _check_inputs(distmat, q_pids, g_pids, q_camids, g_camids)
     use_cpp = backend == "cpp" or (backend == "auto" and cpp_available())
     per_query = _rank_metrics_cpp(*arrays) if use_cpp else _rank_metrics_numpy(*arrays)
-    return _summarise(*per_query, max_rank=max_rank)
-
-
-def _writeable(array: np.ndarray) -> np.ndarray:
-    """A read-only array (a memory-mapped features file) copied, as torch wants writeable memory."""
-    return array if array.flags.writeable else np.array(array)
+    return _summarise(*per_query, max_rank=max_rank, num_gallery=arrays[0].shape[1])
 
 
 def pairwise_distance(qf: Any, gf: Any, metric: str = "euclidean", chunk_size: int = 1024) -> np.ndarray:
@@ -180,9 +212,7 @@ def pairwise_distance(qf: Any, gf: Any, metric: str = "euclidean", chunk_size: i
     GPU), ``chunk_size`` query rows at a time to keep the temporaries small; the result is a NumPy array, float32
     unless both inputs are float64.
     """
-    import torch
-
-    if metric not in ("euclidean", "cosine"):
+    if metric not in DISTANCES:
         raise ValueError(f"metric must be 'euclidean' or 'cosine', got {metric!r}")
     q = qf.detach() if torch.is_tensor(qf) else torch.from_numpy(_writeable(as_numpy(qf)))
     g = (gf.detach() if torch.is_tensor(gf) else torch.from_numpy(_writeable(as_numpy(gf)))).to(q.device)

@@ -74,7 +74,7 @@ def cross_attention_with_stats(
     chosen = resolve_backend(backend, q, k_f)
     if backend == "reference" or _decomposed:
         return cross_attention.reference(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
-    return cross_attention.fused(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start, backend=chosen,
+    return cross_attention_op.fused(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start, backend=chosen,
                                  stats_grad=pool_grad)
 
 

@@ -1,8 +1,8 @@
 """Image->text cross-attention of both caption branches with the column statistics of differential pooling.
 
 ``reference`` is the plain PyTorch twin every fused version is checked against: it materialises the attention
-probabilities, which the fused kernels never write to memory. ``fused`` is the differentiable fused op
-``torch.ops.fba.cross_attention_with_stats`` (``cross_attention_op``): forward in Triton
+probabilities, which the fused kernels never write to memory. ``cross_attention_op.fused`` is the differentiable
+fused op ``torch.ops.fba.cross_attention_with_stats``: forward in Triton
 (``cross_attention_triton``) or CUDA C++ (``cross_attention_cuda``), backward in Triton from the saved row
 log-sum-exp, the stats' gradient included; ``reference_forward`` and ``reference_backward`` are the same op's
 PyTorch kernels (CPU tensors, and inputs the fused kernels cannot take).
@@ -72,7 +72,7 @@ def unsupported_reason(q: torch.Tensor, k: torch.Tensor) -> str | None:
     return None
 
 
-def _check(q, k_f, v_f, k_b, v_b, valid_f, valid_b, fused_kernel: bool = True) -> None:
+def check_inputs(q, k_f, v_f, k_b, v_b, valid_f, valid_b, fused_kernel: bool = True) -> None:
     if q.dim() != 4:
         raise ValueError(f"cross_attention_with_stats: q must be [B,H,Nq,d], got shape {tuple(q.shape)}")
     batch, heads, _, dim = q.shape
@@ -97,7 +97,7 @@ def _unit_last(t: torch.Tensor) -> torch.Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
-def _shared_layout(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
+def shared_layout(*ts: torch.Tensor) -> tuple[torch.Tensor, ...]:
     """Key/value tensors with one stride layout (what the kernels index with), copying only when they differ."""
     ts = tuple(_unit_last(t) for t in ts)
     if len({t.stride() for t in ts}) == 1:
@@ -148,29 +148,3 @@ def reference_backward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, lse, do_f, do_b,
         grads += [(torch.matmul(ds.transpose(-1, -2), qf) * scale).to(k.dtype).contiguous(),
                   torch.matmul(p.transpose(-1, -2), do).to(v.dtype).contiguous()]
     return (dq.to(q.dtype), *grads)
-
-
-def fused(
-    q: torch.Tensor,
-    k_f: torch.Tensor,
-    v_f: torch.Tensor,
-    k_b: torch.Tensor,
-    v_b: torch.Tensor,
-    valid_f: torch.Tensor,
-    valid_b: torch.Tensor,
-    row_start: int = 1,
-    backend: str = "triton",
-    stats_grad: bool = False,
-):
-    """``reference``'s outputs through the custom op, without materialising the maps (``backend`` triton or cuda;
-    ``reference`` runs the op's PyTorch kernels). Differentiable in q, k_*, v_*; the stats too with ``stats_grad``
-    (else they come back detached, and the backward skips their term)."""
-    from . import cross_attention_op
-
-    _check(q, k_f, v_f, k_b, v_b, valid_f, valid_b, fused_kernel=backend != "reference")
-    q = _unit_last(q)
-    k_f, v_f, k_b, v_b = _shared_layout(k_f, v_f, k_b, v_b)
-    o_f, o_b, stats, _lse = cross_attention_op.cross_attention_with_stats(
-        q, k_f, v_f, k_b, v_b, valid_f.contiguous(), valid_b.contiguous(), int(row_start), backend, bool(stats_grad)
-    )
-    return o_f, o_b, stats if stats_grad else stats.detach()

@@ -117,3 +117,27 @@ def _forward_flops(q_shape, k_shape, *args, out_shape=None, **kwargs) -> int:
 @register_flop_formula(torch.ops.fba.cross_attention_with_stats_backward)
 def _backward_flops(q_shape, k_shape, *args, out_shape=None, **kwargs) -> int:
     return 2 * _attention_flops(q_shape, k_shape)
+
+
+def fused(
+    q: Tensor,
+    k_f: Tensor,
+    v_f: Tensor,
+    k_b: Tensor,
+    v_b: Tensor,
+    valid_f: Tensor,
+    valid_b: Tensor,
+    row_start: int = 1,
+    backend: str = "triton",
+    stats_grad: bool = False,
+):
+    """``reference``'s outputs through the custom op, without materialising the maps (``backend`` triton or cuda;
+    ``reference`` runs the op's PyTorch kernels). Differentiable in q, k_*, v_*; the stats too with ``stats_grad``
+    (else they come back detached, and the backward skips their term)."""
+    cross_attention.check_inputs(q, k_f, v_f, k_b, v_b, valid_f, valid_b, fused_kernel=backend != "reference")
+    q = _unit_last(q)
+    k_f, v_f, k_b, v_b = cross_attention.shared_layout(k_f, v_f, k_b, v_b)
+    o_f, o_b, stats, _lse = cross_attention_with_stats(
+        q, k_f, v_f, k_b, v_b, valid_f.contiguous(), valid_b.contiguous(), int(row_start), backend, bool(stats_grad)
+    )
+    return o_f, o_b, stats if stats_grad else stats.detach()

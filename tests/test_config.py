@@ -93,3 +93,63 @@ def test_defaults_match_the_spec():
     cfg = Config()
     assert (cfg.loss.label_smoothing, cfg.loss.triplet_margin, cfg.loss.diversity_weight) == (0.1, 0.3, 0.5)
     assert cfg.train.precision == "auto" and cfg.solver.grad_accum_steps == 1
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["data.loader=fast"], r"data.loader: must be one of auto, torch, dali, got 'fast'"),
+    (["train.zero_stage=4"], r"train.zero_stage: must be one of 0, 1, 2, 3, got 4"),
+    (["eval.feature=text"], r"eval.feature: must be one of full, image"),
+    (["model.arch=ViT-L-14"], r"model.arch: must be one of ViT-B-16, tiny"),
+    (["data.batch_size=30"], r"data.batch_size \(30\) must be a multiple of data.num_instances \(4\)"),
+    (["data.flip_prob=1.5"], r"data.flip_prob must be in \[0, 1\], got 1.5"),
+    (["train.log_every=0"], r"train.log_every must be >= 1"),
+    (["eval.max_rank=0"], r"eval.max_rank must be >= 1"),
+    (["model.cross_modal=false", "model.diversity=false"], r"model.pooling need model.cross_modal=true"),
+    (["model.pooling=false", "model.pool_grad=true"], r"model.pool_grad needs model.pooling=true"),
+])
+def test_values_are_checked_when_the_config_is_loaded(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+
+
+def test_every_problem_is_named_at_once_and_is_an_input_error():
+    from fba.errors import InputError
+
+    with pytest.raises(InputError, match=r"data.num_workers must be >= 0.*solver.epochs must be >= 1"):
+        load_config(None, ["data.num_workers=-1", "solver.epochs=0", "solver.warmup_epochs=0"])
+
+
+def test_a_saved_config_is_checked_as_a_loaded_one():
+    values = Config().to_dict()
+    values["data"]["batch_size"] = 6
+    with pytest.raises(ConfigError, match="multiple of data.num_instances"):
+        config_from_dict(values)
+
+
+def test_literal_choices_match_the_registries():
+    import typing
+
+    from fba.config import Arch
+    from fba.model import ARCHS
+
+    assert set(typing.get_args(Arch)) == set(ARCHS)
+
+
+@pytest.mark.parametrize("overrides,message", [
+    (["train.compile=fastest"], r"train.compile must be one of auto, off, default"),
+    (["embed.compile=1"], r"embed.compile must be one of"),
+    (["embed.graph_batches=[]"], r"embed.graph_batches must be a non-empty list"),
+    (["embed.graph_batches=[8, 0]"], r"embed.graph_batches must be"),
+])
+def test_compile_and_embed_settings_are_checked_at_load(overrides, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(None, overrides)
+    assert load_config(None, ["train.compile=true", "embed.compile=max-autotune"]).train.compile == "True"
+
+
+def test_run_guard_settings_are_checked_at_load():
+    with pytest.raises(ConfigError, match=r"train.divergence_factor must be > 1, or 0"):
+        load_config(None, ["train.divergence_factor=0.5"])
+    with pytest.raises(ConfigError, match=r"train.max_skipped_steps must be >= 0"):
+        load_config(None, ["train.max_skipped_steps=-1"])
+    assert load_config(None, ["train.divergence_factor=0"]).train.divergence_factor == 0

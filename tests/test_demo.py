@@ -1,6 +1,7 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from PIL import Image
 
@@ -8,6 +9,8 @@ import torch
 
 from fba.ablate import ROWS, ablation_table, comparison_table, per_run_table
 from fba.demo import FEATURES, feature_metrics, metrics_table, run_demo
+from fba.engine.features_io import FeatureSet
+from fba.metrics import RetrievalMetrics
 
 
 @pytest.mark.slow
@@ -39,8 +42,10 @@ def _config():
 
 
 def test_metrics_table_puts_the_measured_columns_side_by_side():
-    untrained = {"mAP": 0.1, "cmc": [0.2] * 10, "mINP": 0.05}
-    trained = {"mAP": 0.5, "cmc": [0.6, 0.7, 0.8, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.95], "mINP": 0.3}
+    counts = {"num_valid_queries": 4, "num_query": 4, "num_gallery": 20}
+    untrained = RetrievalMetrics(mAP=0.1, cmc=np.array([0.2] * 10), mINP=0.05, **counts)
+    trained = RetrievalMetrics(mAP=0.5, cmc=np.array([0.6, 0.7, 0.8, 0.8, 0.9, 0.9, 0.9, 0.9, 0.9, 0.95]), mINP=0.3,
+                               **counts)
     lines = metrics_table({"untrained (image)": untrained, "trained (image)": trained}).splitlines()
     assert lines[0] == "| metric | untrained (image) | trained (image) |"
     assert lines[2] == "| mAP | 10.00 | 50.00 |"
@@ -49,7 +54,7 @@ def test_metrics_table_puts_the_measured_columns_side_by_side():
 
 def test_feature_metrics_scores_the_three_parts_of_one_embedding_pass(monkeypatch):
     """image, text and full are the column blocks [CLS], [F_f^V, F_f^T] and all three of one full embedding."""
-    import fba.engine.embedder as embedder
+    import fba.demo as demo
 
     width, n = 4, 6
     rng = torch.Generator().manual_seed(0)
@@ -64,22 +69,26 @@ def test_feature_metrics_scores_the_three_parts_of_one_embedding_pass(monkeypatc
             return cls()
 
         def embed(self, embedder_):
-            return {"feature": "full", **{split: (full[split], list(range(n)), [0] * n) for split in full}}
+            rows = torch.cat([full["query"], full["gallery"]]).numpy()
+            return FeatureSet(rows, [str(i) for i in range(2 * n)], np.arange(2 * n), np.zeros(2 * n, dtype=np.int64),
+                              ["query"] * n + ["gallery"] * n, {"feature": "full"})
 
         def score(self, features):
-            scored[features["feature"]] = features
-            return {"mAP": 0.5, "cmc": [1.0], "mINP": 0.1}
+            scored[features.meta["feature"]] = features
+            return RetrievalMetrics(mAP=0.5, cmc=np.array([1.0]), mINP=0.1, num_valid_queries=n, num_query=n,
+                                    num_gallery=n)
 
-    monkeypatch.setattr(embedder, "RetrievalEval", FakeEval)
-    monkeypatch.setattr(embedder, "Embedder", lambda model, device: None)
+    monkeypatch.setattr(demo, "RetrievalEval", FakeEval)
+    monkeypatch.setattr(demo, "Embedder", lambda model, device: None)
     model = torch.nn.Linear(1, 1)
     model.cross_modal = object()
     results = feature_metrics(cfg=_cfg(), model=model, dataset=None, store={})
     assert list(results) == list(FEATURES) == ["image", "text", "full"]
     for split in ("query", "gallery"):
-        torch.testing.assert_close(scored["image"][split][0], full[split][:, :width])
-        torch.testing.assert_close(scored["text"][split][0], full[split][:, width:])
-        torch.testing.assert_close(scored["full"][split][0], full[split])
+        rows = {kind: torch.from_numpy(scored[kind].select(split).features) for kind in scored}
+        torch.testing.assert_close(rows["image"], full[split][:, :width])
+        torch.testing.assert_close(rows["text"], full[split][:, width:])
+        torch.testing.assert_close(rows["full"], full[split])
 
 
 def _cfg():
@@ -120,7 +129,6 @@ def test_ablation_rows_follow_table_3_and_table_averages_seeds():
 
 def test_ablation_resume_keeps_finished_runs_and_continues_the_rest(tmp_path, monkeypatch):
     import fba.ablate as ablate
-    import fba.engine.trainer as trainer
 
     monkeypatch.setattr(ablate, "ensure_synthetic", lambda root, *args: root)
     monkeypatch.setattr(ablate, "captions_alone_line", lambda data: "captions alone: -")
@@ -133,7 +141,7 @@ def test_ablation_resume_keeps_finished_runs_and_continues_the_rest(tmp_path, mo
         trained.append((cfg.train.output_dir, resume))
         return Result()
 
-    monkeypatch.setattr(trainer, "train", fake_train)
+    monkeypatch.setattr(ablate, "train", fake_train)
     monkeypatch.setattr(ablate, "measure", lambda cfg, path: {kind: {"mAP": 1.0, "R1": 2.0} for kind in FEATURES})
     out = tmp_path / "ablation"
     out.mkdir()

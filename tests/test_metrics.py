@@ -1,6 +1,8 @@
 """Tests of fba.metrics: hand-worked mAP/CMC/mINP, NumPy vs C++ ranking, distances, re-ranking vs the reference."""
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 import torch
@@ -36,10 +38,10 @@ def test_hand_worked_case(backend):
     q_pids, q_camids = _ids(QUERIES)
     g_pids, g_camids = _ids(GALLERY)
     result = evaluate(DISTMAT, q_pids, g_pids, q_camids, g_camids, max_rank=5, backend=backend)
-    assert result["num_valid_queries"] == 2
-    assert result["mAP"] == pytest.approx(0.75, abs=1e-12)
-    assert result["mINP"] == pytest.approx(0.75, abs=1e-12)
-    np.testing.assert_allclose(result["cmc"], [0.5, 1.0, 1.0, 1.0, 1.0], atol=1e-12)
+    assert result.num_valid_queries == 2
+    assert result.mAP == pytest.approx(0.75, abs=1e-12)
+    assert result.mINP == pytest.approx(0.75, abs=1e-12)
+    np.testing.assert_allclose(result.cmc, [0.5, 1.0, 1.0, 1.0, 1.0], atol=1e-12)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -50,14 +52,14 @@ def test_ties_keep_gallery_order(backend, dtype):
     distmat = np.full((1, 4), 0.5, dtype=dtype)
     g_pids, g_camids = np.array([2, 1, 1, 5]), np.array([1, 1, 2, 1])
     result = evaluate(distmat, np.array([1]), g_pids, np.array([0]), g_camids, max_rank=3, backend=backend)
-    assert result["mAP"] == pytest.approx(7 / 12, abs=1e-12)
-    assert result["mINP"] == pytest.approx(2 / 3, abs=1e-12)
-    np.testing.assert_allclose(result["cmc"], [0.0, 1.0, 1.0])
+    assert result.mAP == pytest.approx(7 / 12, abs=1e-12)
+    assert result.mINP == pytest.approx(2 / 3, abs=1e-12)
+    np.testing.assert_allclose(result.cmc, [0.0, 1.0, 1.0])
     # The same images with the matches listed first: the ties now rank them first, AP 1 and INP 2 / 2.
     first = evaluate(distmat, np.array([1]), np.array([1, 1, 2, 5]), np.array([0]), np.array([1, 2, 1, 1]),
                      max_rank=3, backend=backend)
-    assert first["mAP"] == pytest.approx(1.0, abs=1e-12) and first["mINP"] == pytest.approx(1.0, abs=1e-12)
-    np.testing.assert_allclose(first["cmc"], [1.0, 1.0, 1.0])
+    assert first.mAP == pytest.approx(1.0, abs=1e-12) and first.mINP == pytest.approx(1.0, abs=1e-12)
+    np.testing.assert_allclose(first.cmc, [1.0, 1.0, 1.0])
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -74,7 +76,7 @@ def test_junk_query_is_skipped(backend):
     distmat = np.array([[0.1, 0.2], [0.3, 0.1]])
     result = evaluate(distmat, np.array([-1, 7]), np.array([-1, 7]), np.array([0, 0]), np.array([1, 1]),
                       max_rank=2, backend=backend)
-    assert result["num_valid_queries"] == 1 and result["mAP"] == 1.0
+    assert result.num_valid_queries == 1 and result.mAP == 1.0
 
 
 def _random_problem(seed, num_query=37, num_gallery=211, rounded=False, dtype=np.float32):
@@ -95,18 +97,18 @@ def test_cpp_matches_numpy(seed, rounded, dtype):
     problem = _random_problem(seed, rounded=rounded, dtype=dtype)
     reference = evaluate(*problem, max_rank=20, backend="numpy")
     fast = evaluate(*problem, max_rank=20, backend="cpp")
-    assert fast["num_valid_queries"] == reference["num_valid_queries"] > 0
-    assert abs(fast["mAP"] - reference["mAP"]) < 1e-9
-    assert abs(fast["mINP"] - reference["mINP"]) < 1e-9
-    np.testing.assert_allclose(fast["cmc"], reference["cmc"], atol=1e-9)
+    assert fast.num_valid_queries == reference.num_valid_queries > 0
+    assert abs(fast.mAP - reference.mAP) < 1e-9
+    assert abs(fast.mINP - reference.mINP) < 1e-9
+    np.testing.assert_allclose(fast.cmc, reference.cmc, atol=1e-9)
 
 
 def test_auto_backend_and_tensor_inputs():
     problem = _random_problem(7)
     reference = evaluate(*problem, backend="numpy")
     auto = evaluate(*(torch.from_numpy(np.asarray(a)) for a in problem))
-    assert auto["mAP"] == pytest.approx(reference["mAP"], abs=1e-9)
-    assert auto["cmc"].shape == (50,)
+    assert auto.mAP == pytest.approx(reference.mAP, abs=1e-9)
+    assert auto.cmc.shape == (50,)
 
 
 def test_input_validation():
@@ -252,12 +254,23 @@ def test_bf16_tensor_inputs():
                                rtol=1e-6, atol=1e-6)
     result = evaluate(torch.from_numpy(got).bfloat16(), torch.arange(4), torch.arange(5), torch.zeros(4, dtype=torch.long),
                       torch.ones(5, dtype=torch.long), max_rank=5)
-    assert result["num_valid_queries"] == 4
+    assert result.num_valid_queries == 4
 
 
-def test_percent_metrics_reports_the_ranks_the_cmc_has():
-    from fba.metrics import percent_metrics
+def test_percent_reports_the_ranks_the_cmc_has():
+    from fba.metrics import RetrievalMetrics
 
-    metrics = {"mAP": 0.5, "mINP": 0.25, "cmc": [0.6, 0.7, 0.8, 0.9, 0.95]}
-    assert percent_metrics(metrics) == pytest.approx({"mAP": 50.0, "R1": 60.0, "R5": 95.0, "mINP": 25.0})
-    assert list(percent_metrics({**metrics, "cmc": np.linspace(0.1, 1.0, 10)})) == ["mAP", "R1", "R5", "R10", "mINP"]
+    metrics = RetrievalMetrics(mAP=0.5, cmc=np.array([0.6, 0.7, 0.8, 0.9, 0.95]), mINP=0.25, num_valid_queries=3,
+                               num_query=4, num_gallery=9)
+    assert metrics.percent() == pytest.approx({"mAP": 50.0, "R1": 60.0, "R5": 95.0, "mINP": 25.0})
+    assert list(metrics.replace(cmc=np.linspace(0.1, 1.0, 10)).percent()) == ["mAP", "R1", "R5", "R10", "mINP"]
+    saved = metrics.replace(metric="cosine").to_dict()
+    assert saved["cmc"] == pytest.approx([0.6, 0.7, 0.8, 0.9, 0.95]) and "feature" not in saved
+    assert json.loads(json.dumps(saved))["metric"] == "cosine"
+
+
+def test_evaluate_counts_queries_and_gallery():
+    distmat = np.array([[0.1, 0.9, 0.5], [0.8, 0.2, 0.4]])
+    result = evaluate(distmat, np.array([1, 2]), np.array([1, 2, 3]), np.array([0, 0]), np.array([1, 1, 1]))
+    assert (result.num_query, result.num_gallery, result.num_valid_queries) == (2, 3, 2)
+    assert result.feature is None and result.metric is None and result.rerank is False

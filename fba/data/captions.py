@@ -1,7 +1,7 @@
 """Foreground/background captions: the paper's two prompts, the JSON Lines store, and the per-split bank.
 
 Captions are made once, offline (``fba caption``), and live beside the data set in a JSON Lines file, one
-object a line: ``{"image": <path relative to the data set root, POSIX>, "fg": str, "bg": str}`` (SPEC §1).
+object a line: ``{"image": <path relative to the data set root, POSIX>, "fg": str, "bg": str}`` (docs/design.md#inputs).
 Every line is checked on load, and every image of a data set must have its captions: a missing caption is an
 error listing the images, or, where the user asks for it (``allow_missing``), a counted and logged skip.
 """
@@ -40,7 +40,8 @@ class Caption:
 
 
 def caption_line(image: str, caption: Caption) -> str:
-    """One line of the caption file (SPEC §1); empty captions are refused, as the reader would refuse them."""
+    """One line of the caption file (docs/design.md#inputs); empty captions are refused, as the reader would
+    refuse them."""
     for name, text in (("fg", caption.fg), ("bg", caption.bg)):
         if not isinstance(text, str) or not text.strip():
             raise CaptionError(f"refusing to write an empty {name} caption for image {image!r}")

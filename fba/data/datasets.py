@@ -1,4 +1,4 @@
-"""Readers for the person re-identification data set layouts of SPEC §9, behind one registry.
+"""Readers for the person re-identification data set layouts of docs/design.md#data-sets, behind one registry.
 
 Every reader returns a :class:`ReIDDataset` whose splits are lists of ``(path, pid, camid)`` with absolute
 paths, sorted by path so two runs (and two ranks) see the same order. As the field does (TransReID,

@@ -1,7 +1,7 @@
 """Image transforms, the image data set and the torch DataLoaders (the CPU / fallback input pipeline).
 
-The augmentation is CLIP-ReID's (SPEC §7): resize to (H, W) with bicubic interpolation (CLIP-ReID's
-``interpolation=3``), horizontal flip 0.5, pad 10 with zeros + random crop back to (H, W), CLIP mean/std
+The augmentation is CLIP-ReID's (docs/design.md#training-recipe): resize to (H, W) with bicubic interpolation
+(CLIP-ReID's ``interpolation=3``), horizontal flip 0.5, pad 10 with zeros + random crop back to (H, W), CLIP mean/std
 normalisation, random erasing 0.5 that fills the erased box with per-pixel normal noise (timm's
 ``mode='pixel'``, which CLIP-ReID and TransReID use; torchvision's ``value='random'`` is the same thing) over
 2%-33% of the area with aspect ratio 0.3-3.3. The constants below are the single source of these numbers: the

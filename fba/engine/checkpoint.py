@@ -28,6 +28,7 @@ from torch import nn
 from fba.atomic import atomic_path, atomic_write_bytes, disk_write_error, fsync_path
 from fba.config import Config, ConfigError, config_from_dict
 from fba.errors import InputError
+from fba.model import build_model
 from fba.safe_load import safe_torch_load
 
 LATEST = "latest"
@@ -259,8 +260,6 @@ def load_model(
     ``dtype`` casts the weights for inference: bf16 weights embed 1.4x faster on an H100 than fp32 weights under
     autocast, which re-casts every weight on every call (docs/performance.md).
     """
-    from fba.model import build_model
-
     path = Path(path)
     if not path.is_file():
         raise ModelFileError(f"model file {path} does not exist")

@@ -101,7 +101,7 @@ def deepspeed_config(cfg: Config, plan: EnginePlan) -> dict:
 
 
 def build_optimizer(cfg: Config, params, device: torch.device) -> torch.optim.Adam:
-    """SPEC §7's Adam: one fused kernel per step on CUDA, the multi-tensor path on the CPU."""
+    """docs/design.md#training-recipe's Adam: one fused kernel per step on CUDA, the multi-tensor path on the CPU."""
     fast = {"fused": True} if device.type == "cuda" else {"foreach": True}
     return torch.optim.Adam(params, lr=cfg.solver.base_lr, weight_decay=cfg.solver.weight_decay, **fast)
 

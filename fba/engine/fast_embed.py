@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from fba.compile_modes import maybe_compile, resolve_compile_mode
+from fba.config import EmbedConfig
 from fba.data.transforms import CLIP_MEAN, CLIP_STD
 from fba.engine.embedder import Embedder
 from fba.model.text import Text, TextFeatures
@@ -206,8 +207,6 @@ class FastEmbedder(Embedder):
 def build_embedder(model: nn.Module, device: torch.device, cfg=None) -> Embedder:
     """The embedder ``fba embed`` uses: :class:`FastEmbedder` on CUDA (graphs and compile per ``cfg``, an
     ``EmbedConfig``), the plain :class:`Embedder` on the CPU unless ``cfg.compile`` asks for a compile mode."""
-    from fba.config import EmbedConfig
-
     cfg = cfg or EmbedConfig()
     mode = resolve_compile_mode(cfg.compile, device, "embed.compile")
     if device.type != "cuda" and mode is None:

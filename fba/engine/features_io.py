@@ -15,6 +15,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
+from safetensors import safe_open
+from safetensors.numpy import save as save_safetensors
 
 from fba.atomic import atomic_write_bytes
 from fba.errors import InputError
@@ -126,15 +128,18 @@ def save_features(
     return atomic_write_bytes(path, _encode_safetensors(fs) if suffix == ".safetensors" else _encode_npz(fs))
 
 
-def _encode_safetensors(fs: FeatureSet) -> bytes:
-    from safetensors.numpy import save
+def save_feature_set(path: str | os.PathLike, fs: FeatureSet) -> Path:
+    """:func:`save_features` of every column of ``fs``."""
+    return save_features(path, fs.features, fs.paths, fs.pids, fs.camids, fs.split, fs.meta)
 
+
+def _encode_safetensors(fs: FeatureSet) -> bytes:
     tensors = {"features": fs.features}
     for name in ("pids", "camids"):
         if getattr(fs, name) is not None:
             tensors[name] = getattr(fs, name)
     header = {"version": FORMAT_VERSION, "paths": fs.paths, "split": fs.split, "meta": fs.meta}
-    return save(tensors, metadata={_METADATA_KEY: json.dumps(header)})
+    return save_safetensors(tensors, metadata={_METADATA_KEY: json.dumps(header)})
 
 
 def _encode_npz(fs: FeatureSet) -> bytes:
@@ -195,8 +200,6 @@ def _memmap_tensor(path: Path, name: str) -> np.ndarray:
 
 
 def _decode_safetensors(path: Path, mmap: bool = False) -> FeatureSet:
-    from safetensors import safe_open
-
     with safe_open(str(path), framework="numpy") as handle:
         metadata = handle.metadata() or {}
         if _METADATA_KEY not in metadata:

@@ -11,6 +11,7 @@ import json
 import shutil
 from pathlib import Path
 
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from fba.atomic import atomic_write_bytes
@@ -33,8 +34,6 @@ class RunLogger:
         self._truncate(resume_step)
         self._file = self.metrics_path.open("a", encoding="utf-8")
         if tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
             self._writer = SummaryWriter(str(self.output_dir / "tensorboard"), purge_step=resume_step and resume_step + 1)
 
     def _truncate(self, resume_step: int | None) -> None:

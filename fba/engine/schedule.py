@@ -1,4 +1,4 @@
-"""The learning-rate schedule of SPEC §7 as a function of the fractional epoch, per iteration.
+"""The learning-rate schedule of docs/design.md#training-recipe as a function of the fractional epoch, per iteration.
 
 Linear warm-up from ``warmup_factor x base`` to ``base`` over ``warmup_epochs``, then cosine from ``base`` to
 ``final_factor x base`` at ``epochs``. The P x K sampler's epoch length varies by a few batches from one epoch
@@ -13,7 +13,7 @@ import math
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
-from fba.config import ConfigError, SolverConfig
+from fba.config import SolverConfig
 
 
 def lr_factor(progress: float, cfg: SolverConfig) -> float:
@@ -29,7 +29,7 @@ def lr_factor(progress: float, cfg: SolverConfig) -> float:
 
 
 class EpochCosineSchedule(LRScheduler):
-    """Per-iteration scheduler for SPEC §7; DeepSpeed calls ``step()`` after every optimiser step.
+    """Per-iteration scheduler (docs/design.md#training-recipe); DeepSpeed calls ``step()`` after each optimiser step.
 
     Its state (epoch, epoch length, the step that began the epoch) is in ``state_dict`` so a resumed run
     continues on the same curve.
@@ -65,26 +65,3 @@ class EpochCosineSchedule(LRScheduler):
         state = super().state_dict()
         state.pop("cfg", None)
         return state
-
-
-def validate_solver(cfg: SolverConfig) -> None:
-    """Schedule settings that cannot work are an error before any image is read."""
-    problems = []
-    if cfg.epochs < 1:
-        problems.append(f"solver.epochs must be >= 1, got {cfg.epochs}")
-    if cfg.base_lr <= 0:
-        problems.append(f"solver.base_lr must be > 0, got {cfg.base_lr}")
-    if not 0 <= cfg.warmup_epochs <= cfg.epochs:
-        problems.append(f"solver.warmup_epochs must be in [0, solver.epochs={cfg.epochs}], got {cfg.warmup_epochs}")
-    if not 0 < cfg.warmup_factor <= 1 or not 0 <= cfg.final_factor <= 1:
-        problems.append("solver.warmup_factor must be in (0, 1] and solver.final_factor in [0, 1]")
-    if cfg.grad_accum_steps < 1:
-        problems.append(f"solver.grad_accum_steps must be >= 1, got {cfg.grad_accum_steps}")
-    if cfg.iters_per_epoch is not None and cfg.iters_per_epoch < 1:
-        problems.append(f"solver.iters_per_epoch must be >= 1 or null, got {cfg.iters_per_epoch}")
-    if cfg.grad_clip < 0:
-        problems.append(f"solver.grad_clip must be >= 0 (0 disables it), got {cfg.grad_clip}")
-    if cfg.optimizer != "adam":
-        problems.append(f"solver.optimizer: only 'adam' (SPEC §7) is supported, got {cfg.optimizer!r}")
-    if problems:
-        raise ConfigError("; ".join(problems))

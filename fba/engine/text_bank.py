@@ -11,7 +11,16 @@ from dataclasses import dataclass
 
 import torch
 
+from fba.data.captions import CaptionBank
 from fba.model.text import Text, TextFeatures
+
+
+def text_inputs(model, captions: Sequence[str], progress: bool = False) -> Text:
+    """What ``model`` takes for these captions: the cached tower features when it has a ``text_cache``, else
+    token ids (the frozen tower then runs in the forward). The one place that choice is made."""
+    if model.text_cache is not None:
+        return model.encode_captions(list(captions), progress=progress)
+    return model.text_encoder.tokenize(list(captions))
 
 
 def _gather(text: Text, index: torch.Tensor, dtype: torch.dtype) -> Text:
@@ -30,18 +39,12 @@ class TextBank:
     def build(
         cls, model, fg: Sequence[str], bg: Sequence[str], device: torch.device, progress: bool = False
     ) -> TextBank:
-        """Token ids, or cached tower features when the model has a ``text_cache``, for captions in item order."""
-        if model.text_cache is not None:
-            encoded = [model.encode_captions(list(captions), progress=progress) for captions in (fg, bg)]
-            return cls(*(features.to(device) for features in encoded))
-        tokens = [model.text_encoder.tokenize(list(captions)) for captions in (fg, bg)]
-        return cls(*(t.to(device) for t in tokens))
+        """:func:`text_inputs` of the fg and bg captions (in item order), on ``device``."""
+        return cls(*(text_inputs(model, captions, progress).to(device) for captions in (fg, bg)))
 
     @classmethod
     def for_split(cls, model, dataset, split: str, store, device: torch.device, progress: bool = False) -> TextBank:
         """The text inputs of one split of ``dataset``, from its captions ``store`` (a CaptionStore)."""
-        from fba.data import CaptionBank
-
         captions = CaptionBank.for_split(dataset, split, store)
         return cls.build(model, captions.fg, captions.bg, device, progress)
 

@@ -12,9 +12,9 @@ Batches (docs/distributed.md): ``data.batch_size`` (P x K) is the global batch o
 world size W and accumulation A; each rank's micro-step holds P / (W x A) identities x K. The epoch length, the
 learning rate and its schedule are therefore the same at any world size (tested: W=2 against W=1).
 
-Schedule: SPEC §7 per optimiser step as a function of the fractional epoch (``fba.engine.schedule``), because
-the P x K epoch length varies a little from epoch to epoch. With ``solver.iters_per_epoch`` set, epochs are cut
-to that many optimiser steps.
+Schedule: docs/design.md#training-recipe, per optimiser step as a function of the fractional epoch
+(``fba.engine.schedule``), because the P x K epoch length varies a little from epoch to epoch. With
+``solver.iters_per_epoch`` set, epochs are cut to that many optimiser steps.
 
 Text: the captions of each split are tokenised once (or, with ``model.text_cache``, the frozen tower's outputs
 are computed once through the cache) and a step gathers the rows of its batch by ``index``. The step never
@@ -34,7 +34,6 @@ the loader's ``set_epoch`` runs, so it resumes exactly too.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 import os
 import random
@@ -44,6 +43,7 @@ import socket
 import sys
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -54,21 +54,28 @@ import yaml
 
 from fba.config import Config, ConfigError, load_config
 from fba.compile_modes import compile_kwargs, resolve_compile_mode
+from fba.data.datasets import ReIDDataset
+from fba.data.loaders import Loaders, load_data
+from fba.data.sampler import PKBatchError
 from fba.engine.checkpoint import export_model, load_checkpoint, resume_tag, save_checkpoint
 from fba.engine.distributed import elastic_restart, init_process_group, micro_batch_size
-from fba.engine.engine_config import build_optimizer, initialize_engine, plan_engine
+from fba.engine.embedder import Embedder
+from fba.engine.engine_config import EnginePlan, build_optimizer, initialize_engine, plan_engine
 from fba.engine.guard import DivergenceGuard, TrainingDiverged
 from fba.engine.logger import RunLogger
 from fba.engine.preflight import preflight_dataset
+from fba.engine.retrieval import RetrievalEval
 from fba.engine.signals import StopRequest, TrainingInterrupted
 from fba.engine.run_folder import claim_run_folder
 from fba.engine.run_lock import releases_run_lock_on_error
-from fba.engine.schedule import EpochCosineSchedule, validate_solver
+from fba.engine.schedule import EpochCosineSchedule
 from fba.engine.text_bank import TextBank
-from fba.metrics import percent_metrics
+from fba.losses import FBALoss
+from fba.metrics import RetrievalMetrics
+from fba.model import build_model
+from fba.model.heads import sync_batchnorm
 from fba.precision import auto_cpu_precision
 
-PRECISIONS = ("auto", "bf16", "fp16", "fp32")
 
 
 @dataclass
@@ -122,8 +129,9 @@ def setup_distributed() -> DistEnv:
 
 
 def resolve_precision(precision: str, device: torch.device) -> str:
-    if precision not in PRECISIONS:
-        raise ConfigError(f"train.precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    """``train.precision`` on this device: ``auto`` is bf16 where the device has it (on a CPU: what the precision
+    probe finds fast), else fp16; what the device cannot do is refused (the one config check that needs the
+    device)."""
     if device.type == "cpu":
         if precision == "fp16":
             raise ConfigError("train.precision=fp16 is not supported on the CPU; use bf16 (or fp32)")
@@ -146,62 +154,87 @@ def seed_everything(seed: int) -> None:
 
 
 def check_trainable(cfg: Config, world_size: int = 1) -> None:
-    """Refuse what cannot be trained before any work starts (before DeepSpeed starts, too)."""
+    """Refuse a valid config that still cannot be trained before any work starts: an evaluation-only data set,
+    or a P x K batch that does not split over this world size (the config itself was checked when loaded)."""
     if cfg.data.test_only or cfg.data.dataset == "occluded_reid":
         raise ConfigError(
             f"data set {cfg.data.dataset!r} is test-only (no training split). As in the paper, train on CUHK03-NP "
             "(fba train -c configs/cuhk03np.yaml) and evaluate that model here: "
             "fba eval -c configs/occluded_reid.yaml --checkpoint runs/cuhk03np/model.pt"
         )
-    for key in ("eval_every", "log_every"):
-        if getattr(cfg.train, key) < 1:
-            raise ConfigError(f"train.{key} must be >= 1, got {getattr(cfg.train, key)}")
-    if cfg.train.checkpoint_every < 0:
-        raise ConfigError(f"train.checkpoint_every must be >= 0 (0: at epoch ends only), got {cfg.train.checkpoint_every}")
-    validate_solver(cfg.solver)
     micro_batch_size(cfg.data.batch_size, cfg.data.num_instances, world_size, cfg.solver.grad_accum_steps)
 
 
-def load_data(cfg: Config, captions: bool | None = None, eval_only: bool = False):
-    """The data set with its captions attached; ``captions`` defaults to whether the model uses them.
+def build_engine(cfg: Config, model: torch.nn.Module, plan: EnginePlan):
+    """The DeepSpeed engine ``fba train`` steps: the optimiser of ``fba.engine.engine_config`` over the trainable
+    parameters, the per-iteration schedule of docs/design.md#training-recipe, the engine of ``plan``
+    (``train.engine_mode``, ``train.zero_stage``), and ``train.compile``. Returns ``(engine, scheduler)``; call
+    :func:`setup_distributed` first."""
+    device = next(model.parameters()).device
+    optimizer = build_optimizer(cfg, model.trainable_parameters(), device)
+    scheduler = EpochCosineSchedule(optimizer, cfg.solver)
+    engine = initialize_engine(model, optimizer, scheduler, cfg, plan)
+    compile_mode = resolve_compile_mode(cfg.train.compile, device)
+    if compile_mode:
+        engine.compile(compile_kwargs=compile_kwargs(compile_mode))
+    return engine, scheduler
 
-    ``eval_only`` leaves the training split out, so only query and gallery images need captions.
+
+@dataclass
+class StepResult:
+    """One micro-step: the loss terms (``total`` first) stacked on the device, and whether the optimiser stepped."""
+
+    losses: torch.Tensor
+    names: list[str]
+    boundary: bool
+
+
+class TrainStep:
+    """One training micro-step of ``fba train``: batch to the device, forward through the engine, the FBA loss,
+    backward and ``engine.step()`` (which steps the optimiser at each gradient-accumulation boundary).
+
+    ``input_dtype`` is the dtype the engine takes its inputs in (``EnginePlan.weight_dtype``). The step never syncs
+    with the host. ``mark`` (optional) is called with a section name as each section ends (``data``,
+    ``heads_fwd``, ``loss_fwd``, ``backbone_bwd``, ``optimizer``), so a benchmark can split the time of the very
+    step the trainer runs.
     """
-    from fba.data import CaptionStore, attach_captions, build_dataset
 
-    dataset = build_dataset(cfg.data.dataset, cfg.data.root, **cfg.data.options)
-    if eval_only:
-        dataset = dataclasses.replace(dataset, train=[])
-    if not (cfg.model.cross_modal if captions is None else captions):
-        return dataset, None
-    path = Path(cfg.data.captions) if cfg.data.captions else dataset.root / "captions.jsonl"
-    store = CaptionStore.load(path)
-    dataset, _ = attach_captions(dataset, store, cfg.data.allow_missing_captions)
-    return dataset, store
+    def __init__(self, engine, criterion: FBALoss, bank: TextBank | None, input_dtype: torch.dtype,
+                 device: torch.device):
+        self.engine = engine
+        self.criterion = criterion
+        self.bank = bank
+        self.input_dtype = input_dtype
+        self.device = device
+
+    def inputs(self, batch: dict):
+        """``(images, pids, fg, bg)`` on the device in the engine's input dtype, captions gathered by ``index``."""
+        images = batch["images"].to(self.device, non_blocking=True).to(self.input_dtype)
+        pids = batch["pids"].to(self.device, non_blocking=True)
+        fg = bg = None
+        if self.bank is not None:
+            fg, bg = self.bank.select(batch["index"], self.input_dtype)
+        return images, pids, fg, bg
+
+    def __call__(self, batch: dict, mark: Callable[[str], None] | None = None) -> StepResult:
+        mark = mark or _no_mark
+        engine = self.engine
+        images, pids, fg, bg = self.inputs(batch)
+        mark("data")
+        outputs = engine(images, fg, bg)
+        mark("heads_fwd")
+        total, parts = self.criterion({k: v.float() for k, v in outputs.items()}, pids)
+        mark("loss_fwd")
+        boundary = engine.is_gradient_accumulation_boundary()
+        engine.backward(total)
+        mark("backbone_bwd")
+        engine.step()
+        mark("optimizer")
+        return StepResult(torch.stack([total.detach(), *parts.values()]), ["total", *parts], boundary)
 
 
-def use_dali(cfg: Config, device: torch.device) -> bool:
-    if cfg.data.loader not in ("auto", "torch", "dali"):
-        raise ConfigError(f"data.loader must be auto, torch or dali, got {cfg.data.loader!r}")
-    if cfg.data.loader == "torch" or (cfg.data.loader == "auto" and device.type != "cuda"):
-        return False
-    try:
-        import fba.data.dali  # noqa: F401
-    except ImportError:
-        if cfg.data.loader == "dali":
-            raise
-        return False
-    return True
-
-
-def build_train_loader(cfg: Config, items, env: DistEnv):
-    if use_dali(cfg, env.device):
-        from fba.data.dali import build_dali_train_loader
-
-        return build_dali_train_loader(cfg, items, env.rank, env.world_size)
-    from fba.data import build_train_loader as build_torch_train_loader
-
-    return build_torch_train_loader(cfg, items, env.rank, env.world_size)
+def _no_mark(_section: str) -> None:
+    pass
 
 
 def _caption_bank(dataset, split: str, store, model, device: torch.device, env: DistEnv) -> TextBank | None:
@@ -220,10 +253,6 @@ class Trainer:
 
     @releases_run_lock_on_error
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False):
-        from fba.losses import FBALoss
-        from fba.model import build_model
-        from fba.model.heads import sync_batchnorm
-
         check_trainable(cfg, int(os.environ.get("WORLD_SIZE", "1")))
         self.cfg = cfg
         self.env = env = setup_distributed()
@@ -238,7 +267,9 @@ class Trainer:
         self.run_lock = claim_run_folder(self.output_dir, env.rank, resume or auto, overwrite)
 
         seed_everything(cfg.train.seed)  # the same initial weights on every rank
+        self.dataset: ReIDDataset
         self.dataset, store = load_data(cfg)
+        self.loaders = Loaders.for_device(cfg, env.device)
         if cfg.train.preflight:
             preflight_dataset(self.dataset, env.rank, env.world_size, progress=env.rank == 0)
         self.image_size = (cfg.data.height, cfg.data.width)
@@ -251,15 +282,11 @@ class Trainer:
             split: _caption_bank(self.dataset, split, store, model, env.device, env) for split in ("query", "gallery")
         } if cfg.eval.feature == "full" else {"query": None, "gallery": None}
 
-        optimizer = build_optimizer(cfg, model.trainable_parameters(), env.device)
-        self.scheduler = EpochCosineSchedule(optimizer, cfg.solver)
-        self.loader = build_train_loader(cfg, self.dataset.train, env)
+        self.loader = self.loaders.train(self.dataset.train, env.rank, env.world_size)
         self._epoch_length(0)  # P x K errors surface here, before DeepSpeed starts
-        self.engine = initialize_engine(model, optimizer, self.scheduler, cfg, self.plan)
-        compile_mode = resolve_compile_mode(cfg.train.compile, env.device)
-        if compile_mode:
-            self.engine.compile(compile_kwargs=compile_kwargs(compile_mode))
-        self.criterion = FBALoss(cfg.loss, cfg.model)
+        self.engine, self.scheduler = build_engine(cfg, model, self.plan)
+        self.step_fn = TrainStep(self.engine, FBALoss(cfg.loss, cfg.model), self.train_bank, self.input_dtype,
+                                 env.device)
 
         self.start_epoch, self.step, self.best_map = 0, 0, -1.0
         self.start_step_in_epoch = 0  # optimiser steps of start_epoch already done (a mid-epoch checkpoint)
@@ -325,23 +352,12 @@ class Trainer:
         if self.cfg.solver.iters_per_epoch is not None:
             steps = min(steps, self.cfg.solver.iters_per_epoch)
         if steps < 1:
-            from fba.data.sampler import PKBatchError
-
             raise PKBatchError(
                 f"epoch {epoch}: {len(self.loader)} P x K batches per rank make no optimiser step of "
                 f"{accum} micro-batches (data.batch_size={self.cfg.data.batch_size} is the global batch); "
                 "use more identities or a smaller data.batch_size"
             )
         return steps * accum
-
-    def _batch_inputs(self, batch: dict):
-        device = self.env.device
-        images = batch["images"].to(device, non_blocking=True).to(self.input_dtype)
-        pids = batch["pids"].to(device, non_blocking=True)
-        fg = bg = None
-        if self.train_bank is not None:
-            fg, bg = self.train_bank.select(batch["index"], self.input_dtype)
-        return images, pids, fg, bg
 
     def train_epoch(self, epoch: int) -> None:
         """Train one epoch (the rest of it after a mid-epoch checkpoint). A signal stops it at the next optimiser
@@ -363,19 +379,12 @@ class Trainer:
         tick = time.perf_counter()
         batches = iter(self.loader)
         for micro in range(done * accum, micro_batches):
-            images, pids, fg, bg = self._batch_inputs(next(batches))
-            outputs = engine(images, fg, bg)
-            total, parts = self.criterion({k: v.float() for k, v in outputs.items()}, pids)
-            boundary = engine.is_gradient_accumulation_boundary()
             lr = self.scheduler.get_last_lr()[0]
-            engine.backward(total)
-            engine.step()
-            values = torch.stack([total.detach(), *parts.values()])
-            if names is None:
-                names = ["total", *parts]
-            sums = values if sums is None else sums + values
+            result = self.step_fn(next(batches))
+            names = result.names
+            sums = result.losses if sums is None else sums + result.losses
             count += 1
-            if not boundary:
+            if not result.boundary:
                 continue
             self.step += 1
             self.guard.after_step(engine.skipped_steps, epoch, self.step)
@@ -413,15 +422,14 @@ class Trainer:
 
     def evaluate(self, epoch: int) -> dict[str, float]:
         """Retrieval metrics on query/gallery (percent); every rank gets them (rank 0 computes unless ZeRO-3)."""
-        from fba.engine.embedder import Embedder, RetrievalEval
-
         everyone = self.plan.zero_stage == 3  # partitioned weights: every rank must run the forward
         record: dict[str, float] = {}
         feature = ""
         if everyone or self.env.rank == 0:
-            evaluation = RetrievalEval(self.cfg, self.dataset, self.eval_banks["query"], self.eval_banks["gallery"])
+            evaluation = RetrievalEval(self.cfg, self.dataset, self.eval_banks["query"], self.eval_banks["gallery"],
+                                       self.loaders)
             metrics = evaluation.run(Embedder(self.module, self.env.device, self.dtype), progress=self.env.rank == 0)
-            record, feature = metrics_record(metrics), metrics["feature"]
+            record, feature = metrics_record(metrics), metrics.feature
         if self.env.world_size > 1 and not everyone:
             shared = [record]
             dist.broadcast_object_list(shared, src=0)
@@ -514,9 +522,9 @@ def signal_name(signum: int | None) -> str:
     return signal.Signals(signum).name if signum else "signal"
 
 
-def metrics_record(metrics: dict) -> dict[str, float]:
+def metrics_record(metrics: RetrievalMetrics) -> dict[str, float]:
     """The evaluation record of docs/architecture.md: mAP, R1, R5, R10, mINP in percent."""
-    return {f"eval/{name}": value for name, value in percent_metrics(metrics).items()}
+    return {f"eval/{name}": value for name, value in metrics.percent().items()}
 
 
 def train(

@@ -13,6 +13,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from open_clip.transformer import QuickGELU, VisionTransformer
+from safetensors.torch import load_file
 from torch import nn
 
 from fba.safe_load import is_torchscript, read_torchscript_tensors, safe_torch_load
@@ -102,8 +103,6 @@ _DROPPED_KEYS = ("input_resolution", "context_length", "vocab_size", "logit_scal
 
 def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
         return load_file(str(path))
     if is_torchscript(path):  # the OpenAI release: a TorchScript archive of the whole CLIP model, read, never run
         return read_torchscript_tensors(path)

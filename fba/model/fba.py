@@ -14,7 +14,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fba import kernels
 from fba.config import ModelConfig
 
 from .backbone import VisualBackbone, build_backbone, get_arch, load_clip_checkpoint
@@ -140,7 +139,7 @@ class FBA(nn.Module):
     def extract(
         self, images: torch.Tensor, captions: tuple[Text, Text | None] | None = None, feature: str = "full"
     ) -> torch.Tensor:
-        """Retrieval feature (SPEC section 6, docs/model.md); call in eval mode (BatchNorm running statistics).
+        """Retrieval feature (docs/design.md#retrieval-feature, docs/model.md); call in eval mode (BatchNorm running statistics).
 
         With captions ``(fg, bg)``, ``feature`` "full": [post-BN CLS, post-BN F_f^V, post-BN F_f^T], each
         L2-normalised -> [B, 3D]; "text": the caption part [F_f^V, F_f^T] -> [B, 2D]; "image": post-BN CLS
@@ -170,14 +169,8 @@ class FBA(nn.Module):
 
 def build_model(cfg: ModelConfig, num_classes: int, image_size: tuple[int, int] = (384, 128)) -> FBA:
     """The one factory: ``cfg`` fields arch, pretrained, stride, cross_modal, diversity, pooling, pool_grad,
-    cross_layers, text_cache, kernel. Never downloads: ``pretrained`` is a local file or None (random init)."""
-    if cfg.kernel not in kernels.BACKENDS:
-        raise ValueError(f"unknown model.kernel {cfg.kernel!r}; known: {', '.join(kernels.BACKENDS)}")
-    if not cfg.cross_modal and (cfg.diversity or cfg.pooling):
-        raise ValueError(
-            "model.diversity and model.pooling need model.cross_modal=true; "
-            "for the baseline set all three to false"
-        )
+    cross_layers, text_cache, kernel, checked where the config is loaded (:func:`fba.config.validate`). Never
+    downloads: ``pretrained`` is a local file or None (random init)."""
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     arch = get_arch(cfg.arch)

@@ -1,4 +1,4 @@
-"""Attention-map differential pooling (SPEC section 4), the plain PyTorch reference.
+"""Attention-map differential pooling (docs/design.md#differential-pooling), the plain PyTorch reference.
 
 Columns (caption positions) whose image->text attention differs most between the fg and the bg caption get
 the largest weight. Everything depends on the maps only through three per-column sums over the image rows,
@@ -17,7 +17,8 @@ def pool_mask_from_stats(dot: torch.Tensor, sq_f: torch.Tensor, sq_b: torch.Tens
     """m [B, M] from the column sums: cosine similarity s_j of the fg/bg columns, min-max scaled to [0, 1] over
     the valid columns (valid in both captions); invalid columns get 0.
 
-    A constant s over the valid columns gives 0 / (0 + 1e-6) = 0 everywhere, as SPEC's formula does.
+    A constant s over the valid columns gives 0 / (0 + 1e-6) = 0 everywhere, as the formula of
+    docs/design.md#differential-pooling does.
     """
     def norm(sq: torch.Tensor) -> torch.Tensor:
         # A zero column (padding, or a softmax that underflowed) has dot = 0 too, so s_j = 0 with any norm;

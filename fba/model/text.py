@@ -15,6 +15,8 @@ from typing import NamedTuple, Sequence
 import torch
 from open_clip.tokenizer import SimpleTokenizer
 from open_clip.transformer import TextTransformer
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
@@ -151,8 +153,6 @@ class TextFeatureCache:
     def _load_index(self, identity: str) -> dict[str, tuple[Path, int]]:
         if identity in self._index:
             return self._index[identity]
-        from safetensors import safe_open
-
         index: dict[str, tuple[Path, int]] = {}
         folder = self._tower_dir(identity)
         for shard in sorted(folder.glob("*.safetensors")) if folder.is_dir() else []:
@@ -168,15 +168,11 @@ class TextFeatureCache:
 
     def _shard(self, path: Path) -> tuple[torch.Tensor, torch.Tensor]:
         if path not in self._shards:
-            from safetensors.torch import load_file
-
             tensors = load_file(str(path))
             self._shards[path] = (tensors["states"], tensors["offsets"])
         return self._shards[path]
 
     def _write_shard(self, identity: str, keys: list[str], features: TextFeatures) -> Path:
-        from safetensors.torch import save_file
-
         lengths = (features.eot + 1).cpu()
         states = features.states.to(torch.float16).cpu()
         rows = torch.cat([states[i, : int(n)] for i, n in enumerate(lengths)])

@@ -1,7 +1,7 @@
 """Exact mAP, CMC and mINP from distance blocks: the whole query x gallery matrix is never held.
 
 A query's metrics need only the rank of each of its true matches among the gallery items that count for it
-(SPEC §8: same id *and* camera dropped, junk id -1 dropped, distractors kept as wrong). That rank is the number
+(docs/design.md#evaluation-protocol: same id *and* camera dropped, junk id -1 dropped, distractors kept as wrong). That rank is the number
 of kept wrong items closer than the match, or at the same distance with a smaller gallery index (the stable
 order of :func:`fba.metrics.evaluate`), plus the matches before it. So each query chunk is streamed twice:
 
@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fba.metrics import JUNK_PID, _summarise, as_numpy
+from fba.metrics import JUNK_PID, RetrievalMetrics, _summarise, as_numpy
 from fba.streaming.rows import (
     block_distance, check_metric, check_source, compute_dtype, num_rows, output_dtype, prepare, read_rows,
     source_device,
@@ -244,20 +244,20 @@ def evaluate_blocks(
     source: DistanceBlocks, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any, max_rank: int = 50,
     gallery_block: int = DEFAULT_GALLERY_BLOCK, query_block: int = DEFAULT_QUERY_BLOCK, progress: bool = True,
     backend: str = "auto",
-) -> dict:
+) -> RetrievalMetrics:
     """mAP, CMC and mINP as :func:`fba.metrics.evaluate`, from a :class:`DistanceBlocks` source."""
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
     per_query = rank_blocks(source, q_pids, g_pids, q_camids, g_camids, gallery_block, query_block, progress,
                             backend)
-    return _summarise(*per_query, max_rank=max_rank)
+    return _summarise(*per_query, max_rank=max_rank, num_gallery=len(as_numpy(g_pids)))
 
 
 def evaluate_streaming(
     qf: Any, gf: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any, metric: str = "cosine",
     max_rank: int = 50, gallery_block: int = DEFAULT_GALLERY_BLOCK, query_block: int = DEFAULT_QUERY_BLOCK,
     precision: str = "float64", progress: bool = True, backend: str = "auto",
-) -> dict:
+) -> RetrievalMetrics:
     """mAP, CMC and mINP straight from query and gallery features, ``gallery_block`` gallery rows at a time."""
     source = FeatureDistances(qf, gf, metric=metric, precision=precision)
     return evaluate_blocks(source, q_pids, g_pids, q_camids, g_camids, max_rank, gallery_block, query_block, progress,

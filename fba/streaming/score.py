@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from fba.metrics import evaluate, pairwise_distance, re_rank
+from fba.metrics import RetrievalMetrics, evaluate, pairwise_distance, re_rank
 from fba.streaming.evaluate import DEFAULT_GALLERY_BLOCK, DEFAULT_QUERY_BLOCK, FeatureDistances, evaluate_blocks
 from fba.streaming.query_expansion import DEFAULT_ALPHA, average_query_expansion
 from fba.streaming.rerank import DEFAULT_QUERY_BLOCK as RERANK_QUERY_BLOCK
@@ -19,7 +19,7 @@ STREAMING_MODES = ("auto", "on", "off")
 # Above this many float32 distances (400 MB) "auto" streams: Q x G for plain evaluation, (Q + G)^2 with
 # re-ranking, whose in-memory path holds the joint matrix (1.5 GB on Market-1501).
 STREAMING_THRESHOLD = 100_000_000
-RERANK_K1, RERANK_K2, RERANK_LAMBDA = 20, 6, 0.3  # SPEC §8
+RERANK_K1, RERANK_K2, RERANK_LAMBDA = 20, 6, 0.3  # docs/design.md#evaluation-protocol
 
 
 def use_streaming(num_query: int, num_gallery: int, rerank: bool, mode: str = "auto") -> bool:
@@ -35,9 +35,11 @@ def score_features(
     qf: Any, gf: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any, metric: str = "cosine",
     rerank: bool = False, aqe: int = 0, aqe_alpha: float = DEFAULT_ALPHA, max_rank: int = 50,
     block: int = DEFAULT_GALLERY_BLOCK, streaming: str = "auto", progress: bool = False,
-) -> dict:
-    """Metrics of :func:`fba.metrics.evaluate` plus how they were computed: ``metric``, ``rerank``, ``aqe``
-    (k, 0 for off), ``streaming``, ``num_query``, ``num_gallery``."""
+) -> RetrievalMetrics:
+    """The one evaluation of query features against gallery features: distances, optional k-reciprocal
+    re-ranking (docs/design.md#re-ranking) and query expansion, in memory or in gallery blocks; the
+    :class:`~fba.metrics.RetrievalMetrics` say how they were computed (``metric``, ``rerank``, ``aqe``,
+    ``streaming``)."""
     num_query, num_gallery = num_rows(qf), num_rows(gf)
     stream = use_streaming(num_query, num_gallery, rerank, streaming)
     if aqe:
@@ -56,6 +58,5 @@ def score_features(
     else:
         metrics = evaluate_blocks(FeatureDistances(qf, gf, metric), *ids, max_rank, gallery_block=block,
                                   query_block=DEFAULT_QUERY_BLOCK, progress=progress)
-    metrics.update(metric=metric, rerank=bool(rerank), aqe=int(aqe), streaming=stream, num_query=num_query,
-                   num_gallery=num_gallery)
-    return metrics
+    return metrics.replace(metric=metric, rerank=bool(rerank), aqe=int(aqe), streaming=stream, num_query=num_query,
+                           num_gallery=num_gallery)

@@ -159,7 +159,7 @@ def test_caption_template_and_loaders_on_a_listing(synthetic_root, tmp_path):
     from fba.cli import main
     from fba.config import load_config
     from fba.data import CaptionBank, CaptionStore, build_train_loader
-    from fba.engine.trainer import load_data
+    from fba.data.loaders import load_data
 
     _write_jsonl(synthetic_root / "list.jsonl", _market_rows(synthetic_root))
     out = tmp_path / "captions.jsonl"

@@ -24,14 +24,20 @@ from fba.engine.logger import RunLogger  # noqa: E402
 
 def record_batches(out: Path, setattr_=setattr) -> None:
     """Make the trainer log every micro-batch's dataset indices, per rank (``setattr_``: e.g. monkeypatch's)."""
-    original = trainer_module.Trainer._batch_inputs
+    original_init = trainer_module.Trainer.__init__
 
-    def recording(self, batch):
-        with open(out / f"batches_rank{self.env.rank}.jsonl", "a") as file:
-            file.write(json.dumps({"step": self.step, "index": batch["index"].tolist()}) + "\n")
-        return original(self, batch)
+    def init(self, *args, **kwargs):
+        original_init(self, *args, **kwargs)
+        inputs = self.step_fn.inputs
 
-    setattr_(trainer_module.Trainer, "_batch_inputs", recording)
+        def recording(batch):  # the trainer's step moves each micro-batch to the device here
+            with open(out / f"batches_rank{self.env.rank}.jsonl", "a") as file:
+                file.write(json.dumps({"step": self.step, "index": batch["index"].tolist()}) + "\n")
+            return inputs(batch)
+
+        self.step_fn.inputs = recording
+
+    setattr_(trainer_module.Trainer, "__init__", init)
 
 
 def kill_after(rank: int, step: int) -> None:

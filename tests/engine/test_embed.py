@@ -9,6 +9,7 @@ import torch
 
 from _tiny_run import make_tiny_dataset, tiny_config
 from fba.cli import main
+from fba.data.loaders import dali_available
 from fba.data.transforms import build_eval_transform, read_image
 from fba.engine.checkpoint import load_model
 from fba.engine.embedder import Embedder
@@ -121,3 +122,24 @@ def test_eval_saves_features_that_eval_features_scores_the_same(trained, tmp_pat
     assert main(["eval", "--features", str(saved), "--json", str(second)]) == 0
     a, b = json.loads(first.read_text()), json.loads(second.read_text())
     assert a["mAP"] == pytest.approx(b["mAP"], abs=1e-6) and a["cmc"] == pytest.approx(b["cmc"], abs=1e-6)
+
+
+@pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
+def test_embed_reads_through_the_loader_factory_dali_included(trained, tmp_path, monkeypatch):
+    """``fba embed --loader dali`` decodes with DALI (the CPU pipeline here), as ``fba eval`` does, and gives
+    the rows in the same order as the torch loader."""
+    import fba.data.dali as dali
+
+    root, result = trained
+    built = []
+    real = dali.build_dali_eval_loader
+    monkeypatch.setattr(dali, "build_dali_eval_loader", lambda cfg, items: built.append(len(items)) or real(cfg, items))
+    features = {}
+    for loader in ("dali", "torch"):
+        out = tmp_path / f"{loader}.npz"
+        assert main(["embed", "--model", str(result.model_path), "--images", str(root / "query"), "--image-only",
+                     "--out", str(out), "--num-workers", "0", "--loader", loader]) == 0
+        features[loader] = torch.from_numpy(load_features(out).features)
+    assert built == [len(features["torch"])]
+    torch.testing.assert_close(features["dali"], features["torch"], atol=0.05, rtol=0)
+    assert torch.equal(torch.cdist(features["dali"], features["torch"]).argmin(dim=1), torch.arange(built[0]))

@@ -8,9 +8,10 @@ import pytest
 import torch
 
 from fba.cli import main
-from fba.engine.evaluator import evaluate_features, format_metrics
+from fba.engine.evaluator import format_metrics
 from fba.engine.features_io import FeaturesFileError, FeatureSet, load_features, save_features
 from fba.metrics import evaluate, pairwise_distance
+from fba.streaming import score_features as evaluate_features
 
 FORMATS = [".safetensors", ".npz"]
 
@@ -122,11 +123,11 @@ def test_evaluate_features_and_table():
     q, g = np.array(split) == "query", np.array(split) == "gallery"
     metrics = evaluate_features(features[q], features[g], pids[q], pids[g], camids[q], camids[g], metric="euclidean")
     direct = evaluate(pairwise_distance(features[q], features[g]), pids[q], pids[g], camids[q], camids[g])
-    assert metrics["mAP"] == pytest.approx(direct["mAP"]) and metrics["num_query"] == 6
-    table = format_metrics({**metrics, "feature": "image"})
+    assert metrics.mAP == pytest.approx(direct.mAP) and metrics.num_query == 6
+    table = format_metrics(metrics.replace(feature="image"))
     for label in ("mAP", "Rank-1", "Rank-5", "Rank-10", "mINP", "valid queries", "6 / 6", "euclidean", "image"):
         assert label in table
-    assert f"{100 * metrics['mAP']:.2f}" in table
+    assert f"{100 * metrics.mAP:.2f}" in table
 
 
 @pytest.mark.parametrize("suffix", FORMATS)
@@ -146,7 +147,7 @@ def test_fba_eval_features_end_to_end(tmp_path, capsys, suffix, rerank):
     q, g = np.array(split) == "query", np.array(split) == "gallery"
     expected = evaluate_features(features[q], features[g], pids[q], pids[g], camids[q], camids[g],
                                  metric="cosine", rerank=rerank)
-    assert saved["mAP"] == pytest.approx(expected["mAP"], abs=1e-12)
+    assert saved["mAP"] == pytest.approx(expected.mAP, abs=1e-12)
 
 
 def test_fba_eval_features_errors(tmp_path, cli_error):
@@ -159,3 +160,4 @@ def test_fba_eval_features_errors(tmp_path, cli_error):
     bad = tmp_path / "bad.safetensors"
     bad.write_bytes(b"\x00\x01")
     cli_error(["eval", "--features", bad], "bad.safetensors: not a valid features file")
+    cli_error(["eval", "--features", tmp_path / "missing.npz"], "missing.npz: features file not found")

@@ -1,11 +1,12 @@
-"""The SPEC §7 schedule: warm-up from 0.001x, cosine to 0.01x, per iteration on the fractional epoch."""
+"""The schedule of docs/design.md#training-recipe: warm-up from 0.001x, cosine to 0.01x, per iteration on the
+fractional epoch."""
 from __future__ import annotations
 
 import pytest
 import torch
 
-from fba.config import ConfigError, SolverConfig
-from fba.engine.schedule import EpochCosineSchedule, lr_factor, validate_solver
+from fba.config import ConfigError, SolverConfig, load_config
+from fba.engine.schedule import EpochCosineSchedule, lr_factor
 
 
 def _cfg(**kw) -> SolverConfig:
@@ -86,7 +87,8 @@ def test_empty_epoch_is_an_error():
     ("optimizer", "sgd", "solver.optimizer"),
     ("grad_clip", -1.0, "solver.grad_clip"),
 ])
-def test_bad_solver_settings_are_named(field, value, message):
+def test_bad_solver_settings_are_named_when_loaded(field, value, message):
+    paper = ["solver.base_lr=8e-5", "solver.epochs=60", "solver.warmup_epochs=10"]
     with pytest.raises(ConfigError, match=message):
-        validate_solver(_cfg(**{field: value}))
-    validate_solver(_cfg())  # the paper's settings pass
+        load_config(None, [*paper, f"solver.{field}={value}"])
+    load_config(None, paper)  # the paper's settings pass

@@ -145,8 +145,8 @@ def test_precision_and_deepspeed_settings_follow_the_config(tiny_root, tmp_path)
 
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
-    with pytest.raises(ConfigError, match="train.precision must be one of"):
-        resolve_precision("fp8", cpu)
+    with pytest.raises(ConfigError, match="train.precision: must be one of auto, bf16, fp16, fp32, got 'fp8'"):
+        tiny_config(tiny_root, tmp_path, "train.precision=fp8")
     cfg = tiny_config(tiny_root, tmp_path, "solver.grad_clip=1.5", "train.zero_stage=3", "solver.grad_accum_steps=2",
                       "train.engine_mode=lowp_weights", "data.batch_size=16")
     plan = plan_engine(cfg, "fp16", world_size=2)

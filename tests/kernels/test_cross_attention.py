@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from fba import kernels
-from fba.kernels import cross_attention
+from fba.kernels import cross_attention, cross_attention_op
 
 GPU = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -60,7 +60,7 @@ def test_triton_matches_reference_fp32(case, poisoned, device):
     *shape, padding, row_start = case
     tensors, valid = make_inputs(*shape, device=device, padding=padding, seed=zlib.crc32(repr(case).encode()) % 1000)
     grad_outs = [torch.randn(tensors[0].shape, dtype=torch.float64, device=device) for _ in range(2)]
-    got = run(cross_attention.fused, tensors, valid, row_start, grad_outs)
+    got = run(cross_attention_op.fused, tensors, valid, row_start, grad_outs)
     want = run(cross_attention.reference, tensors, valid, row_start, grad_outs)
     for name, g, w in zip(NAMES, got, want):
         assert g.shape == w.shape and g.dtype == w.dtype, name
@@ -78,7 +78,7 @@ def test_triton_wider_row_tiles_fill_every_stats_slot(poisoned, device, monkeypa
     monkeypatch.setattr(tri, "BACKWARD_CONFIG", {"BLOCK_N": 32})
     tensors, valid = make_inputs(2, 2, 37, 10, 16, device=device, seed=21)
     grad_outs = [torch.randn(tensors[0].shape, dtype=torch.float64, device=device) for _ in range(2)]
-    got = run(cross_attention.fused, tensors, valid, 1, grad_outs)
+    got = run(cross_attention_op.fused, tensors, valid, 1, grad_outs)
     want = run(cross_attention.reference, tensors, valid, 1, grad_outs)
     for name, g, w in zip(NAMES, got, want):
         assert torch.isfinite(g).all(), f"{name} has unwritten (NaN) or non-finite elements"
@@ -93,7 +93,7 @@ def test_triton_low_precision_within_twice_pytorch_error(dtype, poisoned, device
     exact = [t.detach().double().requires_grad_() for t in tensors]
     want = run(cross_attention.reference, exact, valid, 1, grad_outs)
     same_dtype = run(cross_attention.reference, tensors, valid, 1, grad_outs)
-    got = run(cross_attention.fused, tensors, valid, 1, grad_outs)
+    got = run(cross_attention_op.fused, tensors, valid, 1, grad_outs)
     floor = 2e-3 if dtype == torch.float16 else 1e-2
     for name, g, s, w in zip(NAMES, got, same_dtype, want):
         assert g.dtype == s.dtype, name
@@ -118,7 +118,7 @@ def test_triton_takes_strided_views_like_the_model(poisoned, device):
         grads = torch.autograd.grad(out[0].sum() + 2 * out[1].sum(), [q_rows, kv_rows])
         return [*out, *grads]
 
-    for g, w in zip(split(cross_attention.fused), split(cross_attention.reference)):
+    for g, w in zip(split(cross_attention_op.fused), split(cross_attention.reference)):
         assert rel_err(g, w) <= 1e-5
 
 
@@ -126,8 +126,8 @@ def test_dispatcher_runs_the_op_unless_reference_is_asked(poisoned, device, monk
     tensors, valid = make_inputs(2, 2, 9, 6, 16, device=device, seed=11)
     q, k_f, v_f, k_b, v_b = tensors
     calls = []
-    real_fused = cross_attention.fused
-    monkeypatch.setattr(cross_attention, "fused", lambda *a, **kw: calls.append(kw["backend"]) or real_fused(*a, **kw))
+    real_fused = cross_attention_op.fused
+    monkeypatch.setattr(cross_attention_op, "fused", lambda *a, **kw: calls.append(kw["backend"]) or real_fused(*a, **kw))
     k_txt, v_txt = torch.cat([k_f, k_b]), torch.cat([v_f, v_b])
     txt_valid = torch.cat(valid)
     args = (q, k_f, v_f, q[:, :, :6].repeat(2, 1, 1, 1), k_txt, v_txt, txt_valid)
@@ -169,7 +169,7 @@ def test_stats_gradient_of_the_op_matches_the_reference(case, backend, poisoned,
     batch, _, nq, m, _ = shape
     grad_outs = [torch.randn(tensors[0].shape, dtype=torch.float64, device=device) for _ in range(2)]
     grad_outs.append(torch.randn(batch, 3, m, dtype=torch.float64, device=device))
-    got = run_with_stats(lambda *a: cross_attention.fused(*a, backend=backend, stats_grad=True), tensors, valid,
+    got = run_with_stats(lambda *a: cross_attention_op.fused(*a, backend=backend, stats_grad=True), tensors, valid,
                          row_start, grad_outs)
     want = run_with_stats(cross_attention.reference, tensors, valid, row_start, grad_outs)
     without_stats = run(cross_attention.reference, tensors, valid, row_start, grad_outs[:2])
@@ -212,12 +212,12 @@ def test_bad_inputs_are_refused_with_clear_errors(device):
     with pytest.raises(ValueError, match="unknown kernel backend 'fast'"):
         kernels.cross_attention_with_stats(*tensors, *valid, backend="fast")
     with pytest.raises(ValueError, match="valid_f must be a bool"):
-        cross_attention.fused(*tensors, valid[0].float(), valid[1])
+        cross_attention_op.fused(*tensors, valid[0].float(), valid[1])
     with pytest.raises(ValueError, match="k_b must be"):
-        cross_attention.fused(tensors[0], tensors[1], tensors[2], tensors[3][:, :, :3], tensors[4], *valid)
+        cross_attention_op.fused(tensors[0], tensors[1], tensors[2], tensors[3][:, :, :3], tensors[4], *valid)
     long_keys, long_valid = make_inputs(1, 1, 3, 129, 16, device=device)
     with pytest.raises(ValueError, match="129 keys"):
-        cross_attention.fused(*long_keys, *long_valid)
+        cross_attention_op.fused(*long_keys, *long_valid)
     if device == "cpu":
         with pytest.raises(ValueError, match="needs CUDA tensors"):
             kernels.resolve_backend("cuda", tensors[0], tensors[1])
@@ -232,7 +232,7 @@ def test_fused_bf16_at_paper_sizes_on_gpu(backend):
     exact = [t.detach().double().requires_grad_() for t in tensors]
     want = run(cross_attention.reference, exact, valid, 1, grad_outs)
     same_dtype = run(cross_attention.reference, tensors, valid, 1, grad_outs)
-    got = run(lambda *a: cross_attention.fused(*a, backend=backend), tensors, valid, 1, grad_outs)
+    got = run(lambda *a: cross_attention_op.fused(*a, backend=backend), tensors, valid, 1, grad_outs)
     for name, g, s, w in zip(NAMES, got, same_dtype, want):
         assert torch.isfinite(g).all(), name
         assert rel_err(g, w) <= 2 * rel_err(s, w) + 1e-2, f"{name}: {rel_err(g, w):.2e} vs {rel_err(s, w):.2e}"
@@ -245,11 +245,11 @@ def test_fused_forward_allocates_no_attention_map_on_gpu(backend):
     batch, heads, nq, m, dim = 8, 12, 311, 77, 64
     tensors, valid = make_inputs(batch, heads, nq, m, dim, dtype=torch.bfloat16, device="cuda", seed=2)
     with torch.no_grad():
-        cross_attention.fused(*tensors, *valid, backend=backend)  # build / autotune outside the measurement
+        cross_attention_op.fused(*tensors, *valid, backend=backend)  # build / autotune outside the measurement
         torch.cuda.synchronize()
         base = torch.cuda.memory_allocated()
         torch.cuda.reset_peak_memory_stats()
-        out = cross_attention.fused(*tensors, *valid, backend=backend)
+        out = cross_attention_op.fused(*tensors, *valid, backend=backend)
         torch.cuda.synchronize()
     extra = torch.cuda.max_memory_allocated() - base
     outputs = sum(t.numel() * t.element_size() for t in out)
@@ -266,7 +266,7 @@ def test_stats_gradient_bf16_at_paper_sizes_on_gpu():
     exact = [t.detach().double().requires_grad_() for t in tensors]
     want = run_with_stats(cross_attention.reference, exact, valid, 1, grad_outs)
     same_dtype = run_with_stats(cross_attention.reference, tensors, valid, 1, grad_outs)
-    got = run_with_stats(lambda *a: cross_attention.fused(*a, backend="triton", stats_grad=True), tensors, valid, 1,
+    got = run_with_stats(lambda *a: cross_attention_op.fused(*a, backend="triton", stats_grad=True), tensors, valid, 1,
                          grad_outs)
     for name, g, s, w in zip(NAMES, got, same_dtype, want):
         assert torch.isfinite(g).all(), name
@@ -287,4 +287,4 @@ def test_flop_counter_counts_the_op_as_the_decomposition(device):
 
     want = flops(cross_attention.reference)
     assert want == 3 * 8 * 2 * 2 * 11 * 7 * 16
-    assert flops(lambda *a: cross_attention.fused(*a, backend="reference")) == want
+    assert flops(lambda *a: cross_attention_op.fused(*a, backend="reference")) == want

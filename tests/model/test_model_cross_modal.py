@@ -194,6 +194,10 @@ def test_pool_grad_reaches_the_mask_only_when_asked():
         assert out.fg_txt.requires_grad
 
 
-def test_unknown_kernel_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown model.kernel 'magic'"):
-        CrossModalModule(WIDTH, HEADS, TEXT_DIM, LAYERS, kernel="magic")
+def test_config_kernel_choices_are_the_kernel_backends():
+    import typing
+
+    from fba import kernels
+    from fba.config import Kernel
+
+    assert typing.get_args(Kernel) == kernels.BACKENDS

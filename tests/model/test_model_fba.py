@@ -4,7 +4,7 @@ import pytest
 import torch
 from tiny_clip import IMAGE_SIZE, NUM_CLASSES, build_tiny
 
-from fba.config import LossConfig, ModelConfig
+from fba.config import ConfigError, LossConfig, ModelConfig, load_config
 from fba.losses import FBALoss
 from fba.model import TextFeatures, build_model, select_feature
 from fba.model.cross_modal import CrossModalModule
@@ -124,11 +124,11 @@ def test_baseline_has_no_cross_modal_parts(images):
         assert model.extract(images).shape == (4, WIDTH)
 
 
-def test_ablation_switch_errors():
-    with pytest.raises(ValueError, match="need model.cross_modal=true"):
-        build_tiny(cross_modal=False)
-    with pytest.raises(ValueError, match="unknown model.kernel"):
-        build_tiny(kernel="magic")
+def test_ablation_switch_errors_are_config_errors():
+    with pytest.raises(ConfigError, match="need model.cross_modal=true"):
+        load_config(None, ["model.cross_modal=false"])
+    with pytest.raises(ConfigError, match="model.kernel: must be one of auto, reference, triton, cuda, got 'magic'"):
+        load_config(None, ["model.kernel=magic"])
 
 
 def test_fg_only_model_runs_one_branch(images, captions):

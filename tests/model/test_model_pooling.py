@@ -9,7 +9,7 @@ from fba.model.pooling import differential_pool, pool_from_stats
 
 
 def spec_pool_numpy(w_f, w_b, tokens, valid):
-    """SPEC section 4 written out per sample and per column, in float64."""
+    """docs/design.md#differential-pooling written out per sample and per column, in float64."""
     batch, _, cols = w_f.shape
     pooled, masks = [], []
     for b in range(batch):
