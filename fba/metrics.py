@@ -204,6 +204,11 @@ def evaluate(
     return _summarise(*per_query, max_rank=max_rank, num_gallery=arrays[0].shape[1])
 
 
+def _writeable(array: np.ndarray) -> np.ndarray:
+    """A read-only array (a memory-mapped features file) copied, as torch wants writeable memory."""
+    return array if array.flags.writeable else np.array(array)
+
+
 def pairwise_distance(qf: Any, gf: Any, metric: str = "euclidean", chunk_size: int = 1024) -> np.ndarray:
     """Distance matrix [num_query, num_gallery] between two feature sets (NumPy arrays or tensors).
 

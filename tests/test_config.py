@@ -97,7 +97,8 @@ def test_defaults_match_the_spec():
 
 @pytest.mark.parametrize("overrides,message", [
     (["data.loader=fast"], r"data.loader: must be one of auto, torch, dali, got 'fast'"),
-    (["train.zero_stage=4"], r"train.zero_stage: must be one of 0, 1, 2, 3, got 4"),
+    (["train.zero_stage=4"], r"train.zero_stage: must be one of auto, 0, 1, 2, 3, got '4'"),
+    (["train.engine_mode=fp8"], r"train.engine_mode: must be one of auto, autocast, lowp_weights"),
     (["eval.feature=text"], r"eval.feature: must be one of full, image"),
     (["model.arch=ViT-L-14"], r"model.arch: must be one of ViT-B-16, tiny"),
     (["data.batch_size=30"], r"data.batch_size \(30\) must be a multiple of data.num_instances \(4\)"),
