@@ -41,12 +41,45 @@ def _dot(a, b, F32: tl.constexpr):
 
 
 @triton.jit
+def _scores(q, K, bias, offs_m, offs_d, col_ok, d_ok, sk_n, scale, F32: tl.constexpr):
+    """q k^T * scale + bias (fp32) of one row tile against one head's keys."""
+    k = tl.load(K + offs_m[:, None] * sk_n + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    return (_dot(q, tl.trans(k), F32) * scale).to(tl.float32) + bias[None, :]
+
+
+@triton.jit
+def _row_tile(BIAS_F, BIAS_B, NQ, M, D, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """The layout of the forward and stats-gradient kernels: one program per (query-row tile, image); its offsets,
+    masks and both branches' key biases."""
+    pid_n = tl.program_id(0)
+    b = tl.program_id(1)
+    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    col_ok = offs_m < M
+    bias_f = tl.load(BIAS_F + b * M + offs_m, mask=col_ok, other=float("-inf"))
+    bias_b = tl.load(BIAS_B + b * M + offs_m, mask=col_ok, other=float("-inf"))
+    return pid_n, b, offs_n, offs_m, offs_d, offs_n < NQ, col_ok, offs_d < D, bias_f, bias_b
+
+
+@triton.jit
+def _head_q(Q, b, h, sq_b, sq_h, sq_n, offs_n, offs_d, row_ok, d_ok):
+    return tl.load(Q + b * sq_b + h * sq_h + offs_n[:, None] * sq_n + offs_d[None, :],
+                   mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+
+
+@triton.jit
+def _pooled_map(w_sum, offs_n, row_ok, row_start, H):
+    """The head average of a tile's summed maps, zero on padding rows and rows before ``row_start`` (the CLS)."""
+    return tl.where((row_ok & (offs_n >= row_start))[:, None], w_sum / H, 0.0)
+
+
+@triton.jit
 def _attend_tile(q, K, V, O, LSE, bias, offs_n, offs_m, offs_d, row_ok, col_ok, d_ok,
                  sk_n, so_n, scale, F32: tl.constexpr):
     """Softmax(q k^T * scale + bias) v for one (row tile, head, branch); stores o and lse, returns P (fp32)."""
-    k = tl.load(K + offs_m[:, None] * sk_n + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
+    s = _scores(q, K, bias, offs_m, offs_d, col_ok, d_ok, sk_n, scale, F32)
     v = tl.load(V + offs_m[:, None] * sk_n + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-    s = (_dot(q, tl.trans(k), F32) * scale).to(tl.float32) + bias[None, :]
     row_max = tl.max(s, axis=1)
     p = tl.exp(s - row_max[:, None])
     row_sum = tl.sum(p, axis=1)
@@ -65,22 +98,13 @@ def _forward_kernel(
     H, NQ, M, D, N_PART, row_start, scale,
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, F32: tl.constexpr, PART_ROWS: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    b = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_n < NQ
-    col_ok = offs_m < M
-    d_ok = offs_d < D
-    bias_f = tl.load(BIAS_F + b * M + offs_m, mask=col_ok, other=float("-inf"))
-    bias_b = tl.load(BIAS_B + b * M + offs_m, mask=col_ok, other=float("-inf"))
+    pid_n, b, offs_n, offs_m, offs_d, row_ok, col_ok, d_ok, bias_f, bias_b = _row_tile(
+        BIAS_F, BIAS_B, NQ, M, D, BLOCK_N, BLOCK_M, BLOCK_D)
     w_f = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     w_b = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     lse_branch = H * NQ * tl.num_programs(1)
     for h in range(H):
-        q = tl.load(Q + b * sq_b + h * sq_h + offs_n[:, None] * sq_n + offs_d[None, :],
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        q = _head_q(Q, b, h, sq_b, sq_h, sq_n, offs_n, offs_d, row_ok, d_ok)
         kv = b * sk_b + h * sk_h
         o = b * so_b + h * so_h
         lse = LSE + (b * H + h) * NQ
@@ -88,9 +112,8 @@ def _forward_kernel(
                             row_ok, col_ok, d_ok, sk_n, so_n, scale, F32)
         w_b += _attend_tile(q, KB + kv, VB + kv, OB + o, lse + lse_branch, bias_b, offs_n, offs_m, offs_d,
                             row_ok, col_ok, d_ok, sk_n, so_n, scale, F32)
-    keep = (row_ok & (offs_n >= row_start))[:, None]
-    w_f = tl.where(keep, w_f / H, 0.0)
-    w_b = tl.where(keep, w_b / H, 0.0)
+    w_f = _pooled_map(w_f, offs_n, row_ok, row_start, H)
+    w_b = _pooled_map(w_b, offs_n, row_ok, row_start, H)
     # Slots are PART_ROWS rows wide whatever BLOCK_N is: a program fills its first slot and zeroes the others it
     # covers, so every slot is written once per launch (no zero-fill, nothing left from an autotune trial).
     slot = pid_n * (BLOCK_N // PART_ROWS)
@@ -105,13 +128,6 @@ def _forward_kernel(
 
 
 @triton.jit
-def _probs(q, K, bias, lse, offs_m, offs_d, col_ok, d_ok, sk_n, scale, F32: tl.constexpr):
-    k = tl.load(K + offs_m[:, None] * sk_n + offs_d[None, :], mask=col_ok[:, None] & d_ok[None, :], other=0.0)
-    s = (_dot(q, tl.trans(k), F32) * scale).to(tl.float32) + bias[None, :]
-    return tl.exp(s - lse[:, None])
-
-
-@triton.jit
 def _stats_grad_kernel(
     Q, KF, KB, BIAS_F, BIAS_B, LSE, DSTATS, DW_F, DW_B,
     sq_b, sq_h, sq_n, sk_b, sk_h, sk_n,
@@ -119,30 +135,20 @@ def _stats_grad_kernel(
     BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, F32: tl.constexpr,
 ):
     """dW_f = g0·W_b + 2·g1·W_f and dW_b = g0·W_f + 2·g2·W_b for rows >= row_start (0 above), g = dstats[b]."""
-    pid_n = tl.program_id(0)
-    b = tl.program_id(1)
-    offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
-    offs_m = tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, BLOCK_D)
-    row_ok = offs_n < NQ
-    col_ok = offs_m < M
-    d_ok = offs_d < D
-    bias_f = tl.load(BIAS_F + b * M + offs_m, mask=col_ok, other=float("-inf"))
-    bias_b = tl.load(BIAS_B + b * M + offs_m, mask=col_ok, other=float("-inf"))
+    _, b, offs_n, offs_m, offs_d, row_ok, col_ok, d_ok, bias_f, bias_b = _row_tile(
+        BIAS_F, BIAS_B, NQ, M, D, BLOCK_N, BLOCK_M, BLOCK_D)
     w_f = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     w_b = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
     lse_branch = H * NQ * tl.num_programs(1)
     for h in range(H):
-        q = tl.load(Q + b * sq_b + h * sq_h + offs_n[:, None] * sq_n + offs_d[None, :],
-                    mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+        q = _head_q(Q, b, h, sq_b, sq_h, sq_n, offs_n, offs_d, row_ok, d_ok)
         kv = b * sk_b + h * sk_h
         lse_f = tl.load(LSE + (b * H + h) * NQ + offs_n, mask=row_ok, other=0.0)
         lse_b = tl.load(LSE + lse_branch + (b * H + h) * NQ + offs_n, mask=row_ok, other=0.0)
-        w_f += _probs(q, KF + kv, bias_f, lse_f, offs_m, offs_d, col_ok, d_ok, sk_n, scale, F32)
-        w_b += _probs(q, KB + kv, bias_b, lse_b, offs_m, offs_d, col_ok, d_ok, sk_n, scale, F32)
-    keep = (row_ok & (offs_n >= row_start))[:, None]
-    w_f = tl.where(keep, w_f / H, 0.0)
-    w_b = tl.where(keep, w_b / H, 0.0)
+        w_f += tl.exp(_scores(q, KF + kv, bias_f, offs_m, offs_d, col_ok, d_ok, sk_n, scale, F32) - lse_f[:, None])
+        w_b += tl.exp(_scores(q, KB + kv, bias_b, offs_m, offs_d, col_ok, d_ok, sk_n, scale, F32) - lse_b[:, None])
+    w_f = _pooled_map(w_f, offs_n, row_ok, row_start, H)
+    w_b = _pooled_map(w_b, offs_n, row_ok, row_start, H)
     g = DSTATS + b * 3 * M + offs_m
     g0 = tl.load(g, mask=col_ok, other=0.0)[None, :]
     g1 = tl.load(g + M, mask=col_ok, other=0.0)[None, :]
