@@ -1,6 +1,6 @@
 """Reading ``torch.save`` files without running the code a pickle can carry.
 
-``torch.load(weights_only=False)`` unpickles whatever a file names, so a crafted ``model.pt`` runs code on the
+A full unpickling ``torch.load`` imports and calls whatever a file names, so a crafted ``model.pt`` runs code on the
 machine that loads it. Every file ``fba`` reads (``model.pt``, training checkpoints, the per-rank RNG files,
 DeepSpeed's own checkpoint files, CLIP weights) goes through :func:`safe_torch_load`: ``weights_only=True``, which
 builds tensors and plain data (dict, list, tuple, str, numbers) only, plus an explicit allow-list of the few
@@ -136,8 +136,9 @@ class _ScriptArchiveUnpickler(pickle.Unpickler):
 
 
 class _ScriptArchivePickle:
+    """The ``pickle_module`` torch's zip reader takes: it only ever builds an ``Unpickler``."""
+
     Unpickler = _ScriptArchiveUnpickler
-    load = pickle.load
 
 
 _MEMBER_LIST = re.compile(r"^class (\w+)\(Module\):\n  __parameters__ = \[([^\]]*)\]\n  __buffers__ = \[([^\]]*)\]", re.M)

@@ -201,8 +201,9 @@ class SafeCheckpointEngine:
     """DeepSpeed's checkpoint engine with a ``load`` that never unpickles code.
 
     DeepSpeed reads every file of a checkpoint (module, ZeRO optimiser shards, client state) through
-    ``engine.checkpoint_engine.load``, which calls ``torch.load(weights_only=False)``; this wrapper replaces that one
-    call by :func:`fba.safe_load.safe_torch_load` and passes everything else (saving, commits) through.
+    ``engine.checkpoint_engine.load``, a full unpickling ``torch.load`` that imports any global a file names;
+    this wrapper replaces that one call by :func:`fba.safe_load.safe_torch_load` and passes everything else
+    (saving, commits) through.
     """
 
     def __init__(self, inner):
