@@ -18,13 +18,8 @@ $(STAMP): setup.py requirements.txt pyproject.toml $(wildcard csrc/cpu/*.cpp csr
 	$(PY) -c "import fba, fba.kernels, fba._C"
 	touch $(STAMP)
 
-# The GPU suite's CPU rehearsal runs last, in a pytest session of its own: run inside the main session, later
-# custom-op calls of that session crashed after it (seen from a fresh clone; cause not yet found, docs/kernels.md).
-REHEARSAL := tests/benchmarks/test_gpu_suite.py::test_rehearsal_runs_the_whole_plan_on_cpu
-
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS) --deselect $(REHEARSAL)
-	$(PY) -m pytest -q $(PYTEST_ARGS) $(REHEARSAL)
+	$(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/fba demo

@@ -12,12 +12,20 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import sys
 from typing import Iterator, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
-from . import cross_attention, cross_attention_op  # noqa: F401 - registers torch.ops.fba.*
+if __name__ != "fba.kernels":
+    # Imported as the top-level ``kernels`` (the checkout's root on sys.path; transformers imports that name): be
+    # fba.kernels itself, never a second copy re-defining the fba:: custom ops (docs/kernels.md, "One definition").
+    import fba.kernels
+
+    sys.modules[__name__] = sys.modules["fba.kernels"]
+
+from . import cross_attention, cross_attention_op  # noqa: E402, F401 - registers torch.ops.fba.*
 
 __all__ = [
     "BACKENDS", "CrossModalAttention", "cross_attention_with_stats", "cross_modal_attention", "decomposed",

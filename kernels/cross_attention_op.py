@@ -20,6 +20,9 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import cross_attention
 
+if __name__ != "fba.kernels.cross_attention_op":  # docs/kernels.md, "One definition"
+    raise ImportError(f"{__name__}: import fba.kernels.cross_attention_op, the one module defining the fba:: ops")
+
 
 def _unit_last(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()

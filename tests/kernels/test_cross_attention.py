@@ -1,7 +1,10 @@
 """Fused image->text cross-attention with stats (Triton; CUDA on a GPU) against the PyTorch reference."""
 from __future__ import annotations
 
+import subprocess
+import sys
 import zlib
+from pathlib import Path
 
 import pytest
 import torch
@@ -288,3 +291,24 @@ def test_flop_counter_counts_the_op_as_the_decomposition(device):
     want = flops(cross_attention.reference)
     assert want == 3 * 8 * 2 * 2 * 11 * 7 * 16
     assert flops(lambda *a: cross_attention_op.fused(*a, backend="reference")) == want
+
+
+def test_the_top_level_kernels_name_is_fba_kernels_itself():
+    """With the checkout's root on sys.path this folder is importable as ``kernels`` too (transformers imports that
+    name to probe for Hugging Face's package): it must give fba.kernels itself, not a 2nd copy whose custom ops
+    replace the first ones and leave fba.kernels calling a dropped dispatcher entry. A subprocess: the bug would
+    break every later op call of this session."""
+    code = """
+import importlib, sys, torch
+import fba.kernels as fk
+op = fk.cross_attention_op.cross_attention_with_stats
+assert importlib.import_module("kernels") is fk, sys.modules["kernels"]
+try:
+    importlib.import_module("kernels.cross_attention_op")
+except ImportError:
+    pass
+assert op._lib.m is not None and torch.ops.fba.cross_attention_with_stats.default is op._opoverload
+q, k, v = torch.randn(1, 2, 5, 8), torch.randn(1, 2, 4, 8), torch.ones(1, 4, dtype=torch.bool)
+fk.cross_attention_op.fused(q, k, k, k, k, v, v, backend="reference")
+"""
+    subprocess.run([sys.executable, "-c", code], cwd=Path(__file__).resolve().parents[2], check=True, timeout=120)
