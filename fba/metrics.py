@@ -27,7 +27,8 @@ class RetrievalMetrics:
     """What one evaluation measured: mAP, CMC and mINP as fractions, and what they were measured on.
 
     ``cmc[k]`` is the share of valid queries whose first true match is within the top ``k + 1``. ``feature``
-    (``"full"`` or ``"image"``), ``metric`` (the distance) and ``rerank`` say how, where known.
+    (``"full"``, ``"image"`` or the demo's ``"text"``), ``metric`` (the distance) and ``rerank`` say how, where
+    known.
     """
 
     mAP: float
