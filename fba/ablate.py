@@ -27,6 +27,7 @@ from fba.data.synthetic.noise import REALISTIC_LEVEL
 from fba.demo import DEMO_CONFIG, FEATURES, ensure_synthetic, feature_metrics, headline
 from fba.engine.checkpoint import load_model
 from fba.engine.trainer import train
+from fba.errors import UsageError
 
 ROWS: list[tuple[str, dict[str, bool]]] = [
     ("baseline", {"cross_modal": False, "diversity": False, "pooling": False}),
@@ -141,13 +142,25 @@ def run_ablation(out: Path, data: Path, ids: int, cams: int, data_seed: int, see
     return results
 
 
+def _seed_or_override(text: str) -> int | str:
+    """A ``--seeds`` value: an integer seed, or (``key=value``) an override written after the seeds, where
+    ``--seeds``' greedy list would otherwise swallow it (``--seeds 0 1 2 solver.epochs=10``)."""
+    if "=" in text:
+        return text
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: seeds are integers") from None
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
     parser.add_argument("--data", type=Path, default=Path("data/synthetic-occluded"))
     parser.add_argument("--ids", type=int, default=60)
     parser.add_argument("--cams", type=int, default=4)
     parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data set")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="training seeds per row")
+    parser.add_argument("--seeds", type=_seed_or_override, nargs="+", default=[0, 1, 2],
+                        help="training seeds per row (overrides may follow them)")
     parser.add_argument("--caption-noise", type=float, default=REALISTIC_LEVEL, metavar="LEVEL",
                         help="caption noise of the synthetic set (0 = captions from the truth, 1 = realistic)")
     parser.add_argument("-c", "--config", type=Path, default=DEMO_CONFIG)
@@ -157,6 +170,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    run_ablation(args.out, args.data, args.ids, args.cams, args.data_seed, args.seeds, args.config, args.overrides,
+    seeds = [s for s in args.seeds if isinstance(s, int)]
+    overrides = [s for s in args.seeds if isinstance(s, str)] + args.overrides
+    if not seeds:
+        raise UsageError("--seeds: give at least one integer seed")
+    run_ablation(args.out, args.data, args.ids, args.cams, args.data_seed, seeds, args.config, overrides,
                  args.resume, args.caption_noise)
     return 0

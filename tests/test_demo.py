@@ -156,3 +156,20 @@ def test_ablation_resume_keeps_finished_runs_and_continues_the_rest(tmp_path, mo
     assert [Path(d).name for d, _ in trained] == ["row1-seed0", "row2-seed0", "row3-seed0"]
     assert all(resume for _, resume in trained)
     assert json.loads((out / "ablation.json").read_text()) == results
+
+
+def test_ablate_overrides_may_follow_the_seeds(tmp_path, monkeypatch, capsys, cli_error):
+    import fba.ablate as ablate
+    from fba.cli import main
+
+    calls = []
+    monkeypatch.setattr(ablate, "run_ablation", lambda *args: calls.append(args))
+    assert main(["ablate", "--out", str(tmp_path), "--seeds", "0", "2", "solver.epochs=10", "data.num_workers=0"]) == 0
+    assert main(["ablate", "--out", str(tmp_path), "solver.epochs=3", "--seeds", "1"]) == 0
+    (_, _, _, _, _, seeds, _, overrides, *_), (_, _, _, _, _, seeds2, _, overrides2, *_) = calls
+    assert seeds == [0, 2] and overrides == ["solver.epochs=10", "data.num_workers=0"]
+    assert seeds2 == [1] and overrides2 == ["solver.epochs=3"]
+    with pytest.raises(SystemExit) as exit_info:  # argparse's own usage error
+        main(["ablate", "--seeds", "zero"])
+    assert exit_info.value.code == 2 and "invalid seed 'zero': seeds are integers" in capsys.readouterr().err
+    cli_error(["ablate", "--seeds", "solver.epochs=1"], r"--seeds: give at least one integer seed")
