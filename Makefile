@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench gpu-suite clean
+.PHONY: setup test test-fast test-avx2 demo bench gpu-suite clean
 
 setup: $(STAMP)
 
@@ -18,8 +18,19 @@ $(STAMP): setup.py requirements.txt pyproject.toml $(wildcard csrc/cpu/*.cpp csr
 	$(PY) -c "import fba, fba.kernels, fba._C"
 	touch $(STAMP)
 
+# make test: the whole suite (CI). make test-fast: without the `slow` tests, for the edit-test loop.
 test: setup
 	$(PY) -m pytest -q $(PYTEST_ARGS)
+
+test-fast: setup
+	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+
+# The whole suite as an AVX2-only CPU runs it, on any x86 machine: PyTorch's kernels, oneDNN and MKL capped at
+# AVX2, and fba.precision told the CPU has no native bf16 (docs/reliability.md).
+AVX2_ENV := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 FBA_CPU_BF16=0
+
+test-avx2: setup
+	$(AVX2_ENV) $(PY) -m pytest -q $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/fba demo

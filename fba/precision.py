@@ -4,10 +4,12 @@ A CPU without bf16 instructions emulates every bf16 matmul: on an AVX2-only mach
 against 65 GFLOP/s in fp32, so a bf16 demo took over an hour instead of minutes. ``auto`` therefore picks bf16 on a
 CPU only when it has native bf16 (x86 ``avx512_bf16`` or ``amx_bf16``, Arm ``bf16``), read from /proc/cpuinfo; where
 the flags cannot be read it times one small matmul of each dtype, once per process (docs/reliability.md).
+``FBA_CPU_BF16=0`` (or ``1``) overrides the detection, so any machine can run as the AVX2 kind (``make test-avx2``).
 """
 from __future__ import annotations
 
 import functools
+import os
 import time
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import torch
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX-512 BF16 / AMX, Arm's FEAT_BF16
 MIN_BF16_SPEED = 0.5  # bf16 at half the fp32 rate or better counts as native (emulation is ~60x slower)
+OVERRIDE_ENV = "FBA_CPU_BF16"
 
 
 def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
@@ -47,6 +50,11 @@ def matmul_rate(dtype: torch.dtype, size: int = 256, seconds: float = 0.05) -> f
 @functools.cache
 def cpu_native_bf16() -> tuple[bool, str]:
     """(native bf16?, why), decided once per process."""
+    override = os.environ.get(OVERRIDE_ENV, "").strip()
+    if override in ("0", "1"):
+        return override == "1", f"{OVERRIDE_ENV}={override} says so"
+    if override:
+        raise ValueError(f"{OVERRIDE_ENV} must be 0 or 1, got {override!r}")
     flags = cpu_flags()
     if flags is not None:
         native = sorted(flags & set(NATIVE_BF16_FLAGS))

@@ -14,7 +14,8 @@ GRAVITON3 = "processor\t: 0\nFeatures\t: fp asimd sve bf16 i8mm\n"
 
 
 @pytest.fixture(autouse=True)
-def _fresh_probe():
+def _fresh_probe(monkeypatch):
+    monkeypatch.delenv(precision.OVERRIDE_ENV, raising=False)  # `make test-avx2` sets it for the rest of the suite
     precision.cpu_native_bf16.cache_clear()
     yield
     precision.cpu_native_bf16.cache_clear()
@@ -54,6 +55,19 @@ def test_without_flags_a_timed_matmul_decides_once(monkeypatch, tmp_path, bf16_r
     assert precision.auto_cpu_precision()[0] == expected
     assert sorted(map(str, calls)) == ["torch.bfloat16", "torch.float32"]  # measured once, cached
     assert f"{bf16_rate:.1f} GFLOP/s in bf16 against 65.0 in fp32" in precision.cpu_native_bf16()[1]
+
+
+@pytest.mark.parametrize("value, expected", [("0", "fp32"), ("1", "bf16")])
+def test_the_environment_overrides_the_flags(monkeypatch, tmp_path, value, expected):
+    _cpuinfo(monkeypatch, tmp_path, SAPPHIRE_RAPIDS if value == "0" else AVX2_ONLY)
+    monkeypatch.setenv(precision.OVERRIDE_ENV, value)
+    assert precision.auto_cpu_precision() == (expected, f"FBA_CPU_BF16={value} says so")
+
+
+def test_a_bad_override_is_refused_by_name(monkeypatch):
+    monkeypatch.setenv(precision.OVERRIDE_ENV, "yes")
+    with pytest.raises(ValueError, match="FBA_CPU_BF16 must be 0 or 1"):
+        precision.cpu_native_bf16()
 
 
 def test_explicit_precisions_are_kept():

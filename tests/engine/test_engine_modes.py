@@ -15,9 +15,9 @@ from fba.engine.trainer import Trainer, train
 
 LOSS_KEYS = ("loss/total", "loss/id", "loss/tri", "loss/id_c", "loss/tri_c", "loss/div")
 MODES = {  # name: overrides
-    "autocast": ("train.engine_mode=autocast",),  # the default: ZeRO 0 on one rank
-    "autocast-zero2": ("train.engine_mode=autocast", "train.zero_stage=2"),  # what several ranks run
-    "lowp_weights": ("train.engine_mode=lowp_weights",),  # bf16 weights, fp32 master in ZeRO-2
+    "autocast": ("train.precision=bf16", "train.engine_mode=autocast"),  # the default: ZeRO 0 on one rank
+    "autocast-zero2": ("train.precision=bf16", "train.engine_mode=autocast", "train.zero_stage=2"),  # several ranks
+    "lowp_weights": ("train.precision=bf16", "train.engine_mode=lowp_weights"),  # bf16 weights, fp32 master, ZeRO-2
     "fp32": ("train.precision=fp32",),
 }
 COMMON = ("solver.epochs=2", "train.checkpoint_every=2")
@@ -57,7 +57,7 @@ def test_autocast_on_one_rank_is_the_eager_step(root, tmp_path):
     and no gradient all-reduce over the one rank; several ranks get ZeRO 2."""
     from fba.engine.engine_config import plan_engine
 
-    trainer = Trainer(tiny_config(root, tmp_path / "run", "solver.epochs=1"))
+    trainer = Trainer(tiny_config(root, tmp_path / "run", "solver.epochs=1", *MODES["autocast"]))
     engine = trainer.engine
     assert trainer.plan.mode == "autocast" and trainer.plan.zero_stage == 0
     assert type(engine.optimizer) is torch.optim.Adam and engine.optimizer.defaults["foreach"]

@@ -34,7 +34,7 @@ LOSS_KEYS = ("loss/total", "loss/id", "loss/tri", "loss/id_c", "loss/tri_c", "lo
 STEPS = 20  # 64 training images of 16 identities: 4 global batches per epoch, 5 epochs
 # Max difference per step of any loss term relative to the total loss, W=2 against W=1 (docs/distributed.md).
 PER_RANK_BN_RTOL = 0.1  # each rank's BNNecks normalise 8 images instead of 16 (measured 0.059)
-SYNC_BN_RTOL = 5e-4  # the same computation up to fp32 reduction order (measured 4.6e-5)
+SYNC_BN_RTOL = 5e-4  # the same computation up to fp32 reduction order (measured 4.6e-5 on AVX-512, 9.95e-5 on AVX2)
 
 
 def _env() -> dict[str, str]:
@@ -131,9 +131,9 @@ def test_sync_batchnorm_makes_world_size_two_equal_one(root, one_process, tmp_pa
     diffs = _max_rel(_records(one_process), _records(out))
     print(f"\nW=2 vs W=1, SyncBatchNorm: max relative loss difference per step {max(diffs):.3g}")
     assert len(diffs) == STEPS and max(diffs) < SYNC_BN_RTOL
-    # Adam turns the last bits of a near-zero gradient into a step of up to lr (1e-3 here): weights agree to that
-    for (name, a), b in zip(_weights(one_process).items(), _weights(out).values()):
-        torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-3, msg=name)
+    # No weight comparison: Adam turns the last bits of a near-zero gradient into a step of up to lr, so another
+    # BLAS kernel order (another CPU kind) moves single weights by far more than rounding; the 20 losses, which
+    # every weight feeds, are the stable measure of "the same training".
 
 
 def test_two_nodes_of_one_process_equal_one_node_of_two(root, two_processes, tmp_path):
