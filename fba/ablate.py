@@ -24,7 +24,7 @@ from fba.config import load_config
 from fba.data import CaptionStore, build_dataset
 from fba.data.loaders import load_data
 from fba.data.synthetic.noise import REALISTIC_LEVEL
-from fba.demo import DEMO_CONFIG, FEATURES, ensure_synthetic, feature_metrics, headline
+from fba.demo import FEATURES, ensure_synthetic, feature_metrics, headline
 from fba.engine.checkpoint import load_model
 from fba.engine.trainer import train
 from fba.errors import UsageError
@@ -140,33 +140,6 @@ def run_ablation(out: Path, data: Path, ids: int, cams: int, data_seed: int, see
     (out / "ablation.md").write_text(tables + "\n")
     print(f"\n{tables}\n\nwritten to {out / 'ablation.md'}")
     return results
-
-
-def _seed_or_override(text: str) -> int | str:
-    """A ``--seeds`` value: an integer seed, or (``key=value``) an override written after the seeds, where
-    ``--seeds``' greedy list would otherwise swallow it (``--seeds 0 1 2 solver.epochs=10``)."""
-    if "=" in text:
-        return text
-    try:
-        return int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"invalid seed {text!r}: seeds are integers") from None
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("runs/ablation"))
-    parser.add_argument("--data", type=Path, default=Path("data/synthetic-occluded"))
-    parser.add_argument("--ids", type=int, default=60)
-    parser.add_argument("--cams", type=int, default=4)
-    parser.add_argument("--data-seed", type=int, default=0, help="seed of the synthetic data set")
-    parser.add_argument("--seeds", type=_seed_or_override, nargs="+", default=[0, 1, 2],
-                        help="training seeds per row (overrides may follow them)")
-    parser.add_argument("--caption-noise", type=float, default=REALISTIC_LEVEL, metavar="LEVEL",
-                        help="caption noise of the synthetic set (0 = captions from the truth, 1 = realistic)")
-    parser.add_argument("-c", "--config", type=Path, default=DEMO_CONFIG)
-    parser.add_argument("--resume", action="store_true",
-                        help="keep the runs already in OUT/ablation.json and continue the unfinished one")
-    parser.add_argument("overrides", nargs="*", help="dotted overrides applied to every row, e.g. solver.epochs=8")
 
 
 def run(args: argparse.Namespace) -> int:

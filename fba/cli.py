@@ -1,8 +1,9 @@
-"""The ``fba`` command: one sub-command per job, each living in the module that does the work.
+"""The ``fba`` command: one sub-command per job, each a light module of :mod:`fba.commands`.
 
-Each target module exposes ``add_arguments(parser)`` and ``run(args) -> int | None``. Modules are imported only
-when their command runs, so ``fba synth`` never pays for importing DeepSpeed or DALI. Bad input
-(``fba.errors.InputError``) is printed on one line and exits 2; anything else keeps its traceback.
+A command module gives ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int | None``, and imports the code
+that does the work only inside ``run``: ``fba <command> --help`` never pays for torch, DeepSpeed or DALI, and
+``fba synth`` never for a model. Bad input (``fba.errors.InputError``) is printed on one line and exits 2;
+anything else keeps its traceback.
 """
 from __future__ import annotations
 
@@ -13,23 +14,18 @@ import sys
 from fba.atomic import DiskWriteError
 from fba.errors import InputError
 
-COMMANDS: dict[str, tuple[str, str]] = {
-    "synth": ("fba.data.synthetic", "generate the synthetic person data set (Market-1501 layout + captions)"),
-    "caption": ("fba.captioner", "caption a data set with a vision-language model (or the template backend)"),
-    "train": ("fba.engine.trainer", "train FBA with DeepSpeed (ZeRO, bf16)"),
-    "eval": ("fba.engine.evaluator", "evaluate a checkpoint on a data set, or a saved features file"),
-    "embed": ("fba.engine.embed_cli", "embed a folder or list of images into a features file"),
-    "export": ("fba.deploy.export", "export a model.pt to ONNX or an AOTInductor package for serving"),
-    "demo": ("fba.demo", "the main job: synthetic data, train the tiny FBA, evaluate, draw the pictures"),
-    "ablate": ("fba.ablate", "train the Table 3 ablation rows on the synthetic occluded set"),
-}
+from fba.commands import COMMANDS
+
+
+def _command(name: str):
+    return importlib.import_module(f"fba.commands.{name}")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="fba", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name, (module, help_text) in COMMANDS.items():
-        sub.add_parser(name, help=help_text, add_help=False)
+    for name in COMMANDS:
+        sub.add_parser(name, help=_command(name).HELP, add_help=False)
     return parser
 
 
@@ -42,9 +38,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
-    module_name, help_text = COMMANDS[name]
-    module = importlib.import_module(module_name)
-    parser = argparse.ArgumentParser(prog=f"fba {name}", description=help_text)
+    module = _command(name)
+    parser = argparse.ArgumentParser(prog=f"fba {name}", description=module.HELP)
     module.add_arguments(parser)
     args = parser.parse_args(rest)
     try:

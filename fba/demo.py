@@ -31,7 +31,8 @@ from fba.data.transforms import build_eval_transform, read_image
 from fba.engine.checkpoint import load_model
 from fba.engine.embedder import Embedder
 from fba.engine.features_io import FeatureSet
-from fba.engine.retrieval import RetrievalEval, query_gallery, with_feature
+from fba.engine.retrieval import RetrievalEval, with_feature
+from fba.streaming.score import query_gallery
 from fba.engine.trainer import seed_everything, train
 from fba.metrics import RetrievalMetrics, pairwise_distance
 from fba.model import build_model, select_feature
@@ -205,18 +206,6 @@ def run_demo(out: Path, data: Path, ids: int, cams: int, seed: int, config: Path
     for name, path in pictures.items():
         print(f"{name}: {path}")
     return summary
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--out", type=Path, default=Path("runs/demo"), help="where the run and pictures go")
-    parser.add_argument("--data", type=Path, default=Path("data/synthetic-occluded"), help="synthetic data set folder")
-    parser.add_argument("--ids", type=int, default=60, help="identities of the synthetic set (half train, half test)")
-    parser.add_argument("--cams", type=int, default=4)
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--caption-noise", type=float, default=REALISTIC_LEVEL, metavar="LEVEL",
-                        help="caption noise of the synthetic set (0 = captions from the truth, 1 = realistic)")
-    parser.add_argument("-c", "--config", type=Path, default=DEMO_CONFIG)
-    parser.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. solver.epochs=4")
 
 
 def run(args: argparse.Namespace) -> int:

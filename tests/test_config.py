@@ -5,7 +5,6 @@ from pathlib import Path
 
 import pytest
 
-from fba.cli import main
 from fba.config import Config, ConfigError, config_from_dict, load_config
 from fba.engine.trainer import check_trainable
 

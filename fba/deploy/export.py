@@ -26,7 +26,7 @@ from torch import nn
 import fba
 from fba.atomic import atomic_path
 from fba.data.transforms import CLIP_MEAN, CLIP_STD
-from fba.deploy.graph import FEATURES, INPUT_DTYPES, ExportedEmbedder, reference_attention
+from fba.deploy.graph import INPUT_DTYPES, ExportedEmbedder, reference_attention
 from fba.errors import InputError
 
 EXPORT_FORMAT = "fba-export/1"
@@ -222,18 +222,6 @@ def _aoti_metadata(path: Path) -> dict[str, str]:
             return json.loads(archive.read(names[0]))
     except (zipfile.BadZipFile, json.JSONDecodeError, OSError) as err:
         raise ExportFileError(f"{path}: not a readable AOTInductor package ({type(err).__name__}: {err})") from err
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--checkpoint", type=Path, help="model.pt written by `fba train`")
-    parser.add_argument("--format", choices=list(FORMATS), default="onnx", help="onnx (model.onnx) or aoti (model.pt2)")
-    parser.add_argument("--out", type=Path, help="folder to write the model into (created)")
-    parser.add_argument("--feature", choices=FEATURES, default="image",
-                        help="image: uint8 images in, post-BN CLS out; full: also the two captions' CLIP token ids")
-    parser.add_argument("--input-dtype", choices=list(INPUT_DTYPES), default="uint8",
-                        help="dtype of the images input (float32 = 0..255 values, for runtimes that feed floats)")
-    parser.add_argument("--device", default="cpu", help="aoti: compile for this device (cpu, cuda); onnx: ignored")
-    parser.add_argument("--inspect", type=Path, metavar="FILE", help="print the metadata of an exported model and exit")
 
 
 def run(args: argparse.Namespace) -> int:

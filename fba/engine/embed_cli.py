@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import typing
 from collections.abc import Sequence
 from pathlib import Path
 
 import torch
 
-from fba.config import Config, Loader
+from fba.config import Config
 from fba.data.captions import CaptionError, CaptionStore
 from fba.data.loaders import Loaders
 from fba.deploy import shards
@@ -88,28 +87,6 @@ def embed_images(
     if captions is not None and embedder.uses_captions:
         bank = TextBank(*(embedder._prepare_text(c) for c in captions))
     return embedder.embed_loader(loader, bank, total=len(items), progress=progress)
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path,
-                        help="model.pt written by `fba train` (pytorch backend), or the folder (or file) written by "
-                        "`fba export` (onnxruntime: model.onnx, aoti: model.pt2)")
-    parser.add_argument("--backend", choices=("pytorch", "onnxruntime", "aoti"), default="pytorch",
-                        help="what runs the model (docs/deployment.md); the features file is the same")
-    source = parser.add_mutually_exclusive_group(required=True)
-    source.add_argument("--images", type=Path, metavar="DIR", help="embed every image under DIR (recursive, sorted)")
-    source.add_argument("--list", type=Path, metavar="FILE", help="embed the images listed in FILE, one per line")
-    parser.add_argument("--root", type=Path, help="root of relative paths in --list and of the caption keys "
-                        "(default: the --images folder, or the list file's folder)")
-    parser.add_argument("--captions", type=Path, help="captions.jsonl keyed by path relative to the images root")
-    parser.add_argument("--image-only", action="store_true", help="image-only feature (post-BN CLS), no captions")
-    parser.add_argument("--out", required=True, type=Path, help="features file to write: .safetensors or .npz")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--num-workers", type=int, default=2)
-    parser.add_argument("--loader", choices=typing.get_args(Loader), default=None,
-                        help="image decoding: dali, torch or auto (DALI on a GPU); default: the model's data.loader")
-    parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available; under "
-                        "torchrun each rank takes cuda:LOCAL_RANK)")
 
 
 def _captions(args: argparse.Namespace, keys: list[str], root: Path) -> tuple[list[str], list[str]]:

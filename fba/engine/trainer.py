@@ -539,15 +539,6 @@ def train(
     return Trainer(cfg, resume, overwrite).run(stop_after_epochs)
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("-c", "--config", required=True, help="YAML config, e.g. configs/dukemtmc.yaml")
-    parser.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in train.output_dir")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="start afresh in a train.output_dir that holds another run's checkpoints (they are removed)")
-    parser.add_argument("--local_rank", "--local-rank", type=int, default=None, help=argparse.SUPPRESS)
-    parser.add_argument("overrides", nargs="*", help="dotted overrides, e.g. model.pooling=false solver.epochs=10")
-
-
 def run(args: argparse.Namespace) -> int:
     if args.local_rank is not None:  # the `deepspeed` launcher passes --local_rank; torchrun sets LOCAL_RANK
         os.environ.setdefault("LOCAL_RANK", str(args.local_rank))

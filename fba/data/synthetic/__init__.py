@@ -12,7 +12,7 @@ The set is built so that a model has to look at the person, as FBA argues:
 
 One module per job: :mod:`.attributes` (vocabulary, sampling, the ``attributes.jsonl`` format), :mod:`.splits`
 (splits), :mod:`.drawing` (pixels), :mod:`.captions` (words), :mod:`.generator` (writing the set) and
-:mod:`.cli` (``fba synth``). The public names below are loaded on first use, so importing the caption part
+:mod:`fba.commands.synth` (``fba synth``). The public names below are loaded on first use, so importing the caption part
 (as ``fba caption --backend template`` does) never loads the drawing code.
 """
 from __future__ import annotations
@@ -28,7 +28,6 @@ _EXPORTS = {
     "render": "drawing", "draw_person": "drawing", "camera_background": "drawing",
     "describe": "captions", "describe_person": "captions", "describe_scene": "captions",
     "generate": "generator", "SynthSummary": "generator", "VERSION": "generator",
-    "add_arguments": "cli", "run": "cli",
 }
 __all__ = sorted(_EXPORTS)
 

@@ -1,10 +1,9 @@
-"""``fba synth``: the command line of the synthetic set generator (:func:`.generator.generate`)."""
+"""``fba synth``: the synthetic person data set."""
 from __future__ import annotations
 
 import argparse
 
-from .attributes import SynthError
-from .generator import generate
+HELP = "generate the synthetic person data set (Market-1501 layout + captions)"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -25,6 +24,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from fba.data.synthetic.attributes import SynthError
+    from fba.data.synthetic.generator import generate
+
     try:
         summary = generate(args.out, ids=args.ids, cams=args.cams, seed=args.seed, occluded=args.occluded,
                            per_camera=args.per_camera, height=args.height, width=args.width,
@@ -34,3 +36,4 @@ def run(args: argparse.Namespace) -> int:
         print(err)
         return 2
     print(summary)
+    return 0

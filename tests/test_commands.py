@@ -1,0 +1,72 @@
+"""Every command starts fast: ``fba <command> --help`` in a fresh interpreter imports none of the heavy parts, and
+answers within a second and 100 MB; the commands' literal choices and defaults are the implementations' own."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import typing
+from pathlib import Path
+
+import pytest
+
+from fba.commands import COMMANDS
+
+HEAVY = ("torch", "transformers", "open_clip", "triton", "deepspeed", "nvidia.dali", "onnxruntime", "matplotlib",
+         "torchvision", "safetensors")
+PROBE = """
+import json, resource, sys, time
+start = time.perf_counter()
+from fba.cli import main
+try:
+    main([sys.argv[1], "--help"])
+except SystemExit:
+    pass
+print(json.dumps({"seconds": time.perf_counter() - start,
+                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "heavy": [m for m in %r if m in sys.modules]}))
+""" % (HEAVY,)
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_help_is_light(command):
+    done = subprocess.run([sys.executable, "-c", PROBE, command], capture_output=True, text=True, timeout=60,
+                          cwd=Path(__file__).resolve().parent.parent)
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.strip().splitlines()
+    assert lines[0].startswith(f"usage: fba {command}")
+    probe = json.loads(lines[-1])
+    assert probe["heavy"] == [], f"fba {command} --help imported {probe['heavy']}"
+    assert probe["seconds"] < 1.0 and probe["rss_mb"] < 100, probe
+
+
+def test_literal_choices_are_the_implementations():
+    """The command modules name choices and defaults literally (importing their owners would import torch)."""
+    import argparse
+
+    from fba import captioner
+    from fba.commands import caption, demo, embed, eval as eval_command, export
+    from fba.config import Loader
+    from fba.data.synthetic.noise import REALISTIC_LEVEL
+    from fba.demo import DEMO_CONFIG
+    from fba.deploy.export import FORMATS
+    from fba.deploy.graph import FEATURES, INPUT_DTYPES
+    from fba.metrics import DISTANCES
+
+    def options(module) -> dict[str, argparse.Action]:
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        return {action.dest: action for action in parser._actions}
+
+    captioning = options(caption)
+    assert sorted(captioning["backend"].choices) == sorted(captioner.BACKENDS)
+    assert captioning["model"].default == captioner.DEFAULT_MODEL
+    assert captioning["max_new_tokens"].default == captioner.DEFAULT_MAX_NEW_TOKENS_FG
+    assert captioning["max_new_tokens_bg"].default == captioner.DEFAULT_MAX_NEW_TOKENS_BG
+    assert tuple(options(eval_command)["metric"].choices) == tuple(DISTANCES)
+    assert tuple(options(embed)["loader"].choices) == typing.get_args(Loader)
+    exporting = options(export)
+    assert list(exporting["format"].choices) == list(FORMATS)
+    assert tuple(exporting["feature"].choices) == tuple(FEATURES)
+    assert list(exporting["input_dtype"].choices) == list(INPUT_DTYPES)
+    assert demo.DEMO_CONFIG == DEMO_CONFIG and demo.REALISTIC_LEVEL == REALISTIC_LEVEL
