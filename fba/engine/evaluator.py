@@ -1,10 +1,10 @@
 """``fba eval``: retrieval metrics for a saved features file (``--features``) or a trained model
 (``-c CONFIG --checkpoint model.pt [overrides]``: the config names the data set, the checkpoint the model).
 
-The command has one mode per source of features; each mode is an option of the ``source`` group and a
-``_run_<mode>`` function that returns a :class:`FeatureSet`. Whatever the source, the retrieval layer
-(:mod:`fba.engine.retrieval`, in memory or streamed in gallery blocks: docs/retrieval.md) scores it and
-:func:`format_metrics` shows the result.
+The command has one mode per source of features (``fba.commands.eval`` gives the options); each mode returns a
+:class:`FeatureSet`. Whatever the source, :func:`fba.streaming.score.score_feature_set` (in memory or streamed
+in gallery blocks: docs/retrieval.md) scores it and :func:`format_metrics` shows the result. Scoring a features
+file imports no model, text, data-loading or kernel code.
 """
 from __future__ import annotations
 
@@ -13,16 +13,11 @@ import dataclasses
 import json
 from pathlib import Path
 
-import torch
-
 from fba.config import Config, load_config
-from fba.data.loaders import load_data
-from fba.engine.checkpoint import load_model
-from fba.engine.embedder import Embedder, default_device, default_dtype
 from fba.engine.features_io import FeatureSet, FeaturesFileError, load_features, save_feature_set
-from fba.engine.retrieval import RetrievalEval, score
 from fba.errors import UsageError
-from fba.metrics import DISTANCES, RetrievalMetrics
+from fba.metrics import RetrievalMetrics
+from fba.streaming.score import score_feature_set
 
 
 def format_metrics(metrics: RetrievalMetrics) -> str:
@@ -42,43 +37,6 @@ def format_metrics(metrics: RetrievalMetrics) -> str:
     return "\n".join([rule, *(f"{name:<{width}} | {value:>{value_width}}" for name, value in rows), rule])
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    source = parser.add_argument_group("source of the features (one)").add_mutually_exclusive_group()
-    source.add_argument("--features", type=Path, metavar="FILE",
-                        help="a features file (.safetensors or .npz) with query and gallery rows, e.g. from `fba embed`")
-    source.add_argument("--checkpoint", type=Path, metavar="MODEL",
-                        help="a model.pt from `fba train`, evaluated on the query/gallery of -c CONFIG")
-    data = parser.add_argument_group("with --checkpoint")
-    data.add_argument("-c", "--config", type=Path, help="config naming the data set, e.g. configs/occluded_reid.yaml")
-    data.add_argument("--device", help="cuda, cuda:1 or cpu (default: cuda when available)")
-    data.add_argument("--save-features", type=Path, metavar="FILE",
-                      help="also write the query and gallery features (.safetensors or .npz) for --features")
-    data.add_argument("overrides", nargs="*", help="dotted config overrides, e.g. eval.feature=image")
-    options = parser.add_argument_group("evaluation")
-    options.add_argument("--metric", choices=DISTANCES, default="cosine", help="distance between features")
-    options.add_argument("--rerank", action="store_true", help="k-reciprocal re-ranking (k1 20, k2 6, lambda 0.3)")
-    options.add_argument("--aqe", type=_count(0), default=0, metavar="K",
-                         help="average query expansion over the K most similar features (fast-reid's aqe; 0: off)")
-    options.add_argument("--aqe-alpha", type=float, default=3.0, help="weight exponent of query expansion")
-    options.add_argument("--block", type=_count(1), default=4096, help="gallery rows per block on the streaming path")
-    options.add_argument("--streaming", choices=("auto", "on", "off"), default="auto",
-                         help="evaluate in gallery blocks (auto: above 1e8 distances, docs/retrieval.md)")
-    options.add_argument("--max-rank", type=int, default=50, help="length of the CMC curve")
-    options.add_argument("--json", type=Path, metavar="OUT", help="also write the metrics as JSON to OUT")
-
-
-def _count(minimum: int):
-    """An argparse type: an integer >= ``minimum`` (else argparse's one-line error, exit 2)."""
-    def parse(text: str) -> int:
-        value = int(text)
-        if value < minimum:
-            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
-        return value
-
-    parse.__name__ = "integer"
-    return parse
-
-
 def run(args: argparse.Namespace) -> int:
     if getattr(args, "features", None) is not None:
         source, features, rerank = args.features, _load(args.features), args.rerank
@@ -87,7 +45,7 @@ def run(args: argparse.Namespace) -> int:
         source, features, rerank = args.checkpoint, _run_checkpoint(args, cfg), args.rerank or cfg.eval.rerank
     else:
         raise UsageError("say what to evaluate: --features FILE, or -c CONFIG --checkpoint model.pt")
-    metrics = score(features, args.metric, rerank, args.max_rank, source=str(source), aqe=args.aqe,
+    metrics = score_feature_set(features, args.metric, rerank, args.max_rank, source=str(source), aqe=args.aqe,
                     aqe_alpha=args.aqe_alpha, block=args.block, streaming=args.streaming, progress=True)
     print(format_metrics(metrics))
     if args.json is not None:
@@ -111,6 +69,13 @@ def _checkpoint_config(args: argparse.Namespace) -> Config:
 
 def _run_checkpoint(args: argparse.Namespace, cfg: Config) -> FeatureSet:
     """Embed the config's query and gallery with the checkpoint's model (at its own input size)."""
+    import torch
+
+    from fba.data.loaders import load_data
+    from fba.engine.checkpoint import load_model
+    from fba.engine.embedder import Embedder, default_device, default_dtype
+    from fba.engine.retrieval import RetrievalEval
+
     device = torch.device(args.device) if args.device else default_device()
     model, model_cfg = load_model(args.checkpoint, device, default_dtype(device))
     cfg.model = model_cfg.model

@@ -7,8 +7,11 @@ so a crash never leaves half a file under the final name.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import io
 import json
+import mmap
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +28,9 @@ from fba.metrics import as_numpy
 FORMAT_VERSION = 1
 SUFFIXES = (".safetensors", ".npz")
 _METADATA_KEY = "fba_features"
+_MADV_DONTNEED = 4
+_libc = None
+CHECK_ROWS = 65536  # rows checked at a time: a bounded temporary whatever the file's size
 
 
 class FeaturesFileError(InputError):
@@ -80,18 +86,39 @@ def _validate(source: str, fs: FeatureSet) -> FeatureSet:
     return fs
 
 
+def release_pages(array: np.memmap, start: int, stop: int) -> None:
+    """``madvise(DONTNEED)`` over the file pages of rows ``start:stop`` of a shared (read-only or r+) memory map:
+    the data stays in the page cache, but no longer counts in this process's resident set."""
+    global _libc
+    if array.mode not in ("r", "r+") or stop <= start or not array.flags.c_contiguous:
+        return
+    if _libc is None:
+        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    row_bytes = array.strides[0]
+    begin = array.ctypes.data + start * row_bytes
+    end = begin + (stop - start) * row_bytes
+    page = mmap.PAGESIZE
+    aligned = begin - begin % page
+    _libc.madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(end - aligned), _MADV_DONTNEED)
+
+
 def _check_values(source: str, fs: FeatureSet) -> FeatureSet:
     """Features that can be compared: floating point, finite, no all-zero row (cosine would score it anyway)."""
     if not np.issubdtype(fs.features.dtype, np.floating):
         raise FeaturesFileError(f"{source}: features must be floating point, got {fs.features.dtype}")
-    finite = np.isfinite(fs.features).all(axis=1)
-    if not finite.all():
-        raise FeaturesFileError(f"{source}: {int((~finite).sum())} feature rows hold NaN or infinity "
-                                f"(first: row {int(np.argmin(finite))})")
-    zero = ~fs.features.any(axis=1)
-    if zero.any():
-        raise FeaturesFileError(f"{source}: {int(zero.sum())} feature rows are all zero (first: row "
-                                f"{int(np.argmax(zero))}); a zero vector has no direction to compare")
+    bad, zero = [], []
+    for start in range(0, len(fs.features), CHECK_ROWS):
+        block = fs.features[start:start + CHECK_ROWS]
+        bad.append(start + np.flatnonzero(~np.isfinite(block).all(axis=1)))
+        zero.append(start + np.flatnonzero(~block.any(axis=1)))
+        if isinstance(fs.features, np.memmap):
+            release_pages(fs.features, start, start + len(block))
+    bad, zero = np.concatenate(bad), np.concatenate(zero)
+    if len(bad):
+        raise FeaturesFileError(f"{source}: {len(bad)} feature rows hold NaN or infinity (first: row {int(bad[0])})")
+    if len(zero):
+        raise FeaturesFileError(f"{source}: {len(zero)} feature rows are all zero (first: row "
+                                f"{int(zero[0])}); a zero vector has no direction to compare")
     return fs
 
 

@@ -18,35 +18,12 @@ from fba.data.captions import CaptionStore
 from fba.data.datasets import ReIDDataset
 from fba.data.loaders import Loaders
 from fba.engine.embedder import Embedder
-from fba.engine.features_io import FeatureSet, FeaturesFileError
+from fba.engine.features_io import FeatureSet
 from fba.engine.text_bank import TextBank
 from fba.metrics import RetrievalMetrics
-from fba.streaming import score_features
+from fba.streaming.score import score_feature_set as score
 
 SPLITS = ("query", "gallery")
-
-
-def query_gallery(features: FeatureSet, source: str = "the feature set") -> tuple[FeatureSet, FeatureSet]:
-    """The query rows and the gallery rows; a set without ids, cameras or both splits cannot be scored."""
-    missing = [name for name in ("split", "pids", "camids") if getattr(features, name) is None]
-    if missing:
-        raise FeaturesFileError(f"{source}: cannot evaluate, the file has no {', '.join(missing)} (needed per row)")
-    query, gallery = features.select("query"), features.select("gallery")
-    if len(query) == 0 or len(gallery) == 0:
-        raise FeaturesFileError(f"{source}: needs rows with split 'query' and 'gallery', "
-                                f"found splits {sorted(set(features.split))}")
-    return query, gallery
-
-
-def score(features: FeatureSet, metric: str = "cosine", rerank: bool = False, max_rank: int = 50,
-          source: str = "the feature set", **scale) -> RetrievalMetrics:
-    """The metrics of a feature set's query rows against its gallery rows (``meta["feature"]`` names the feature);
-    ``scale``: ``aqe``, ``aqe_alpha``, ``block``, ``streaming``, ``progress`` of
-    :func:`fba.streaming.score_features` (docs/retrieval.md)."""
-    query, gallery = query_gallery(features, source)
-    metrics = score_features(query.features, gallery.features, query.pids, gallery.pids, query.camids,
-                             gallery.camids, metric=metric, rerank=rerank, max_rank=max_rank, **scale)
-    return metrics.replace(feature=features.meta.get("feature"))
 
 
 class RetrievalEval:

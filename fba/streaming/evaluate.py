@@ -5,14 +5,15 @@ A query's metrics need only the rank of each of its true matches among the galle
 of kept wrong items closer than the match, or at the same distance with a smaller gallery index (the stable
 order of :func:`fba.metrics.evaluate`), plus the matches before it. So each query chunk is streamed twice:
 
-1. the blocks holding a true match of the chunk give the matches' distances (few per query), sorted;
-2. every block is bucketed against them (``searchsorted``): a histogram of wrong items per gap between
-   consecutive matches, whose running sum is the count before each match. Exact ties with a match distance
-   are settled by gallery index, one by one (they are rare).
+1. the distances of the chunk's matches, pair by pair (few per query), sorted;
+2. every block is bucketed against them: a histogram of wrong items per gap between consecutive matches, whose
+   running sum is the count before each match. Exact ties with a match distance are settled by gallery index.
 
-A block's distances must come out bit for bit the same in both passes, which holds as both compute the same
-block with the same shapes. The result equals the in-memory ranking exactly on the same distances, and memory
-is bounded by ``query_block x gallery_block`` (plus a few numbers per true match).
+Features are bucketed from a float32 matmul (about twice as fast as float64 on a CPU) with a bound on its
+error: an item whose error window holds no match distance is in the same bucket whatever its exact distance,
+and the few others are recomputed pair by pair in the exact arithmetic (float64, products on the float32 grid:
+:func:`fba.metrics.on_float32_grid`). The result is the in-memory ranking of the same distances, the same
+at every block size, and memory is bounded by ``query_block x gallery_block`` (plus a few numbers per true match).
 """
 from __future__ import annotations
 
@@ -23,11 +24,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fba.metrics import JUNK_PID, RetrievalMetrics, _summarise, as_numpy
-from fba.streaming.rows import (
-    block_distance, check_metric, check_source, compute_dtype, num_rows, output_dtype, prepare, read_rows,
-    source_device,
+from fba.metrics import (
+    JUNK_PID, RetrievalMetrics, _summarise, as_numpy, block_distance, coarse_block, coarse_thresholds, pair_distance,
+    prepare, prepare_coarse,
 )
+from fba.streaming.rows import check_metric, check_source, num_rows, output_dtype, read_rows, source_device, take_rows
 
 DEFAULT_GALLERY_BLOCK = 4096
 DEFAULT_QUERY_BLOCK = 4096
@@ -46,7 +47,12 @@ _C = _compiled()
 
 
 class DistanceBlocks(Protocol):
-    """Distances of query rows ``q0:q1`` to gallery rows ``g0:g1`` on demand, bit for bit the same every call."""
+    """Distances of query rows ``q0:q1`` to gallery rows ``g0:g1`` on demand, bit for bit the same every call.
+
+    A source may also offer ``pairs(q_index, g_index)`` (the exact distances of single pairs) and
+    ``coarse(q0, q1, g0, g1) -> (values, margin)`` with ``thresholds(distances)`` (a fast block whose values are
+    within ``margin`` of the exact ones, on the scale ``thresholds`` puts distances on); the ranking then asks
+    for those instead of exact blocks."""
 
     num_query: int
     num_gallery: int
@@ -57,31 +63,62 @@ class DistanceBlocks(Protocol):
 class FeatureDistances:
     """Distance blocks computed from query and gallery features (any source of :mod:`fba.streaming.rows`).
 
-    ``precision="float64"`` is the in-memory path's arithmetic (:func:`fba.metrics.pairwise_distance`: float64,
-    rounded to float32); ``"float32"`` is about twice as fast on a CPU, with float32 rounding in the distances.
-    The query chunk last asked for is kept prepared, so a chunk's gallery blocks reuse it.
+    Exact blocks and pairs are the in-memory path's arithmetic (:func:`fba.metrics.pairwise_distance`: float64,
+    products on the float32 grid); coarse blocks are a float32 matmul with its error bound, which the ranking
+    refines pair by pair where the bound leaves a rank open. The query chunk last asked for is kept prepared.
     """
 
-    def __init__(self, qf: Any, gf: Any, metric: str = "cosine", precision: str = "float64",
-                 device: torch.device | str | None = None):
+    def __init__(self, qf: Any, gf: Any, metric: str = "cosine", device: torch.device | str | None = None):
         check_metric(metric)
         dim = check_source("query features", qf)
         check_source("gallery features", gf, dim)
         self.qf, self.gf, self.metric = qf, gf, metric
-        self.dtype = compute_dtype(precision)
         self.out_dtype = output_dtype(qf, gf)
         self.device = torch.device(device) if device is not None else source_device(qf, gf)
         self.num_query, self.num_gallery = num_rows(qf), num_rows(gf)
-        self._query: tuple[tuple[int, int], Any] | None = None
+        self._query: dict[str, tuple[tuple[int, int], Any]] = {}
+        self._gallery: tuple[int, int, torch.Tensor] | None = None
 
-    def query_rows(self, q0: int, q1: int):
-        if self._query is None or self._query[0] != (q0, q1):
-            self._query = ((q0, q1), prepare(read_rows(self.qf, q0, q1, self.device), self.metric, self.dtype))
-        return self._query[1]
+    def _prepared_query(self, q0: int, q1: int, coarse: bool):
+        kind = "coarse" if coarse else "exact"
+        if kind not in self._query or self._query[kind][0] != (q0, q1):
+            rows = read_rows(self.qf, q0, q1, self.device)
+            self._query[kind] = ((q0, q1), prepare_coarse(rows, self.metric) if coarse
+                                 else prepare(rows, self.metric, torch.float64))
+        return self._query[kind][1]
+
+    def _gallery_rows(self, g0: int, g1: int) -> torch.Tensor:
+        """Rows ``g0:g1`` as read for the last coarse block, so its unsure pairs are refined without a reread."""
+        if self._gallery is None or self._gallery[:2] != (g0, g1):
+            self._gallery = (g0, g1, read_rows(self.gf, g0, g1, self.device))
+        return self._gallery[2]
 
     def block(self, q0: int, q1: int, g0: int, g1: int) -> torch.Tensor:
-        gallery = prepare(read_rows(self.gf, g0, g1, self.device), self.metric, self.dtype)
-        return block_distance(self.query_rows(q0, q1), gallery, self.metric, self.out_dtype)
+        gallery = prepare(read_rows(self.gf, g0, g1, self.device), self.metric, torch.float64)
+        return block_distance(self._prepared_query(q0, q1, False), gallery, self.metric, self.out_dtype)
+
+    def coarse(self, q0: int, q1: int, g0: int, g1: int) -> tuple[torch.Tensor, torch.Tensor]:
+        gallery = prepare_coarse(self._gallery_rows(g0, g1), self.metric)
+        return coarse_block(self._prepared_query(q0, q1, True), gallery, self.metric)
+
+    def thresholds(self, distances: torch.Tensor) -> torch.Tensor:
+        return coarse_thresholds(distances, self.metric)
+
+    def pairs(self, q0: int, q1: int, rows: torch.Tensor, g_index: torch.Tensor) -> torch.Tensor:
+        """Exact distances of query ``q0 + rows[i]`` to gallery item ``g_index[i]`` (queries of chunk q0:q1)."""
+        q_rows, q_sq = self._prepared_query(q0, q1, False)
+        rows = rows.to(q_rows.device)
+        query = (q_rows[rows], None if q_sq is None else q_sq[rows])
+        gallery = prepare(self._rows_at(g_index), self.metric, torch.float64)
+        return pair_distance(query, gallery, self.metric, self.out_dtype)
+
+    def _rows_at(self, g_index: torch.Tensor) -> torch.Tensor:
+        """Gallery rows at ``g_index``: from the last coarse block's rows when they all lie there."""
+        if self._gallery is not None and len(g_index):
+            g0, g1, rows = self._gallery
+            if int(g_index.min()) >= g0 and int(g_index.max()) < g1:
+                return rows[(g_index - g0).to(rows.device)]
+        return take_rows(self.gf, g_index.cpu().numpy(), self.device)
 
 
 def _match_lists(q_pids: np.ndarray, g_pids: np.ndarray, q_camids: np.ndarray, g_camids: np.ndarray):
@@ -114,6 +151,39 @@ def _ids(name: str, values: Any, expected: int) -> np.ndarray:
     return values.astype(np.int64)
 
 
+PAIRS_PER_CALL = 8192  # exact pairs per call: 8192 x 768 float64 rows is 50 MB
+
+
+def _exact_pairs(source: DistanceBlocks, q0: int, q1: int, rows: torch.Tensor, g_index: torch.Tensor) -> torch.Tensor:
+    return torch.cat([source.pairs(q0, q1, rows[i:i + PAIRS_PER_CALL], g_index[i:i + PAIRS_PER_CALL])
+                      for i in range(0, max(len(rows), 1), PAIRS_PER_CALL)])
+
+
+def _match_distances(source: DistanceBlocks, q0: int, q1: int, match_idx: torch.Tensor, blocks, gallery_block: int):
+    """The exact distances [n, P] of the chunk's matches (inf in padding), and for a source without ``pairs``
+    the (rows, slots, columns) of the matches in each block read, to check a second reading agrees."""
+    n, width = match_idx.shape
+    valid = match_idx >= 0
+    seen = {}
+    if hasattr(source, "pairs"):
+        rows, slots = valid.nonzero(as_tuple=True)
+        values = _exact_pairs(source, q0, q1, rows, match_idx[rows, slots])
+        match_dist = torch.full((n, width), math.inf, dtype=values.dtype, device=values.device)
+        match_dist[rows.to(values.device), slots.to(values.device)] = values
+        return match_dist, seen
+    match_dist = None
+    for b in np.unique(match_idx[valid].numpy() // gallery_block).tolist():
+        g0, g1 = blocks[b]
+        dist = source.block(q0, q1, g0, g1)
+        if match_dist is None:  # the chunk has a match, so this runs at least once
+            match_dist = torch.full((n, width), math.inf, dtype=dist.dtype, device=dist.device)
+        index, inside_valid = match_idx.to(dist.device), valid.to(dist.device)
+        rows, slots = (inside_valid & (index >= g0) & (index < g1)).nonzero(as_tuple=True)
+        seen[g0] = (rows, slots, index[rows, slots] - g0)
+        match_dist[rows, slots] = dist[rows, seen[g0][2]]
+    return match_dist, seen
+
+
 def _rank_chunk(source: DistanceBlocks, q0: int, q1: int, match_idx: torch.Tensor,
                 q_pids: torch.Tensor, g_pids: torch.Tensor, gallery_block: int, use_cpp: bool, bar) -> torch.Tensor:
     """The 0-based rank of every true match of queries ``q0:q1`` among their kept gallery items, [n, P] (padding
@@ -121,26 +191,12 @@ def _rank_chunk(source: DistanceBlocks, q0: int, q1: int, match_idx: torch.Tenso
     n, width = match_idx.shape
     num_gallery = source.num_gallery
     blocks = [(g0, min(g0 + gallery_block, num_gallery)) for g0 in range(0, num_gallery, gallery_block)]
-    valid = match_idx >= 0
-    # Pass 1: the distances of the matches, from the blocks that hold one.
-    holding = np.unique(match_idx[valid].numpy() // gallery_block).tolist()
-    match_dist = None
-    seen = {}  # block -> (rows, slots, columns) of its matches, to check pass 2 computes the same distances
-    for b in holding:
-        g0, g1 = blocks[b]
-        dist = source.block(q0, q1, g0, g1)
-        if match_dist is None:  # the chunk has a match, so this runs at least once
-            match_dist = torch.full((n, width), math.inf, dtype=dist.dtype, device=dist.device)
-            match_idx = match_idx.to(dist.device)
-            valid = valid.to(dist.device)
-        inside = valid & (match_idx >= g0) & (match_idx < g1)
-        rows, slots = inside.nonzero(as_tuple=True)
-        seen[g0] = (rows, slots, match_idx[rows, slots] - g0)
-        match_dist[rows, slots] = dist[rows, seen[g0][2]]
-    device = match_dist.device
-    first_pass = match_dist
-    match_dist, order = torch.sort(match_dist, dim=1, stable=True)  # indices ascend: ties stay by gallery index
-    match_idx = torch.gather(match_idx, 1, order)
+    first_pass, seen = _match_distances(source, q0, q1, match_idx, blocks, gallery_block)
+    device = first_pass.device
+    match_dist, order = torch.sort(first_pass, dim=1, stable=True)  # indices ascend: ties stay by gallery index
+    match_idx = torch.gather(match_idx.to(device), 1, order)
+    coarse = hasattr(source, "coarse")
+    thresholds = source.thresholds(match_dist).contiguous() if coarse else match_dist
     g_pids_np = g_pids.numpy()
     q_pids, g_pids = q_pids.to(device), g_pids.to(device)
     # Pass 2: wrong items per gap between consecutive matches, and ties with a match settled by gallery index.
@@ -148,14 +204,26 @@ def _rank_chunk(source: DistanceBlocks, q0: int, q1: int, match_idx: torch.Tenso
     tied_before = torch.zeros((n, width), dtype=torch.int64, device=device)
     counts = (match_idx >= 0).sum(1)
     for g0, g1 in blocks:
-        dist = source.block(q0, q1, g0, g1).contiguous()
-        if use_cpp and dist.device.type == "cpu" and dist.dtype in (torch.float32, torch.float64):
-            finite = _C.count_block(dist.numpy(), g_pids_np[g0:g1], q_pids.numpy(), match_dist.numpy(),
-                                    match_idx.numpy(), counts.numpy(), g0, histogram.numpy(), tied_before.numpy())
+        if coarse:
+            dist, margin = source.coarse(q0, q1, g0, g1)
         else:
-            finite = _count_block(dist, g_pids[g0:g1], q_pids, match_dist, match_idx, g0, histogram, tied_before)
+            dist = source.block(q0, q1, g0, g1)
+            margin = torch.zeros(n, dtype=dist.dtype, device=dist.device)
+        dist = dist.contiguous()
+        if use_cpp and dist.device.type == "cpu" and dist.dtype in (torch.float32, torch.float64):
+            finite, unsure = _C.count_block(dist.numpy(), margin.contiguous().numpy(), g_pids_np[g0:g1],
+                                            q_pids.numpy(), thresholds.numpy(), match_idx.numpy(), counts.numpy(),
+                                            g0, histogram.numpy(), tied_before.numpy())
+            unsure = torch.from_numpy(unsure)
+        else:
+            finite, unsure = _count_block(dist, margin, g_pids[g0:g1], q_pids, thresholds, match_idx, g0,
+                                          histogram, tied_before)
         if not finite:
             raise ValueError(f"distances of queries {q0}:{q1} to gallery {g0}:{g1} hold NaN: the ranking is undefined")
+        if len(unsure):
+            rows, cols = unsure[:, 0].to(device), unsure[:, 1].to(device)
+            exact = _exact_pairs(source, q0, q1, rows, cols + g0).to(device)
+            _count_exact(exact, rows, cols, match_dist, match_idx, g0, histogram, tied_before)
         if g0 in seen:
             rows, slots, columns = seen[g0]
             if not torch.equal(dist[rows, columns], first_pass[rows, slots]):
@@ -166,29 +234,41 @@ def _rank_chunk(source: DistanceBlocks, q0: int, q1: int, match_idx: torch.Tenso
     return before + torch.arange(width, device=device)[None, :]
 
 
-def _count_block(dist, block_pids, q_pids, match_dist, match_idx, g0, histogram, tied_before) -> bool:
-    """The torch counting pass (any device; the reference of ``fba._C.count_block``). False on NaN."""
+def _count_block(dist, margin, block_pids, q_pids, match_dist, match_idx, g0, histogram,
+                 tied_before) -> tuple[bool, torch.Tensor]:
+    """The torch counting pass (any device; the reference of ``fba._C.count_block``): ``(finite, unsure)``."""
+    none = torch.zeros((0, 2), dtype=torch.int64)
     if torch.isnan(dist).any():
-        return False
+        return False, none
     width = match_dist.shape[1]
     wrong = (block_pids[None, :] != q_pids[:, None]) & (block_pids != JUNK_PID)[None, :]
-    after = torch.searchsorted(match_dist, dist, right=True)  # matches at distance <= d
-    tied = wrong & (after > 0) & (torch.gather(match_dist, 1, (after - 1).clamp_min_(0)) == dist)
-    if tied.any():
-        _settle_ties(tied, dist, after, match_dist, match_idx, g0, tied_before)
+    low = torch.searchsorted(match_dist, (dist - margin[:, None]).contiguous())  # matches below the window
+    upto = torch.searchsorted(match_dist, (dist + margin[:, None]).contiguous(), right=True)  # ... or in it
+    settled = wrong & (low == upto)
     dump = torch.tensor(width + 1, device=dist.device)
-    histogram.scatter_add_(1, torch.where(wrong, after, dump), torch.ones_like(after))
-    return True
+    histogram.scatter_add_(1, torch.where(settled, low, dump), torch.ones_like(low))
+    rows, cols = (wrong & ~settled).nonzero(as_tuple=True)
+    if bool((margin > 0).any()):
+        return True, torch.stack([rows, cols], 1).cpu()
+    _count_ties(rows, cols, low[rows, cols], upto[rows, cols], match_idx, g0, histogram, tied_before)
+    return True, none
 
 
-def _settle_ties(tied, dist, after, match_dist, match_idx, g0, tied_before) -> None:
-    """A wrong item at exactly a match's distance is before it when its gallery index is smaller."""
-    rows, cols = tied.nonzero(as_tuple=True)
-    values = dist[rows, cols]
-    first = torch.searchsorted(match_dist[rows], values[:, None].contiguous()).squeeze(1)
-    spans = after[rows, cols] - first  # the matches at exactly this distance: first .. after - 1
-    for offset in range(int(spans.max())):
-        slots = (first + offset).clamp_max_(match_idx.shape[1] - 1)
+def _count_exact(values, rows, cols, match_dist, match_idx, g0, histogram, tied_before) -> None:
+    """Wrong items (query row, block column) at their exact distances ``values``, counted as the exact block."""
+    ranked = match_dist[rows]
+    low = torch.searchsorted(ranked, values[:, None].contiguous()).squeeze(1)
+    upto = torch.searchsorted(ranked, values[:, None].contiguous(), right=True).squeeze(1)
+    _count_ties(rows, cols, low, upto, match_idx, g0, histogram, tied_before)
+
+
+def _count_ties(rows, cols, low, upto, match_idx, g0, histogram, tied_before) -> None:
+    """Items after the matches ``0 .. upto - 1``, at exactly the distance of matches ``low .. upto - 1``: each
+    of those is after the item when the item's gallery index is smaller."""
+    histogram.index_put_((rows, upto), torch.ones_like(rows), accumulate=True)
+    spans = upto - low
+    for offset in range(int(spans.max()) if len(spans) else 0):
+        slots = (low + offset).clamp_max_(match_idx.shape[1] - 1)
         keep = (offset < spans) & (match_idx[rows, slots] > cols + g0)
         tied_before.index_put_((rows[keep], slots[keep]), torch.ones_like(rows[keep]), accumulate=True)
 
@@ -256,10 +336,10 @@ def evaluate_blocks(
 def evaluate_streaming(
     qf: Any, gf: Any, q_pids: Any, g_pids: Any, q_camids: Any, g_camids: Any, metric: str = "cosine",
     max_rank: int = 50, gallery_block: int = DEFAULT_GALLERY_BLOCK, query_block: int = DEFAULT_QUERY_BLOCK,
-    precision: str = "float64", progress: bool = True, backend: str = "auto",
+    progress: bool = True, backend: str = "auto",
 ) -> RetrievalMetrics:
     """mAP, CMC and mINP straight from query and gallery features, ``gallery_block`` gallery rows at a time."""
-    source = FeatureDistances(qf, gf, metric=metric, precision=precision)
+    source = FeatureDistances(qf, gf, metric=metric)
     return evaluate_blocks(source, q_pids, g_pids, q_camids, g_camids, max_rank, gallery_block, query_block, progress,
                            backend)
 

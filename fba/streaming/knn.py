@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from fba.metrics import _topk_stable
-from fba.streaming.rows import num_rows, read_rows
+from fba.streaming.rows import num_rows, read_rows, take_rows
 
 KeyBlock = Callable[[Any, Any], torch.Tensor]  # (prepared rows a, prepared rows b) -> keys [a, b]
 Prepare = Callable[[torch.Tensor], Any]
@@ -50,13 +50,7 @@ class JointRows:
         for part, mask, offset in ((first, index < self.split, 0), (second, index >= self.split, self.split)):
             if not mask.any():
                 continue
-            picked = index[mask] - offset
-            rows = part[torch.from_numpy(picked).to(part.device)] if torch.is_tensor(part) else torch.from_numpy(
-                np.asarray(part[picked]))
-            if not rows.is_floating_point() or rows.element_size() < 4:
-                rows = rows.float()
-            if device is not None:
-                rows = rows.to(device)
+            rows = take_rows(part, index[mask] - offset, device)
             if out is None:
                 out = torch.empty((len(index), rows.shape[1]), dtype=rows.dtype, device=rows.device)
             out[torch.from_numpy(np.flatnonzero(mask)).to(rows.device)] = rows.to(out.dtype)

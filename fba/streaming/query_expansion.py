@@ -14,7 +14,8 @@ import numpy as np
 import torch
 
 from fba.streaming.knn import BlockKnn, JointRows
-from fba.streaming.rows import check_source, compute_dtype, prepare, source_device
+from fba.metrics import prepare
+from fba.streaming.rows import check_source, compute_dtype, source_device
 
 DEFAULT_K = 5
 DEFAULT_ALPHA = 3.0

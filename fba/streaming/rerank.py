@@ -19,11 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fba.metrics import _inverted_index, _jaccard_rows, neighbourhood_vectors
+from fba.metrics import _inverted_index, _jaccard_rows, block_distance, neighbourhood_vectors, prepare
 from fba.streaming.knn import BlockKnn, JointRows
-from fba.streaming.rows import (
-    block_distance, check_metric, check_source, compute_dtype, num_rows, prepare, read_rows, source_device,
-)
+from fba.streaming.rows import check_metric, check_source, compute_dtype, num_rows, read_rows, source_device
 
 PAIR_CHUNK = 16384
 DEFAULT_QUERY_BLOCK = 128

@@ -7,17 +7,14 @@ out, so a gallery larger than memory is streamed without its pages piling up in 
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import mmap
 from typing import Any
 
 import numpy as np
 import torch
 
+from fba.engine.features_io import release_pages
+
 METRICS = ("euclidean", "cosine")
-_MADV_DONTNEED = 4
-_libc = None
 
 
 def num_rows(source: Any) -> int:
@@ -34,22 +31,6 @@ def check_source(name: str, source: Any, dim: int | None = None) -> int:
     return int(shape[1])
 
 
-def _release(array: np.memmap, start: int, stop: int) -> None:
-    """``madvise(DONTNEED)`` over the file pages of rows ``start:stop`` of a shared (read-only or r+) memory map:
-    the data stays in the page cache, but no longer counts in this process's resident set."""
-    global _libc
-    if array.mode not in ("r", "r+") or stop <= start or not array.flags.c_contiguous:
-        return
-    if _libc is None:
-        _libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-    row_bytes = array.strides[0]
-    begin = array.ctypes.data + start * row_bytes
-    end = begin + (stop - start) * row_bytes
-    page = mmap.PAGESIZE
-    aligned = begin - begin % page
-    _libc.madvise(ctypes.c_void_p(aligned), ctypes.c_size_t(end - aligned), _MADV_DONTNEED)
-
-
 def read_rows(source: Any, start: int, stop: int, device: torch.device | str | None = None) -> torch.Tensor:
     """Rows ``start:stop`` of ``source`` as a floating-point tensor on ``device`` (default: the source's own
     device for a tensor, else the CPU); bf16/fp16 become float32."""
@@ -59,7 +40,22 @@ def read_rows(source: Any, start: int, stop: int, device: torch.device | str | N
         block = np.asarray(source[start:stop])
         rows = torch.from_numpy(np.array(block) if isinstance(source, np.memmap) or not block.flags.writeable else block)
         if isinstance(source, np.memmap):
-            _release(source, start, stop)
+            release_pages(source, start, stop)
+    if not rows.is_floating_point() or rows.element_size() < 4:
+        rows = rows.float()
+    return rows if device is None else rows.to(device)
+
+
+def take_rows(source: Any, index: np.ndarray, device: torch.device | str | None = None) -> torch.Tensor:
+    """Rows at ``index`` (any order) as :func:`read_rows` gives them, for sources that allow fancy indexing
+    (arrays, memory maps, tensors); other sources are read one row at a time."""
+    if torch.is_tensor(source):
+        rows = source[torch.from_numpy(index).to(source.device)].detach()
+    elif isinstance(source, np.ndarray):
+        rows = torch.from_numpy(np.array(source[index]))
+    else:
+        rows = torch.cat([read_rows(source, int(i), int(i) + 1) for i in index]) if len(index) else \
+            torch.zeros((0, int(source.shape[1])))
     if not rows.is_floating_point() or rows.element_size() < 4:
         rows = rows.float()
     return rows if device is None else rows.to(device)
@@ -82,27 +78,6 @@ def output_dtype(*sources: Any) -> torch.dtype:
         return dtype is not None and np.dtype(dtype) == np.float64
 
     return torch.float64 if all(is_double(s) for s in sources) else torch.float32
-
-
-def prepare(rows: torch.Tensor, metric: str, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor | None]:
-    """Rows in the compute dtype, unit length for cosine; for euclidean also their squared norms."""
-    rows = rows.to(dtype)
-    if metric == "cosine":
-        return torch.nn.functional.normalize(rows, dim=1), None
-    return rows, (rows * rows).sum(1)
-
-
-def block_distance(
-    q: tuple[torch.Tensor, torch.Tensor | None], g: tuple[torch.Tensor, torch.Tensor | None], metric: str,
-    out_dtype: torch.dtype,
-) -> torch.Tensor:
-    """Distances [n, m] between prepared query rows and prepared gallery rows, the same arithmetic as
-    :func:`fba.metrics.pairwise_distance` (``|q|^2 + |g|^2 - 2 q.g`` clamped then rooted, or ``1 - cos``)."""
-    (q_rows, q_sq), (g_rows, g_sq) = q, g
-    dot = q_rows @ g_rows.T
-    if metric == "cosine":
-        return dot.neg_().add_(1.0).to(out_dtype)  # 1 - cos, in place: the same rounding as ``1.0 - dot``
-    return (q_sq[:, None] + g_sq - 2.0 * dot).clamp_min_(0.0).sqrt_().to(out_dtype)
 
 
 def compute_dtype(precision: str) -> torch.dtype:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from fba.engine.features_io import FeatureSet, FeaturesFileError
 from fba.metrics import RetrievalMetrics, evaluate, pairwise_distance, re_rank
 from fba.streaming.evaluate import DEFAULT_GALLERY_BLOCK, DEFAULT_QUERY_BLOCK, FeatureDistances, evaluate_blocks
 from fba.streaming.query_expansion import DEFAULT_ALPHA, average_query_expansion
@@ -60,3 +61,26 @@ def score_features(
                                   query_block=DEFAULT_QUERY_BLOCK, progress=progress)
     return metrics.replace(metric=metric, rerank=bool(rerank), aqe=int(aqe), streaming=stream, num_query=num_query,
                            num_gallery=num_gallery)
+
+
+def query_gallery(features: FeatureSet, source: str = "the feature set") -> tuple[FeatureSet, FeatureSet]:
+    """The query rows and the gallery rows; a set without ids, cameras or both splits cannot be scored."""
+    missing = [name for name in ("split", "pids", "camids") if getattr(features, name) is None]
+    if missing:
+        raise FeaturesFileError(f"{source}: cannot evaluate, the file has no {', '.join(missing)} (needed per row)")
+    query, gallery = features.select("query"), features.select("gallery")
+    if len(query) == 0 or len(gallery) == 0:
+        raise FeaturesFileError(f"{source}: needs rows with split 'query' and 'gallery', "
+                                f"found splits {sorted(set(features.split))}")
+    return query, gallery
+
+
+def score_feature_set(features: FeatureSet, metric: str = "cosine", rerank: bool = False, max_rank: int = 50,
+          source: str = "the feature set", **scale) -> RetrievalMetrics:
+    """The metrics of a feature set's query rows against its gallery rows (``meta["feature"]`` names the feature);
+    ``scale``: ``aqe``, ``aqe_alpha``, ``block``, ``streaming``, ``progress`` of
+    :func:`fba.streaming.score_features` (docs/retrieval.md)."""
+    query, gallery = query_gallery(features, source)
+    metrics = score_features(query.features, gallery.features, query.pids, gallery.pids, query.camids,
+                             gallery.camids, metric=metric, rerank=rerank, max_rank=max_rank, **scale)
+    return metrics.replace(feature=features.meta.get("feature"))

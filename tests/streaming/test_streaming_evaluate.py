@@ -77,8 +77,44 @@ def test_features_match_in_memory_path(metric):
     _same(evaluate_streaming(qf, gf, *ids, metric=metric, gallery_block=64, query_block=16, progress=False), expected)
     _same(evaluate_streaming(torch.from_numpy(qf), torch.from_numpy(gf), *ids, metric=metric, gallery_block=50,
                              progress=False), expected)
-    single = evaluate_streaming(qf, gf, *ids, metric=metric, gallery_block=64, precision="float32", progress=False)
-    _same(single, expected, tol=1e-3)  # float32 arithmetic: rounding in the distances only
+
+
+def _exact_keys(qf: np.ndarray, gf: np.ndarray, metric: str) -> np.ndarray:
+    """Integer features ranked in exact rational arithmetic: each pair's dense rank among all distances (equal
+    distances, equal rank), so a stable sort of it is the exact-tie rule: distance, then gallery index."""
+    from fractions import Fraction
+
+    q, g = qf.astype(np.int64), gf.astype(np.int64)
+    dot = q @ g.T
+    if metric == "euclidean":
+        keys = [[int(v) for v in row] for row in (q * q).sum(1)[:, None] + (g * g).sum(1)[None, :] - 2 * dot]
+    else:  # 1 - cos orders as -cos|cos| = -dot|dot| / (|q|^2 |g|^2), a rational
+        norms = (q * q).sum(1)[:, None] * (g * g).sum(1)[None, :]
+        keys = [[Fraction(-int(d) * abs(int(d)), int(n)) for d, n in zip(*row)] for row in zip(dot, norms)]
+    order = {key: rank for rank, key in enumerate(sorted({k for row in keys for k in row}))}
+    return np.array([[order[k] for k in row] for row in keys], dtype=np.float64)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_exact_ties_are_ordered_by_gallery_index_at_every_block_size(backend, metric):
+    """Integer features, duplicates and parallel rows: distances equal in exact arithmetic are equal in both
+    paths, whatever the block, and tied items keep the gallery order."""
+    rng = np.random.default_rng(7)
+    qf = rng.integers(-2, 3, (64, 3)).astype(np.float32)
+    gf = rng.integers(-2, 3, (1000, 3)).astype(np.float32)
+    qf[~qf.any(1)] = 1.0
+    gf[~gf.any(1)] = 1.0
+    gf[:64] = qf  # each query's duplicate
+    gf[64:128] = 2 * qf if metric == "cosine" else qf  # parallel rows (a duplicate again for euclidean)
+    gf[128:200] = 3 * gf[200:272]  # parallel gallery rows
+    ids = _ids(rng, 64, 1000, num_ids=6)
+    exact = evaluate(_exact_keys(qf, gf, metric), *ids, backend="numpy")
+    assert evaluate(pairwise_distance(qf, gf, metric=metric), *ids, backend="numpy").mAP == exact.mAP
+    for gallery_block, query_block in [(1000, 64), (64, 16), (37, 64), (7, 5)]:
+        got = evaluate_streaming(qf, gf, *ids, metric=metric, gallery_block=gallery_block, query_block=query_block,
+                                 progress=False, backend=backend)
+        _same(got, exact)  # a rank off by one moves mAP by >= 1e-5; AP sums differ in order only
 
 
 def test_memmap_and_on_demand_sources(tmp_path):
