@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast test-avx2 demo bench gpu-suite clean
+.PHONY: setup test test-fast test-avx2 demo bench gpu-wheels gpu-suite clean
 
 setup: $(STAMP)
 
@@ -44,6 +44,19 @@ bench: setup
 # are installed offline, then every GPU measurement runs in one call, within 8 minutes (docs/performance.md).
 gpu-suite:
 	PYTHONPATH=. $(PYTHON) -m benchmarks.gpu_suite
+
+# .whl/ for the GPU machine (needs a network): wheels for its Python 3.12, DeepSpeed built as a pure-Python wheel
+# (PyPI has only its sdist), and for this machine's Python the one binary wheel of DeepSpeed's dependencies
+# (pydantic_core), so the rehearsal installs the same DeepSpeed set here.
+GPU_WHEELS := grep -v '^\#' benchmarks/gpu_suite_wheels.txt | sed 's/ *\#.*//' | grep -v '^deepspeed' | grep .
+gpu-wheels: setup
+	mkdir -p .whl
+	$(GPU_WHEELS) | $(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	    --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 -d .whl -r /dev/stdin
+	$(GPU_WHEELS) | grep '^pydantic_core==' | $(PY) -m pip download -q --no-deps --only-binary=:all: -d .whl -r /dev/stdin
+	DS_BUILD_OPS=0 $(PY) -m pip wheel -q --no-deps --no-build-isolation -w .whl \
+	    $$(grep '^deepspeed==' benchmarks/gpu_suite_wheels.txt | sed 's/ *\#.*//')
+	du -sh .whl
 
 clean:
 	rm -rf build *.egg-info fba/*.so runs/demo

@@ -9,11 +9,14 @@ Steps, each a subprocess with its own timeout inside the overall ``--deadline-s`
 recorded as skipped), each writing its rows as soon as it has them:
 
 1. ``setup``: the carried wheels, the in-place ``fba.kernels`` layout, ``fba._C``; the CUDA extension's JIT
-   build starts in the background;
+   build starts in the background. The rehearsal installs the carried DeepSpeed set (DeepSpeed and the
+   dependencies a bare GPU machine lacks) into a scratch folder, not the project's environment, and its
+   ``+deepspeed`` row runs on it: a wheel missing from ``.whl/`` fails here, not on the GPU;
 2. ``gpu-tests``: the GPU tests (kernels at the paper's sizes, fused module, CUDA-graph embedding) and the CPU
    twins, Triton without autotuning; ``gpu-tests-cuda``: the CUDA C++ kernel's tests, once its build is done;
 3. ``cross_attention``: fused vs reference vs SDPA, forward and forward+backward, GB/s against measured copy;
-4. ``train_step``: eager (fused kernels, cached text), compiled, DeepSpeed engine as ``fba train`` runs it;
+4. ``train_step``: eager (fused kernels, cached text), compiled, and ``fba train``'s own step on its DeepSpeed
+   engine (``+deepspeed*``: the trainer's ``build_engine`` and ``TrainStep``);
 5. ``embed``: eager, compiled, fast (uint8 + CUDA graphs), fast-compiled; batch 1/32/256; image and captions;
 6. ``input``: DALI's GPU pipeline when DALI is installed; ``decode``: nvJPEG through torchvision (the stand-in).
 
@@ -26,6 +29,7 @@ from __future__ import annotations
 import argparse
 import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -41,8 +45,12 @@ TRAIN_VARIANTS = ("+cached-text", "+compile", "+deepspeed", "+deepspeed-zero2", 
 EMBED_VARIANTS = ("eager-bf16", "compiled", "fast", "fast-compiled")
 # The rehearsal runs the variants no smoke test runs (tests/benchmarks/test_bench_smoke_* run the others) and
 # leaves out the Inductor builds (minutes on 2 CPU cores); every GPU variant name is checked by the tests.
-REHEARSE_TRAIN_VARIANTS = ("+compile",)
+REHEARSE_TRAIN_VARIANTS = ("+compile", "+deepspeed")
 REHEARSE_EMBED_VARIANTS = ("fast",)
+# DeepSpeed and what it needs beyond what a bare GPU machine has (benchmarks/gpu_suite_wheels.txt)
+DEEPSPEED_WHEELS = ("deepspeed", "pydantic", "pydantic_core", "annotated_types", "typing_inspection", "hjson",
+                    "packaging")
+SCRATCH = "gpu_suite-scratch"  # under the results folder: where the rehearsal installs the DeepSpeed set
 GPU_TESTS = ["tests/kernels", "tests/engine/test_fast_embed.py", "tests/model/test_model_cross_modal.py"]
 
 
@@ -67,13 +75,23 @@ def _has(module: str) -> bool:
         return False
 
 
+def carried_wheels() -> dict[str, list[Path]]:
+    """The wheels in ``.whl/`` by project name (normalised as wheel file names spell it)."""
+    wheels: dict[str, list[Path]] = {}
+    for path in sorted(WHEELS_DIR.glob("*.whl")):
+        wheels.setdefault(path.name.split("-")[0].lower(), []).append(path)
+    return wheels
+
+
 def plan(rehearse: bool, out: Path) -> list[Step]:
     """The steps in order of value; ``rehearse`` keeps the commands and shrinks the sizes (CPU)."""
     res = ["--results-dir", str(out)]
     junit = out / "gpu_suite-logs"
     pytest_mode = ["--collect-only", "-q"] if rehearse else ["-q", "-rs"]
     smoke = ["--smoke", "--device", "cpu"] if rehearse else []
-    deepspeed = _has("deepspeed")
+    deepspeed = _has("deepspeed") or "deepspeed" in carried_wheels()
+    train_env = {"FBA_BENCH_COMPILE_BACKEND": "eager",
+                 "PYTHONPATH": os.pathsep.join([str(out / SCRATCH), str(REPO_ROOT)])} if rehearse else {}
     train = REHEARSE_TRAIN_VARIANTS if rehearse else [
         v for v in TRAIN_VARIANTS if deepspeed or not v.startswith("+deepspeed")]
     return [
@@ -90,8 +108,7 @@ def plan(rehearse: bool, out: Path) -> list[Step]:
              100, "cross_attention" + ("-smoke" if rehearse else "")),
         Step("train_step", _python("-m", "benchmarks.bench_train_step", *smoke, *res, "--append", "--variants", *train,
                                    "--steps", "1" if rehearse else "8", "--warmup", "1" if rehearse else "2"),
-             170, "train_step" + ("-smoke" if rehearse else ""),
-             env={"FBA_BENCH_COMPILE_BACKEND": "eager"} if rehearse else {}),
+             170, "train_step" + ("-smoke" if rehearse else ""), env=train_env),
         Step("embed", _python("-m", "benchmarks.bench_embed", *smoke, *res, "--append", "--variants",
                               *(REHEARSE_EMBED_VARIANTS if rehearse else EMBED_VARIANTS)),
              150, "embed" + ("-smoke" if rehearse else "")),
@@ -153,17 +170,40 @@ def run_suite(rehearse: bool, out: Path, deadline_s: float, only: list[str] | No
     return rows
 
 
+def _install_deepspeed_set(wheels: dict[str, list[Path]], scratch: Path) -> int:
+    """The rehearsal's install: the carried DeepSpeed set into ``scratch`` (never the project's environment),
+    then one import of it from there. Without ``.whl/`` (a fresh clone) the environment's DeepSpeed runs."""
+    if not wheels:
+        print(f"rehearsal: no wheels in {WHEELS_DIR} (make gpu-wheels); the +deepspeed row uses this environment's")
+        return 0
+    missing = [name for name in DEEPSPEED_WHEELS if name not in wheels]
+    if missing:
+        print(f"rehearsal: {WHEELS_DIR} lacks {', '.join(missing)}: the GPU machine could not import DeepSpeed")
+        return 1
+    shutil.rmtree(scratch, ignore_errors=True)
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps", "--find-links",
+                    str(WHEELS_DIR), "--target", str(scratch), *DEEPSPEED_WHEELS], check=True)
+    probe = "import deepspeed, pydantic; print(deepspeed.__version__, deepspeed.__file__)"
+    done = subprocess.run([sys.executable, "-c", probe], env={**os.environ, "PYTHONPATH": str(scratch)},
+                          capture_output=True, text=True)
+    found = done.stdout.strip().splitlines()[-1:] or [done.stderr[-2000:]]  # DeepSpeed logs to stdout first
+    print(f"rehearsal: installed the DeepSpeed set into {scratch}; imported from there: {found[0]}")
+    return done.returncode
+
+
 def setup(out: Path, rehearse: bool) -> int:
     """Carried wheels, the ``fba.kernels`` layout of a checkout, ``fba._C``, and the CUDA extension's build in the
     background (the CUDA tests wait for it). Missing optional parts are said, not fatal. A rehearsal installs
-    nothing and builds nothing in the checkout: it says what it would do."""
-    wheels = sorted(WHEELS_DIR.glob("*.whl"))
+    only the DeepSpeed set, into a scratch folder, and builds nothing in the checkout."""
+    wheels = carried_wheels()
     if rehearse:
-        print(f"rehearsal: would install {len(wheels)} wheels from {WHEELS_DIR}")
+        rc = _install_deepspeed_set(wheels, out / SCRATCH)
+        if rc:
+            return rc
     elif wheels:
         subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-index", "--no-deps",
-                        "--find-links", str(WHEELS_DIR), *map(str, wheels)], check=True)
-        print(f"installed {len(wheels)} wheels from {WHEELS_DIR}")
+                        "--find-links", str(WHEELS_DIR), *wheels], check=True)
+        print(f"installed {len(wheels)} packages from {WHEELS_DIR}: {', '.join(wheels)}")
     link = REPO_ROOT / "fba" / "kernels"
     if rehearse:  # the rehearsal runs inside an installed checkout: rebuilding fba._C in place would overwrite
         print("rehearsal: would link fba/kernels and build fba._C in place")  # the .so that running tests mapped

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import time
 import typing
 from pathlib import Path
 
@@ -15,29 +16,30 @@ from fba.commands import COMMANDS
 HEAVY = ("torch", "transformers", "open_clip", "triton", "deepspeed", "nvidia.dali", "onnxruntime", "matplotlib",
          "torchvision", "safetensors")
 PROBE = """
-import json, resource, sys, time
-start = time.perf_counter()
+import json, sys
 from fba.cli import main
 try:
     main([sys.argv[1], "--help"])
 except SystemExit:
     pass
-print(json.dumps({"seconds": time.perf_counter() - start,
-                  "rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "heavy": [m for m in %r if m in sys.modules]}))
-""" % (HEAVY,)
+hwm = [int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")]
+print(json.dumps({"rss_mb": hwm[0] / 1024, "heavy": [m for m in %r if m in sys.modules]}))
+""" % (HEAVY,)  # VmHWM is this process's own peak (ru_maxrss would start from the forking test process's size)
 
 
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads the peak RSS from Linux /proc")
 @pytest.mark.parametrize("command", COMMANDS)
 def test_help_is_light(command):
+    start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", PROBE, command], capture_output=True, text=True, timeout=60,
                           cwd=Path(__file__).resolve().parent.parent)
+    seconds = time.perf_counter() - start  # the interpreter's start included, as a user waits for it
     assert done.returncode == 0, done.stderr
     lines = done.stdout.strip().splitlines()
     assert lines[0].startswith(f"usage: fba {command}")
     probe = json.loads(lines[-1])
     assert probe["heavy"] == [], f"fba {command} --help imported {probe['heavy']}"
-    assert probe["seconds"] < 1.0 and probe["rss_mb"] < 100, probe
+    assert seconds < 1.0 and probe["rss_mb"] < 100, (seconds, probe)
 
 
 def test_literal_choices_are_the_implementations():

@@ -53,3 +53,37 @@ def test_rehearsal_runs_the_whole_plan_on_cpu(tmp_path):
         assert row["status"] == "ok" or row["status"].startswith("skipped: DALI"), row
         if row["result_key"] and row["status"] == "ok":
             assert data[row["result_key"]]["rows"], row["step"]
+
+
+# What the bare GPU machine's python3 has (benchmarks/gpu_suite_wheels.txt's header says the same)
+GPU_MACHINE_HAS = {"torch", "triton", "numpy", "psutil", "py-cpuinfo", "msgpack", "einops", "ninja",
+                   "typing-extensions", "filelock", "jinja2", "networkx", "sympy", "fsspec", "setuptools"}
+
+
+def _normal(name: str) -> str:
+    return name.lower().replace("_", "-")
+
+
+def test_the_carried_wheels_complete_deepspeed_on_the_gpu_machine():
+    """DeepSpeed's dependencies (installed metadata, followed through) are on the GPU machine or in the list, so
+    `import deepspeed` works there; the rehearsal's DeepSpeed set is all listed."""
+    import importlib.metadata as metadata
+
+    from packaging.requirements import Requirement
+
+    listed = {_normal(line.split("==")[0]) for line in (REPO_ROOT / "benchmarks" / "gpu_suite_wheels.txt")
+              .read_text().splitlines() if line.strip() and not line.startswith("#")}
+    assert {_normal(n) for n in gpu_suite.DEEPSPEED_WHEELS} <= listed
+    todo, seen = ["deepspeed"], set()
+    while todo:
+        name = todo.pop()
+        if name in seen:
+            continue
+        seen.add(name)
+        if name in GPU_MACHINE_HAS:  # there with its own dependencies
+            continue
+        for text in metadata.requires(name) or []:
+            requirement = Requirement(text)
+            if requirement.marker is None or requirement.marker.evaluate({"extra": "", "platform_system": "Linux"}):
+                todo.append(_normal(requirement.name))
+    assert seen - GPU_MACHINE_HAS - listed == set()

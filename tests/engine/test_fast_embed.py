@@ -67,7 +67,11 @@ def test_padded_buckets_equal_the_plain_embedder_on_uint8(model, captions):
                                                for t in text)
         got = fast.embed(images[:n], part)
         assert got.shape == (n, want.shape[1]) and got.dtype == torch.float32
-        torch.testing.assert_close(got, want[:n], rtol=1e-4, atol=1e-4)  # BLAS blocks by batch size
+        relative = ((got - want[:n]).norm(dim=1) / want[:n].norm(dim=1)).max()
+        # fp32 reduction order differs by batch size (batch 1 runs matrix-vector kernels), and the random tiny
+        # model's attention amplifies it: measured 2.9e-4 per row on AVX-512 and capped at AVX2; a wrong pixel,
+        # pad row or caption gives O(1)
+        assert relative < 2e-3, relative
     assert sorted(b.images.shape[0] for b in fast._buckets.values()) == [1, 4, 8]
     assert fast.captured() == []  # no graphs on the CPU
 
