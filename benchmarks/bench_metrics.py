@@ -6,16 +6,15 @@ C++. Distances are random, but the ids and cameras have the real structure: ever
 images on several cameras (some on the query's own camera, which the protocol drops), plus distractors (id 0) and
 junk (id -1) in Market's proportions; true matches are drawn a little closer so the metrics are not trivial.
 
-Part 2 (key ``metrics-scale``): from 768-d features whose images of one id lie around a shared centre, the
-in-memory path (``pairwise_distance`` + ``evaluate``; ``re_rank``) against the streaming one
-(``fba.streaming``: ``evaluate_streaming``; ``RerankedDistances`` + ``evaluate_blocks``), each measurement in a
-subprocess of its own so its peak RSS is its own (``resource.getrusage``: ``ru_maxrss``; after imports, the
-``baseline`` column). ``--large`` (key ``metrics-large``) runs the two targets of docs/retrieval.md: Market-1501's
-queries against its gallery plus 500,000 distractors (the gallery made block by block from a seeded generator, so
-it is never held), and MSMT17-size re-ranking + evaluation, with its check against the in-memory re-ranking on a
-subset.
+Part 2 (key ``metrics-scale``): the command a user runs, ``fba eval --features FILE``, on a features file of 768-d
+features whose images of one id lie around a shared centre, in memory (``--streaming off``) against streamed
+(``--streaming on``), with and without ``--rerank``; each case is a fresh interpreter (its imports included), whose
+peak RSS is its own (``VmHWM``: :mod:`benchmarks.command_usage`); ``rss_over_file_mb`` is what it holds beyond the
+file's size. ``--large`` (key ``metrics-large``) runs the targets of docs/retrieval.md: Market-1501's queries
+against its gallery plus 500,000 distractors (a 1.5 GiB file), and MSMT17-size re-ranking + evaluation, with the
+check of the bounded re-ranking against the in-memory one on a subset. Files are written once under ``--data-dir``.
 
-    python -m benchmarks.bench_metrics [--smoke] [--large] [--results-dir DIR]   # table + benchmarks/results/<device>.json
+    python -m benchmarks.bench_metrics [--smoke] [--large] [--data-dir DIR] [--results-dir DIR]
     pytest benchmarks/bench_metrics.py                                             # pytest-benchmark (part 1)
 """
 from __future__ import annotations
@@ -103,44 +102,39 @@ def run_benchmark(problems: dict[str, Problem], repeat: int = 3) -> list[dict]:
     return rows
 
 
-# Part 2: (case, problem, precision) side by side; each pair of rows is the in-memory path and its streaming twin.
+# Part 2: (case, problem) side by side; each pair of rows is the in-memory path and its streaming twin.
 SCALE_CASES = [
-    ("eval-memory", "market", "float64"), ("eval-stream", "market", "float64"), ("eval-stream", "market", "float32"),
-    ("rerank-memory", "rerank-mid", "float64"), ("rerank-bounded", "rerank-mid", "float64"),
-    ("rerank-memory", "market", "float64"), ("rerank-bounded", "market", "float64"),
+    ("eval-memory", "market"), ("eval-stream", "market"), ("rerank-memory", "rerank-mid"),
+    ("rerank-bounded", "rerank-mid"), ("rerank-memory", "market"), ("rerank-bounded", "market"),
 ]
 SMOKE_SCALE_CASES = [
-    ("eval-memory", "smoke", "float64"), ("eval-stream", "smoke", "float64"),
-    ("eval-stream", "smoke-distractors", "float32"), ("rerank-memory", "smoke", "float64"),
-    ("rerank-bounded", "smoke", "float64"), ("rerank-check", "smoke", "float64"),
+    ("eval-memory", "smoke"), ("eval-stream", "smoke"), ("eval-stream", "smoke-distractors"),
+    ("rerank-memory", "smoke"), ("rerank-bounded", "smoke"), ("rerank-check", "smoke"),
 ]
-LARGE_CASES = [
-    ("eval-stream", "market+500k", "float32"),
-    ("rerank-check", "msmt17-subset", "float64"), ("rerank-check", "msmt17-subset", "float32"),
-    ("rerank-bounded", "msmt17", "float32"),
-]
-SCALE_COLUMNS = ["case", "problem", "queries", "gallery", "precision", "seconds", "cpu_seconds", "peak_rss_mb", "baseline_rss_mb",
-                 "peak_device_mb", "mAP", "R1", "mINP", "max_abs_diff"]
+LARGE_CASES = [("eval-stream", "market+500k"), ("rerank-check", "msmt17-subset"), ("rerank-bounded", "msmt17")]
+SCALE_COLUMNS = ["case", "problem", "queries", "gallery", "file_mb", "seconds", "cpu_seconds", "peak_rss_mb",
+                 "rss_over_file_mb", "mAP", "R1", "mINP", "max_abs_diff"]
 
 
-def run_scale(cases: list[tuple[str, str, str]], device: str, isolated: bool = True,
+def run_scale(cases: list[tuple[str, str]], device: str, data_dir: str, isolated: bool = True,
               save: Callable[[list[dict]], object] = lambda rows: None) -> list[dict]:
-    """One row per case, each run in a fresh interpreter (``isolated``) so its peak RSS is its own; ``save``
-    is called with the rows so far after each case, so a run cut short keeps what it measured."""
+    """One row per case, each in a fresh interpreter (``isolated``) so its peak RSS is its own; ``save`` is
+    called with the rows so far after each case, so a run cut short keeps what it measured."""
     from benchmarks import retrieval_scale
 
     rows = []
-    for case, problem, precision in cases:
-        if not isolated:
-            rows.append(retrieval_scale.run_case(case, problem, precision, device))
-            save(rows)
-            continue
-        command = [sys.executable, "-m", "benchmarks.retrieval_scale", case, problem, precision, device]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
-        done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
-        if done.returncode != 0:
-            raise RuntimeError(f"{case} {problem} failed ({done.returncode}):\n{done.stderr[-3000:]}")
-        rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    for case, problem in cases:
+        if case != "rerank-check":
+            rows.append(retrieval_scale.run_command_case(case, problem, data_dir, isolated))
+        elif isolated:
+            command = [sys.executable, "-m", "benchmarks.retrieval_scale", case, problem, device]
+            env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+            done = subprocess.run(command, cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                raise RuntimeError(f"{case} {problem} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+            rows.append(json.loads(done.stdout.strip().splitlines()[-1]))
+        else:
+            rows.append(retrieval_scale.run_rerank_check(problem, device))
         print(format_table(rows[-1:], [c for c in SCALE_COLUMNS if c in rows[-1]]), flush=True)
         save(rows)
     return rows
@@ -151,9 +145,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=int, default=3, help="timed runs of the C++ path (NumPy runs once at full size)")
     parser.add_argument("--large", action="store_true",
                         help="only the two targets: Market + 500k distractors, MSMT17-size re-ranking (minutes)")
-    parser.add_argument("--device", default="cpu", help="where part 2 computes: cpu or cuda (device memory reported)")
-    parser.add_argument("--cases", nargs="+", metavar="CASE:PROBLEM:PRECISION",
-                        help="only these part-2 cases (e.g. eval-stream:market+500k:float32)")
+    parser.add_argument("--device", default="cpu", help="where the re-ranking check computes: cpu or cuda")
+    parser.add_argument("--data-dir", default=None, help="where the features files are written once (default data/bench)")
+    parser.add_argument("--cases", nargs="+", metavar="CASE:PROBLEM",
+                        help="only these part-2 cases (e.g. eval-stream:market+500k)")
     parser.add_argument("--append", action="store_true",
                         help="keep the stored part-2 rows of the cases not run now (a --large run split in parts)")
     args = parser.parse_args(argv)
@@ -168,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
         key = f"{BENCHMARK_KEY}-smoke" if args.smoke else BENCHMARK_KEY
         path = write_results(key, rows, kind="cpu", config=config, directory=args.results_dir)
         print(f"results written to {path} (key {key!r})")
-    from benchmarks.retrieval_scale import FEATURE_PROBLEMS
+    from benchmarks.retrieval_scale import DEFAULT_DATA_DIR, FEATURE_PROBLEMS
 
     cases = LARGE_CASES if args.large else SMOKE_SCALE_CASES if args.smoke else SCALE_CASES
     if args.cases:
@@ -178,25 +173,27 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unknown cases {unknown}; this mode has {[':'.join(c) for c in cases]}")
         cases = wanted
     key = "metrics-large" if args.large else "metrics-scale-smoke" if args.smoke else "metrics-scale"
-    config = {"problems": {name: asdict(FEATURE_PROBLEMS[name]) for name in sorted({p for _, p, _ in cases})},
+    data_dir = args.data_dir or (args.results_dir and f"{args.results_dir}/data") or DEFAULT_DATA_DIR
+    config = {"problems": {name: asdict(FEATURE_PROBLEMS[name]) for name in sorted({p for _, p in cases})},
               "metric": "cosine", "isolated_processes": not args.smoke, "torch_threads": _torch_threads(),
-              "rerank": {"k1": 20, "k2": 6, "lambda": 0.3}, "gallery_block": 4096}
+              "rerank": {"k1": 20, "k2": 6, "lambda": 0.3}, "gallery_block": 4096,
+              "command": "fba eval --features FILE [--rerank] --streaming on|off"}
 
     def save(rows: list[dict]):
         return write_results(key, [*_stored_rows(key, kind, args.results_dir, cases), *rows] if args.append else rows,
                              kind=kind, config=config, directory=args.results_dir)
 
-    rows = run_scale(cases, args.device, isolated=not args.smoke, save=save)
+    rows = run_scale(cases, args.device, data_dir, isolated=not args.smoke, save=save)
     print(format_table(rows, [c for c in SCALE_COLUMNS if any(c in row for row in rows)]))
     print(f"results written to {save(rows)} (key {key!r})")
     return 0
 
 
-def _stored_rows(key: str, kind: str, directory: str | None, replaced: list[tuple[str, str, str]]) -> list[dict]:
+def _stored_rows(key: str, kind: str, directory: str | None, replaced: list[tuple[str, str]]) -> list[dict]:
     """The rows already stored under ``key`` for this device, less those of the cases about to be measured."""
     path = results_dir(directory) / f"{device_slug(kind)}.json"
     rows = json.loads(path.read_text()).get(key, {}).get("rows", []) if path.exists() else []
-    return [row for row in rows if (row["case"], row["problem"], row["precision"]) not in replaced]
+    return [row for row in rows if (row["case"], row["problem"]) not in replaced]
 
 
 def _torch_threads() -> int:

@@ -34,6 +34,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from fba.atomic import atomic_write_bytes
+from fba.precision import performance_flags
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -82,11 +83,13 @@ def git_state() -> dict:
 
 
 def environment() -> dict:
-    """Versions and core count that change benchmark numbers (torch only when the benchmark imported it)."""
+    """Versions, core count, CPU model and the CPU flags that change benchmark numbers (torch only when the
+    benchmark imported it)."""
     import numpy
 
     info: dict[str, Any] = {"python": platform.python_version(), "platform": platform.platform(),
-                            "cpu_count": os.cpu_count(), "numpy": numpy.__version__}
+                            "cpu_count": os.cpu_count(), "cpu": cpu_name(), "cpu_flags": performance_flags(),
+                            "numpy": numpy.__version__}
     if "torch" in sys.modules:
         info["torch"] = sys.modules["torch"].__version__
     return info

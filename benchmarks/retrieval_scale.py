@@ -1,14 +1,18 @@
-"""The measured cases of ``bench_metrics`` part 2: features with identity structure, made in memory or block by
-block from a seeded generator, and one function per (path, problem) that runs in a subprocess of its own and
-reports its time and peak RSS (``python -m benchmarks.retrieval_scale CASE PROBLEM [PRECISION]``: one JSON line).
+"""The measured cases of ``bench_metrics`` part 2: features with identity structure, made block by block from a
+seeded generator and written once to a features file (``fba.engine.features_io``), then scored by the command a
+user runs, ``fba eval --features FILE``, in a fresh process (:mod:`benchmarks.command_usage`), with its time and
+peak RSS; and the check of the bounded re-ranking against the in-memory one, in a subprocess of its own
+(``python -m benchmarks.retrieval_scale CASE PROBLEM [DATA_DIR]``: one JSON line).
 """
 from __future__ import annotations
 
 import json
-import resource
+import os
+import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -46,6 +50,13 @@ FEATURE_PROBLEMS = {
     "msmt17-subset": FeatureProblem(1200, 6000, 250, 15),
 }
 CHUNK = 4096
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA_DIR = REPO_ROOT / "data" / "bench"
+# case: the ``fba eval --features`` options it measures
+COMMAND_CASES = {
+    "eval-memory": ["--streaming", "off"], "eval-stream": ["--streaming", "on"],
+    "rerank-memory": ["--rerank", "--streaming", "off"], "rerank-bounded": ["--rerank", "--streaming", "on"],
+}
 
 
 def make_ids(problem: FeatureProblem, seed: int = 0) -> tuple[np.ndarray, ...]:
@@ -100,14 +111,49 @@ def make_features(problem: FeatureProblem, seed: int = 0, materialise: bool = Tr
     return qf, (gf[0:gf.shape[0]] if materialise else gf), ids
 
 
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+def features_file(problem_name: str, data_dir: Path = DEFAULT_DATA_DIR) -> Path:
+    """The problem's features file (query rows, then gallery rows), written on first use, block by block."""
+    path = Path(data_dir) / f"{problem_name}.safetensors"
+    if not path.exists():
+        from fba.engine.features_io import save_features
+
+        problem = FEATURE_PROBLEMS[problem_name]
+        qf, gf, (q_pids, g_pids, q_camids, g_camids) = make_features(problem)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_features(path, np.concatenate([qf, gf]), [f"{i}.jpg" for i in range(len(qf) + len(gf))],
+                      np.concatenate([q_pids, g_pids]), np.concatenate([q_camids, g_camids]),
+                      ["query"] * len(qf) + ["gallery"] * len(gf), {"feature": "synthetic", "problem": problem_name})
+    return path
 
 
-def cpu_seconds() -> float:
-    """User + system CPU time of this process: on a shared machine, the work done, whatever the wait."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
+def _subprocess(args: list[str]) -> str:
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), os.environ.get("PYTHONPATH")]))}
+    done = subprocess.run([sys.executable, *args], cwd=REPO_ROOT, env=env, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(args)} failed ({done.returncode}):\n{done.stderr[-3000:]}")
+    return done.stdout
+
+
+def run_command_case(case: str, problem_name: str, data_dir: Path = DEFAULT_DATA_DIR, isolated: bool = True) -> dict:
+    """``fba eval --features FILE`` with the case's options: in a fresh interpreter (``isolated``; the file is
+    written by another one first) or in this one (smoke tests)."""
+    from benchmarks import command_usage
+
+    problem = FEATURE_PROBLEMS[problem_name]
+    data_dir = Path(data_dir)
+    if isolated:
+        _subprocess(["-m", "benchmarks.retrieval_scale", "write", problem_name, str(data_dir)])
+    path = features_file(problem_name, data_dir)
+    out = data_dir / f"{problem_name}.{case}.json"
+    argv = ["eval", "--features", str(path), *COMMAND_CASES[case], "--json", str(out)]
+    usage = (json.loads(_subprocess(["-m", "benchmarks.command_usage", *argv]).strip().splitlines()[-1]) if isolated
+             else command_usage.measure(argv))
+    metrics = json.loads(out.read_text())
+    return {"case": case, "problem": problem_name, "queries": problem.num_query, "gallery": problem.gallery_rows,
+            "dim": problem.dim, "file_mb": path.stat().st_size / 2**20, "seconds": usage["seconds"],
+            "cpu_seconds": usage["cpu_seconds"], "peak_rss_mb": usage["peak_rss_mb"],
+            "rss_over_file_mb": usage["peak_rss_mb"] - path.stat().st_size / 2**20, "streamed": metrics["streaming"],
+            **_summary(metrics)}
 
 
 def _summary(metrics: dict) -> dict:
@@ -115,57 +161,37 @@ def _summary(metrics: dict) -> dict:
             "valid_queries": int(metrics["num_valid_queries"])}
 
 
-def run_case(case: str, problem_name: str, precision: str = "float64", device: str = "cpu") -> dict:
-    """One measurement: ``case`` in eval-memory, eval-stream, rerank-memory, rerank-bounded, rerank-check."""
+def run_rerank_check(problem_name: str, device: str = "cpu") -> dict:
+    """The bounded re-ranking's distance matrix against the in-memory ``re_rank`` on the same features."""
     import torch
 
+    from benchmarks.command_usage import cpu_seconds, peak_rss_mb
     from fba.metrics import evaluate, pairwise_distance, re_rank
-    from fba.streaming import RerankedDistances, evaluate_blocks, evaluate_streaming
+    from fba.streaming import RerankedDistances
 
-    torch.set_num_threads(torch.get_num_threads())
     problem = FEATURE_PROBLEMS[problem_name]
-    streamed_gallery = case == "eval-stream" and problem.extra_distractors > 0
-    qf, gf, ids = make_features(problem, materialise=not streamed_gallery)
+    qf, gf, ids = make_features(problem)
     if device != "cpu":
-        qf = torch.from_numpy(qf).to(device)
-        gf = gf if streamed_gallery else torch.from_numpy(gf).to(device)
-        torch.cuda.reset_peak_memory_stats()
-    baseline = peak_rss_mb()
+        qf, gf = torch.from_numpy(qf).to(device), torch.from_numpy(gf).to(device)
     start, cpu_start = time.perf_counter(), cpu_seconds()
-    extra: dict = {}
-    if case == "eval-memory":
-        metrics = evaluate(pairwise_distance(qf, gf, metric="cosine"), *ids)
-    elif case == "eval-stream":
-        metrics = evaluate_streaming(qf, gf, *ids, metric="cosine", precision=precision, progress=False)
-    elif case == "rerank-memory":
-        distmat = re_rank(pairwise_distance(qf, gf, "cosine"), pairwise_distance(qf, qf, "cosine"),
-                          pairwise_distance(gf, gf, "cosine"))
-        metrics = evaluate(distmat, *ids)
-    elif case == "rerank-bounded":
-        source = RerankedDistances(qf, gf, metric="cosine", precision=precision, progress=False)
-        metrics = evaluate_blocks(source, *ids, query_block=128, progress=False)
-        extra["recomputed_rows"] = source.recomputed_rows
-    elif case == "rerank-check":
-        expected = re_rank(pairwise_distance(qf, gf, "cosine"), pairwise_distance(qf, qf, "cosine"),
-                           pairwise_distance(gf, gf, "cosine"))
-        got = RerankedDistances(qf, gf, metric="cosine", precision=precision, progress=False).matrix()
-        reference, metrics = evaluate(expected, *ids), evaluate(got, *ids)
-        extra = {"max_abs_diff": float(np.abs(got - expected).max()),
-                 "mAP_diff": abs(metrics["mAP"] - reference["mAP"])}
-    else:
-        raise ValueError(f"unknown case {case!r}")
-    seconds, cpu = time.perf_counter() - start, cpu_seconds() - cpu_start
-    row = {"case": case, "problem": problem_name, "queries": problem.num_query, "gallery": problem.gallery_rows,
-           "dim": problem.dim, "precision": precision if case in ("eval-stream", "rerank-bounded", "rerank-check")
-           else "float64", "device": device, "seconds": seconds, "cpu_seconds": cpu, "peak_rss_mb": peak_rss_mb(),
-           "baseline_rss_mb": baseline, **_summary(metrics), **extra}
-    if device != "cpu":
-        row["peak_device_mb"] = torch.cuda.max_memory_allocated() / 2**20
-    return row
+    expected = re_rank(pairwise_distance(qf, gf, "cosine"), pairwise_distance(qf, qf, "cosine"),
+                       pairwise_distance(gf, gf, "cosine"))
+    got = RerankedDistances(qf, gf, metric="cosine", progress=False).matrix()
+    reference, metrics = evaluate(expected, *ids), evaluate(got, *ids)
+    return {"case": "rerank-check", "problem": problem_name, "queries": problem.num_query,
+            "gallery": problem.gallery_rows, "dim": problem.dim, "device": device,
+            "seconds": time.perf_counter() - start, "cpu_seconds": cpu_seconds() - cpu_start,
+            "peak_rss_mb": peak_rss_mb(), "max_abs_diff": float(np.abs(got - expected).max()),
+            "mAP_diff": abs(metrics["mAP"] - reference["mAP"]), **_summary(metrics)}
 
 
 def main(argv: list[str]) -> int:
-    print(json.dumps(run_case(*argv)))
+    if argv[:1] == ["write"]:
+        print(features_file(argv[1], Path(argv[2])))
+    elif argv[:1] == ["rerank-check"]:
+        print(json.dumps(run_rerank_check(*argv[1:3])))
+    else:
+        raise SystemExit(f"usage: write PROBLEM DATA_DIR | rerank-check PROBLEM [DEVICE]; got {argv}")
     return 0
 
 
@@ -173,4 +199,5 @@ if __name__ == "__main__":
     raise SystemExit(main(sys.argv[1:]))
 
 
-__all__ = ["FEATURE_PROBLEMS", "FeatureProblem", "SeededRows", "asdict", "make_features", "run_case"]
+__all__ = ["COMMAND_CASES", "FEATURE_PROBLEMS", "FeatureProblem", "SeededRows", "asdict", "features_file",
+           "make_features", "run_command_case", "run_rerank_check"]

@@ -12,10 +12,15 @@ import functools
 import os
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+if TYPE_CHECKING:
+    import torch
 
 NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16", "bf16")  # x86 AVX-512 BF16 / AMX, Arm's FEAT_BF16
+# The flags that change CPU numbers (vector width, bf16, int8 dot products, AMX), which results and docs name
+PERFORMANCE_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "avx_vnni", "amx_bf16", "amx_int8",
+                     "asimd", "sve", "bf16", "i8mm")
 MIN_BF16_SPEED = 0.5  # bf16 at half the fp32 rate or better counts as native (emulation is ~60x slower)
 OVERRIDE_ENV = "FBA_CPU_BF16"
 
@@ -33,8 +38,16 @@ def cpu_flags(cpuinfo: Path = Path("/proc/cpuinfo")) -> set[str] | None:
     return None
 
 
+def performance_flags() -> list[str]:
+    """Which of :data:`PERFORMANCE_FLAGS` this CPU has (empty where /proc/cpuinfo cannot be read)."""
+    flags = cpu_flags() or set()
+    return [flag for flag in PERFORMANCE_FLAGS if flag in flags]
+
+
 def matmul_rate(dtype: torch.dtype, size: int = 256, seconds: float = 0.05) -> float:
     """GFLOP/s of a ``size`` x ``size`` matmul in ``dtype`` on the CPU, timed for about ``seconds``."""
+    import torch
+
     a = torch.randn(size, size).to(dtype)
     b = torch.randn(size, size).to(dtype)
     torch.mm(a, b)  # warm-up
@@ -61,6 +74,8 @@ def cpu_native_bf16() -> tuple[bool, str]:
         if native:
             return True, f"the CPU has {', '.join(native)}"
         return False, f"the CPU has none of {', '.join(NATIVE_BF16_FLAGS)}, so bf16 would be emulated"
+    import torch
+
     fp32, bf16 = matmul_rate(torch.float32), matmul_rate(torch.bfloat16)
     native = bf16 >= MIN_BF16_SPEED * fp32
     return native, f"a 256x256 matmul runs at {bf16:.1f} GFLOP/s in bf16 against {fp32:.1f} in fp32"

@@ -19,7 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fba.metrics import _inverted_index, _jaccard_rows, block_distance, neighbourhood_vectors, prepare
+from fba.metrics import (
+    _inverted_index, _jaccard_rows, block_distance, neighbourhood_vectors, pair_distance, prepare,
+)
 from fba.streaming.knn import BlockKnn, JointRows
 from fba.streaming.rows import check_metric, check_source, compute_dtype, num_rows, read_rows, source_device
 
@@ -70,12 +72,8 @@ class RerankedDistances:
         out = np.empty(len(rows), dtype=np.float32)
         for start in range(0, len(rows), PAIR_CHUNK):
             r, c = rows[start:start + PAIR_CHUNK], cols[start:start + PAIR_CHUNK]
-            (a, a_sq), (b, b_sq) = self._prepare(self.rows.take(r, self.device)), self._prepare(self.rows.take(c, self.device))
-            dot = (a * b).sum(1)
-            if self.metric == "cosine":
-                dist = (1.0 - dot).float()
-            else:
-                dist = (a_sq + b_sq - 2.0 * dot).clamp_min_(0.0).sqrt_().float()
+            dist = pair_distance(self._prepare(self.rows.take(r, self.device)),
+                                 self._prepare(self.rows.take(c, self.device)), self.metric, torch.float32)
             out[start:start + len(r)] = (dist * dist).cpu().numpy()
         return out / self.row_max[rows]
 
