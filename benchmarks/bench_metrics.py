@@ -1,7 +1,7 @@
 """Evaluation at the size of the real test sets: the ranking (NumPy vs C++), and in-memory vs streaming
 evaluation and re-ranking from features, with peak memory.
 
-Part 1 (key ``metrics``): ``fba.metrics.evaluate`` on Market-1501 / DukeMTMC-reID sized distance matrices, NumPy vs
+Part 1 (key ``metrics``): ``fba.retrieval.metrics.evaluate`` on Market-1501 / DukeMTMC-reID sized distance matrices, NumPy vs
 C++. Distances are random, but the ids and cameras have the real structure: every query id has several gallery
 images on several cameras (some on the query's own camera, which the protocol drops), plus distractors (id 0) and
 junk (id -1) in Market's proportions; true matches are drawn a little closer so the metrics are not trivial.
@@ -33,7 +33,7 @@ import pytest
 from benchmarks.common import (
     REPO_ROOT, benchmark_parser, device_slug, format_table, measure, results_dir, write_results,
 )
-from fba.metrics import cpp_available, evaluate
+from fba.retrieval.metrics import cpp_available, evaluate
 
 
 @dataclass(frozen=True)

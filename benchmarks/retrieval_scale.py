@@ -1,5 +1,5 @@
 """The measured cases of ``bench_metrics`` part 2: features with identity structure, made block by block from a
-seeded generator and written once to a features file (``fba.engine.features_io``), then scored by the command a
+seeded generator and written once to a features file (``fba.retrieval.features_file``), then scored by the command a
 user runs, ``fba eval --features FILE``, in a fresh process (:mod:`benchmarks.command_usage`), with its time and
 peak RSS; and the check of the bounded re-ranking against the in-memory one, in a subprocess of its own
 (``python -m benchmarks.retrieval_scale CASE PROBLEM [DATA_DIR]``: one JSON line).
@@ -115,7 +115,7 @@ def features_file(problem_name: str, data_dir: Path = DEFAULT_DATA_DIR) -> Path:
     """The problem's features file (query rows, then gallery rows), written on first use, block by block."""
     path = Path(data_dir) / f"{problem_name}.safetensors"
     if not path.exists():
-        from fba.engine.features_io import save_features
+        from fba.retrieval.features_file import save_features
 
         problem = FEATURE_PROBLEMS[problem_name]
         qf, gf, (q_pids, g_pids, q_camids, g_camids) = make_features(problem)
@@ -166,8 +166,8 @@ def run_rerank_check(problem_name: str, device: str = "cpu") -> dict:
     import torch
 
     from benchmarks.command_usage import cpu_seconds, peak_rss_mb
-    from fba.metrics import evaluate, pairwise_distance, re_rank
-    from fba.streaming import RerankedDistances
+    from fba.retrieval.metrics import evaluate, pairwise_distance, re_rank
+    from fba.retrieval import RerankedDistances
 
     problem = FEATURE_PROBLEMS[problem_name]
     qf, gf, ids = make_features(problem)

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fba.metrics import RetrievalMetrics
-from fba.streaming import score_features
+from fba.retrieval.metrics import RetrievalMetrics
+from fba.retrieval import score_features
 
 _WORD = re.compile(r"[a-z]+(?:-[a-z]+)*")
 

@@ -30,11 +30,11 @@ from fba.data.synthetic.noise import REALISTIC_LEVEL
 from fba.data.transforms import build_eval_transform, read_image
 from fba.engine.checkpoint import load_model
 from fba.engine.embedder import Embedder
-from fba.engine.features_io import FeatureSet
-from fba.engine.retrieval import RetrievalEval, with_feature
-from fba.streaming.score import query_gallery
+from fba.retrieval.features_file import FeatureSet
+from fba.retrieval.eval_set import RetrievalEval, with_feature
+from fba.retrieval.score import query_gallery
 from fba.engine.trainer import seed_everything, train
-from fba.metrics import RetrievalMetrics, pairwise_distance
+from fba.retrieval.metrics import RetrievalMetrics, pairwise_distance
 from fba.model import build_model, select_feature
 from fba.model.text import TextFeatures
 

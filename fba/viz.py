@@ -12,7 +12,7 @@ import numpy as np
 from PIL import Image
 
 from fba.jsonl import parse_object
-from fba.metrics import protocol_keep
+from fba.retrieval.metrics import protocol_keep
 
 CORRECT = (40, 180, 60)
 WRONG = (220, 40, 40)

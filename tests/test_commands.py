@@ -53,7 +53,7 @@ def test_literal_choices_are_the_implementations():
     from fba.demo import DEMO_CONFIG
     from fba.deploy.export import FORMATS
     from fba.deploy.graph import FEATURES, INPUT_DTYPES
-    from fba.metrics import DISTANCES
+    from fba.retrieval.metrics import DISTANCES
 
     def options(module) -> dict[str, argparse.Action]:
         parser = argparse.ArgumentParser()

@@ -9,8 +9,8 @@ import torch
 
 from fba.ablate import ROWS, ablation_table, comparison_table, per_run_table
 from fba.demo import FEATURES, feature_metrics, metrics_table, run_demo
-from fba.engine.features_io import FeatureSet
-from fba.metrics import RetrievalMetrics
+from fba.retrieval.features_file import FeatureSet
+from fba.retrieval.metrics import RetrievalMetrics
 
 
 @pytest.mark.slow

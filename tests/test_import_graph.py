@@ -50,7 +50,7 @@ def imported_names(name: str, path: Path, modules: set[str]) -> set[str]:
 def import_graph() -> dict[str, set[str]]:
     """Edges between our own modules. Importing ``a.b.c`` runs ``a`` and ``a.b`` (their ``__init__``) too, except
     the packages the importing module sits in, which are running already; the module an import names is always an
-    edge (``from fba import _C`` in ``fba.metrics`` names ``fba``)."""
+    edge (``from fba import _C`` in ``fba.retrieval.metrics`` names ``fba``)."""
     modules = module_files()
     graph: dict[str, set[str]] = {}
     for name, path in modules.items():

@@ -35,6 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int | None:
-    from fba.engine.evaluator import run as run_eval
+    from fba.retrieval.command import run as run_eval
 
     return run_eval(args)

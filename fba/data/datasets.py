@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fba.errors import InputError
-from fba.metrics import JUNK_PID
+from fba.retrieval.metrics import JUNK_PID
 
 Item = tuple[str, int, int]
 SPLITS = ("train", "query", "gallery")

@@ -21,7 +21,7 @@ import os
 from pathlib import Path
 
 from fba.data.datasets import _INTEGER, SPLITS, DatasetError, Item, ReIDDataset, _assemble, _image_files, register
-from fba.metrics import JUNK_PID
+from fba.retrieval.metrics import JUNK_PID
 
 LIST_COLUMNS = ("path", "pid", "split")
 NO_CAMERA_NOTE = "no cameras given: every image is its own camera (a query loses only itself from its gallery)"

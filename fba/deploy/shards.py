@@ -4,7 +4,7 @@
     torchrun --nnodes 4 --nproc_per_node 8 --rdzv-endpoint HOST:29500 -m fba.cli embed ...   # across nodes
 
 Rank r embeds the r-th contiguous slice of the list and writes ``<out>.shards/shard-<r>-of-<W><suffix>``
-atomically (``fba.features_io``). After a barrier rank 0 reads the shards in rank order, so the merged file has
+atomically (``fba.retrieval.features_file``). After a barrier rank 0 reads the shards in rank order, so the merged file has
 the rows in the input order, writes ``<out>`` and removes the shard folder. A shard records what it was made
 from (its paths, the model file, the backend and the feature); a rerun of the same command keeps every shard
 whose record matches and redoes the others, so a killed run loses only the shards that had not finished.
@@ -24,7 +24,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from fba.engine.features_io import FeaturesFileError, load_features, save_features
+from fba.retrieval.features_file import FeaturesFileError, load_features, save_features
 
 BARRIER_TIMEOUT = timedelta(hours=24)  # rank 0 waits at the barrier while the slowest rank embeds its slice
 

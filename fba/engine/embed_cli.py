@@ -1,7 +1,7 @@
 """``fba embed``: image files to a features file, through the evaluation loader of :mod:`fba.data.loaders`.
 
 It reads a folder (recursively, sorted) or a list file of images (DALI on a GPU when ``data.loader`` says so,
-``--loader`` to choose) and writes a features file (:mod:`fba.engine.features_io`) with the rows in that order and
+``--loader`` to choose) and writes a features file (:mod:`fba.retrieval.features_file`) with the rows in that order and
 the paths relative to the images root; the captions file is keyed by those relative paths, as the data sets'
 ``captions.jsonl`` are. With ``--backend pytorch`` the embedder is :func:`fba.engine.fast_embed.build_embedder`'s
 (CUDA graphs per batch bucket on a GPU, the plain :class:`~fba.engine.embedder.Embedder` on the CPU); the other
@@ -23,7 +23,7 @@ from fba.deploy import shards
 from fba.engine.checkpoint import load_model
 from fba.engine.embedder import Embedder, default_dtype
 from fba.engine.fast_embed import build_embedder
-from fba.engine.features_io import SUFFIXES, save_features
+from fba.retrieval.features_file import SUFFIXES, save_features
 from fba.engine.text_bank import TextBank
 from fba.errors import InputError, UsageError
 

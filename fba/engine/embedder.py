@@ -2,7 +2,7 @@
 
 ``Embedder(model, device, dtype)`` runs ``FBA.extract`` in eval mode on batches: with captions the full
 feature (post-BN CLS, F_f^V, F_f^T), without them the image-only one (post-BN CLS). The trainer's periodic
-evaluation, ``fba eval --checkpoint`` (both through :mod:`fba.engine.retrieval`) and ``fba embed``
+evaluation, ``fba eval --checkpoint`` (both through :mod:`fba.retrieval.eval_set`) and ``fba embed``
 (:mod:`fba.engine.embed_cli`) use the same object, so a model is always measured the same way.
 :mod:`fba.engine.fast_embed` builds on it for CUDA.
 """

@@ -64,14 +64,14 @@ from fba.engine.engine_config import EnginePlan, build_optimizer, initialize_eng
 from fba.engine.guard import DivergenceGuard, TrainingDiverged
 from fba.engine.logger import RunLogger
 from fba.engine.preflight import preflight_dataset
-from fba.engine.retrieval import RetrievalEval
+from fba.retrieval.eval_set import RetrievalEval
 from fba.engine.signals import StopRequest, TrainingInterrupted
 from fba.engine.run_folder import claim_run_folder
 from fba.engine.run_lock import releases_run_lock_on_error
 from fba.engine.schedule import EpochCosineSchedule
 from fba.engine.text_bank import TextBank
 from fba.losses import FBALoss
-from fba.metrics import RetrievalMetrics
+from fba.retrieval.metrics import RetrievalMetrics
 from fba.model import build_model
 from fba.model.heads import sync_batchnorm
 from fba.precision import auto_cpu_precision

@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from fba.cli import main
-from fba.engine.features_io import load_features
+from fba.retrieval.features_file import load_features
 
 
 def embed(tmp_path, name, model, folder, *extra):

@@ -11,7 +11,7 @@ import torch
 
 from fba.cli import main
 from fba.deploy import shards
-from fba.engine.features_io import load_features
+from fba.retrieval.features_file import load_features
 
 
 def torchrun_embed(args: list[str], world: int = 2) -> subprocess.CompletedProcess:

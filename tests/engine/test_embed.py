@@ -13,7 +13,7 @@ from fba.data.loaders import dali_available
 from fba.data.transforms import build_eval_transform, read_image
 from fba.engine.checkpoint import load_model
 from fba.engine.embedder import Embedder
-from fba.engine.features_io import load_features
+from fba.retrieval.features_file import load_features
 from fba.engine.trainer import train
 from fba.model.text import tokenize
 

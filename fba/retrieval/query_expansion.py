@@ -3,7 +3,7 @@
 by its similarity to the power ``alpha``.
 
 fast-reid forms the whole (Q+G)^2 similarity matrix; here the neighbours come from the blockwise kNN
-(:mod:`fba.streaming.knn`), so memory is the features plus one block, and ties go to the smaller index (fast-reid's
+(:mod:`fba.retrieval.knn`), so memory is the features plus one block, and ties go to the smaller index (fast-reid's
 ``argpartition`` leaves them unspecified). The same function serves the in-memory and the streaming path.
 """
 from __future__ import annotations
@@ -13,9 +13,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from fba.streaming.knn import BlockKnn, JointRows
-from fba.metrics import prepare
-from fba.streaming.rows import check_source, compute_dtype, source_device
+from fba.retrieval.knn import BlockKnn, JointRows
+from fba.retrieval.metrics import prepare
+from fba.retrieval.rows import check_source, compute_dtype, source_device
 
 DEFAULT_K = 5
 DEFAULT_ALPHA = 3.0

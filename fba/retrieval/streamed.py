@@ -3,7 +3,7 @@
 A query's metrics need only the rank of each of its true matches among the gallery items that count for it
 (docs/design.md#evaluation-protocol: same id *and* camera dropped, junk id -1 dropped, distractors kept as wrong). That rank is the number
 of kept wrong items closer than the match, or at the same distance with a smaller gallery index (the stable
-order of :func:`fba.metrics.evaluate`), plus the matches before it. So each query chunk is streamed twice:
+order of :func:`fba.retrieval.metrics.evaluate`), plus the matches before it. So each query chunk is streamed twice:
 
 1. the distances of the chunk's matches, pair by pair (few per query), sorted;
 2. every block is bucketed against them: a histogram of wrong items per gap between consecutive matches, whose
@@ -12,7 +12,7 @@ order of :func:`fba.metrics.evaluate`), plus the matches before it. So each quer
 Features are bucketed from a float32 matmul (about twice as fast as float64 on a CPU) with a bound on its
 error: an item whose error window holds no match distance is in the same bucket whatever its exact distance,
 and the few others are recomputed pair by pair in the exact arithmetic (float64, products on the float32 grid:
-:func:`fba.metrics.on_float32_grid`). The result is the in-memory ranking of the same distances, the same
+:func:`fba.retrieval.metrics.on_float32_grid`). The result is the in-memory ranking of the same distances, the same
 at every block size, and memory is bounded by ``query_block x gallery_block`` (plus a few numbers per true match).
 """
 from __future__ import annotations
@@ -24,11 +24,11 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fba.metrics import (
+from fba.retrieval.metrics import (
     JUNK_PID, RetrievalMetrics, _summarise, as_numpy, block_distance, coarse_block, coarse_thresholds, pair_distance,
     prepare, prepare_coarse,
 )
-from fba.streaming.rows import check_metric, check_source, num_rows, output_dtype, read_rows, source_device, take_rows
+from fba.retrieval.rows import check_metric, check_source, num_rows, output_dtype, read_rows, source_device, take_rows
 
 DEFAULT_GALLERY_BLOCK = 4096
 DEFAULT_QUERY_BLOCK = 4096
@@ -61,9 +61,9 @@ class DistanceBlocks(Protocol):
 
 
 class FeatureDistances:
-    """Distance blocks computed from query and gallery features (any source of :mod:`fba.streaming.rows`).
+    """Distance blocks computed from query and gallery features (any source of :mod:`fba.retrieval.rows`).
 
-    Exact blocks and pairs are the in-memory path's arithmetic (:func:`fba.metrics.pairwise_distance`: float64,
+    Exact blocks and pairs are the in-memory path's arithmetic (:func:`fba.retrieval.metrics.pairwise_distance`: float64,
     products on the float32 grid); coarse blocks are a float32 matmul with its error bound, which the ranking
     refines pair by pair where the bound leaves a rank open. The query chunk last asked for is kept prepared.
     """
@@ -278,7 +278,7 @@ def rank_blocks(
     gallery_block: int = DEFAULT_GALLERY_BLOCK, query_block: int = DEFAULT_QUERY_BLOCK, progress: bool = True,
     backend: str = "auto",
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per-query ``(ap, inp, first_rank)`` as :func:`fba.metrics._rank_metrics_numpy`, streamed from ``source``.
+    """Per-query ``(ap, inp, first_rank)`` as :func:`fba.retrieval.metrics._rank_metrics_numpy`, streamed from ``source``.
 
     ``backend`` of the counting pass: "torch" (any device), "cpp" (``fba._C``, CPU blocks) or "auto".
     """
@@ -325,7 +325,7 @@ def evaluate_blocks(
     gallery_block: int = DEFAULT_GALLERY_BLOCK, query_block: int = DEFAULT_QUERY_BLOCK, progress: bool = True,
     backend: str = "auto",
 ) -> RetrievalMetrics:
-    """mAP, CMC and mINP as :func:`fba.metrics.evaluate`, from a :class:`DistanceBlocks` source."""
+    """mAP, CMC and mINP as :func:`fba.retrieval.metrics.evaluate`, from a :class:`DistanceBlocks` source."""
     if max_rank < 1:
         raise ValueError(f"max_rank must be >= 1, got {max_rank}")
     per_query = rank_blocks(source, q_pids, g_pids, q_camids, g_camids, gallery_block, query_block, progress,

@@ -8,10 +8,10 @@ import pytest
 import torch
 
 from fba.cli import main
-from fba.engine.evaluator import format_metrics
-from fba.engine.features_io import FeaturesFileError, FeatureSet, load_features, save_features
-from fba.metrics import evaluate, pairwise_distance
-from fba.streaming import score_features as evaluate_features
+from fba.retrieval.command import format_metrics
+from fba.retrieval.features_file import FeaturesFileError, FeatureSet, load_features, save_features
+from fba.retrieval.metrics import evaluate, pairwise_distance
+from fba.retrieval import score_features as evaluate_features
 
 FORMATS = [".safetensors", ".npz"]
 
@@ -89,11 +89,11 @@ def test_npz_without_features_or_with_bad_lengths(tmp_path):
 
 @pytest.mark.parametrize("suffix", [".npz", ".safetensors"])
 def test_a_file_of_another_format_version_is_refused_by_name(tmp_path, suffix, monkeypatch):
-    import fba.engine.features_io as features_io
+    import fba.retrieval.features_file as features_file
 
-    monkeypatch.setattr(features_io, "FORMAT_VERSION", 2)
+    monkeypatch.setattr(features_file, "FORMAT_VERSION", 2)
     path = save_features(tmp_path / f"future{suffix}", np.ones((1, 2)), ["a.jpg"])
-    monkeypatch.setattr(features_io, "FORMAT_VERSION", 1)
+    monkeypatch.setattr(features_file, "FORMAT_VERSION", 1)
     with pytest.raises(FeaturesFileError, match=rf"future{suffix}: features format version 2, this fba reads 1"):
         load_features(path)
 

@@ -1,4 +1,4 @@
-"""Streaming evaluation (fba.streaming.evaluate) against the in-memory fba.metrics.evaluate: random cases with
+"""Streaming evaluation (fba.retrieval.streamed) against the in-memory fba.retrieval.metrics.evaluate: random cases with
 ties, junk, distractors and queries without matches, every block shape, both counting backends, features
 from arrays, memory maps, tensors and on-demand sources."""
 from __future__ import annotations
@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 import torch
 
-from fba.metrics import evaluate, pairwise_distance
-from fba.streaming.evaluate import (
+from fba.retrieval.metrics import evaluate, pairwise_distance
+from fba.retrieval.streamed import (
     FeatureDistances, MatrixDistances, _compiled, evaluate_blocks, evaluate_streaming, rank_blocks,
 )
 
@@ -177,7 +177,7 @@ def _rss_file_kb() -> int:
 
 @pytest.mark.skipif(not __import__("os").path.exists("/proc/self/status"), reason="needs Linux /proc")
 def test_memmap_pages_leave_the_resident_set(tmp_path):
-    from fba.streaming.rows import read_rows
+    from fba.retrieval.rows import read_rows
 
     rows = np.random.default_rng(4).normal(size=(8192, 1024)).astype(np.float32)  # 32 MB
     path = tmp_path / "big.f32"

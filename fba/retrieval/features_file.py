@@ -23,7 +23,7 @@ from safetensors.numpy import save as save_safetensors
 
 from fba.atomic import atomic_write_bytes
 from fba.errors import InputError
-from fba.metrics import as_numpy
+from fba.retrieval.metrics import as_numpy
 
 FORMAT_VERSION = 1
 SUFFIXES = (".safetensors", ".npz")

@@ -1,4 +1,4 @@
-"""Tests of fba.metrics: hand-worked mAP/CMC/mINP, NumPy vs C++ ranking, distances, re-ranking vs the reference."""
+"""Tests of fba.retrieval.metrics: hand-worked mAP/CMC/mINP, NumPy vs C++ ranking, distances, re-ranking vs the reference."""
 from __future__ import annotations
 
 import json
@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from fba.metrics import cpp_available, evaluate, pairwise_distance, re_rank
+from fba.retrieval.metrics import cpp_available, evaluate, pairwise_distance, re_rank
 
 BACKENDS = [
     "numpy",
@@ -238,7 +238,7 @@ def test_re_rank_with_fewer_images_than_k2(num_query, num_gallery):
 
 
 def test_topk_stable_matches_stable_argsort():
-    from fba.metrics import _topk_stable
+    from fba.retrieval.metrics import _topk_stable
 
     rng = np.random.default_rng(3)
     dist = np.round(rng.random((300, 57)), 1).astype(np.float32)  # many ties, rows span two chunks
@@ -258,7 +258,7 @@ def test_bf16_tensor_inputs():
 
 
 def test_percent_reports_the_ranks_the_cmc_has():
-    from fba.metrics import RetrievalMetrics
+    from fba.retrieval.metrics import RetrievalMetrics
 
     metrics = RetrievalMetrics(mAP=0.5, cmc=np.array([0.6, 0.7, 0.8, 0.9, 0.95]), mINP=0.25, num_valid_queries=3,
                                num_query=4, num_gallery=9)

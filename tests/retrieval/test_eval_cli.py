@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from fba.cli import main
-from fba.engine.features_io import save_features
+from fba.retrieval.features_file import save_features
 
 
 def _features_file(tmp_path, seed=0, num_ids=10, per_id=5, dim=16):
@@ -46,7 +46,7 @@ def test_streaming_and_in_memory_agree(tmp_path, capsys, options):
 
 
 def test_safetensors_features_are_memory_mapped_and_split_without_copies(tmp_path, capsys):
-    from fba.engine.features_io import load_features
+    from fba.retrieval.features_file import load_features
 
     npz = _features_file(tmp_path)
     plain = load_features(npz)

@@ -1,12 +1,12 @@
 """k-reciprocal re-ranking (Zhong et al., CVPR 2017) in memory bounded by blocks, not by (Q+G)^2.
 
-:func:`fba.metrics.re_rank` builds the joint [Q+G, Q+G] distance matrix. Yet the method reads only three things
+:func:`fba.retrieval.metrics.re_rank` builds the joint [Q+G, Q+G] distance matrix. Yet the method reads only three things
 from it: each item's ``max(k1 + 1, k2)`` nearest items (stable order), each row's largest distance (the
 normalisation), and the distances of the few pairs inside the expanded k-reciprocal sets. So here:
 
-1. one blockwise kNN pass over all pairs (:mod:`fba.streaming.knn`) gives the neighbour lists and row maxima;
+1. one blockwise kNN pass over all pairs (:mod:`fba.retrieval.knn`) gives the neighbour lists and row maxima;
 2. the sparse neighbourhood vectors V are built from those lists, with the pair distances recomputed from the
-   features (:func:`fba.metrics.neighbourhood_vectors`, shared with the in-memory path);
+   features (:func:`fba.retrieval.metrics.neighbourhood_vectors`, shared with the in-memory path);
 3. the re-ranked distances of a chunk of queries to the whole gallery, ``(1 - lambda) * jaccard + lambda *
    original``, are computed on demand and handed to the streaming evaluation gallery block by gallery block.
 
@@ -19,18 +19,18 @@ from typing import Any
 import numpy as np
 import torch
 
-from fba.metrics import (
+from fba.retrieval.metrics import (
     _inverted_index, _jaccard_rows, block_distance, neighbourhood_vectors, pair_distance, prepare,
 )
-from fba.streaming.knn import BlockKnn, JointRows
-from fba.streaming.rows import check_metric, check_source, compute_dtype, num_rows, read_rows, source_device
+from fba.retrieval.knn import BlockKnn, JointRows
+from fba.retrieval.rows import check_metric, check_source, compute_dtype, num_rows, read_rows, source_device
 
 PAIR_CHUNK = 16384
 DEFAULT_QUERY_BLOCK = 128
 
 
 class RerankedDistances:
-    """Re-ranked query x gallery distances as blocks for :func:`fba.streaming.evaluate.evaluate_blocks`.
+    """Re-ranked query x gallery distances as blocks for :func:`fba.retrieval.streamed.evaluate_blocks`.
 
     Numbers as ``re_rank(pairwise_distance(qf, gf), pairwise_distance(qf, qf), pairwise_distance(gf, gf), k1,
     k2, lambda_value)`` with ``precision="float64"`` (the in-memory arithmetic); the block ``(q0, q1)`` rows

@@ -3,7 +3,7 @@
 Every pair is computed once: block (I, J) of rows for J >= I updates the candidates of the rows of I and, through
 its transpose, those of J. Each row keeps its ``k + margin`` smallest keys (``torch.topk``, whose choice among
 equal keys is arbitrary) and its largest key. The final order is the stable one of
-:func:`fba.metrics._topk_stable` (by key, then by index) on a per-row monotone transform of the key (re-ranking
+:func:`fba.retrieval.metrics._topk_stable` (by key, then by index) on a per-row monotone transform of the key (re-ranking
 divides by the row's largest key); the margin makes the candidates provably complete unless ties or rounding
 reach past them, and the rows where that happens are recomputed in full, exactly.
 """
@@ -17,8 +17,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fba.metrics import _topk_stable
-from fba.streaming.rows import num_rows, read_rows, take_rows
+from fba.retrieval.metrics import _topk_stable
+from fba.retrieval.rows import num_rows, read_rows, take_rows
 
 KeyBlock = Callable[[Any, Any], torch.Tensor]  # (prepared rows a, prepared rows b) -> keys [a, b]
 Prepare = Callable[[torch.Tensor], Any]

@@ -2,7 +2,7 @@
 (``-c CONFIG --checkpoint model.pt [overrides]``: the config names the data set, the checkpoint the model).
 
 The command has one mode per source of features (``fba.commands.eval`` gives the options); each mode returns a
-:class:`FeatureSet`. Whatever the source, :func:`fba.streaming.score.score_feature_set` (in memory or streamed
+:class:`FeatureSet`. Whatever the source, :func:`fba.retrieval.score.score_feature_set` (in memory or streamed
 in gallery blocks: docs/retrieval.md) scores it and :func:`format_metrics` shows the result. Scoring a features
 file imports no model, text, data-loading or kernel code.
 """
@@ -14,10 +14,10 @@ import json
 from pathlib import Path
 
 from fba.config import Config, load_config
-from fba.engine.features_io import FeatureSet, FeaturesFileError, load_features, save_feature_set
+from fba.retrieval.features_file import FeatureSet, FeaturesFileError, load_features, save_feature_set
 from fba.errors import UsageError
-from fba.metrics import RetrievalMetrics
-from fba.streaming.score import score_feature_set
+from fba.retrieval.metrics import RetrievalMetrics
+from fba.retrieval.score import score_feature_set
 
 
 def format_metrics(metrics: RetrievalMetrics) -> str:
@@ -74,7 +74,7 @@ def _run_checkpoint(args: argparse.Namespace, cfg: Config) -> FeatureSet:
     from fba.data.loaders import load_data
     from fba.engine.checkpoint import load_model
     from fba.engine.embedder import Embedder, default_device, default_dtype
-    from fba.engine.retrieval import RetrievalEval
+    from fba.retrieval.eval_set import RetrievalEval
 
     device = torch.device(args.device) if args.device else default_device()
     model, model_cfg = load_model(args.checkpoint, device, default_dtype(device))

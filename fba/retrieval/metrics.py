@@ -41,7 +41,7 @@ class RetrievalMetrics:
     metric: str | None = None
     rerank: bool = False
     aqe: int = 0  # average query expansion's k; 0: off
-    streaming: bool = False  # measured in gallery blocks (fba.streaming)
+    streaming: bool = False  # measured in gallery blocks (fba.retrieval)
 
     def __getitem__(self, name: str) -> Any:
         """Read a field by the name it has in ``fba eval --json`` (``metrics["mAP"]``); the fields are the API."""
@@ -239,7 +239,7 @@ def block_distance(
     out_dtype: torch.dtype,
 ) -> torch.Tensor:
     """Distances [n, m] between prepared query rows and prepared gallery rows, the arithmetic of
-    :func:`fba.metrics.pairwise_distance`: ``1 - cos``, or ``|q|^2 + |g|^2 - 2 q.g`` clamped then rooted, from
+    :func:`fba.retrieval.metrics.pairwise_distance`: ``1 - cos``, or ``|q|^2 + |g|^2 - 2 q.g`` clamped then rooted, from
     products on the float32 grid (:func:`on_float32_grid`)."""
     (q_rows, q_sq), (g_rows, g_sq) = q, g
     euclidean = metric != "cosine"
@@ -366,7 +366,7 @@ def _expanded_weights(pair_dist: PairDistance, rank: np.ndarray, k1: int) -> tup
     """Rows of V before query expansion: Gaussian weights over each item's expanded k-reciprocal set.
 
     ``pair_dist(rows, cols)`` gives the (squared, row-normalised) distances of those pairs: read from the joint
-    matrix in memory, or computed from the features by the bounded re-ranking (fba.streaming.rerank).
+    matrix in memory, or computed from the features by the bounded re-ranking (fba.retrieval.rerank).
     Returned padded as ``(columns, weights)`` [N, L], columns ascending; padding has column N and weight 0.
     """
     num = len(rank)

@@ -2,19 +2,19 @@
 threshold, with optional average query expansion and k-reciprocal re-ranking in either (docs/retrieval.md).
 
 Both paths give the same numbers: the streaming ranking is exact and the bounded re-ranking reproduces
-:func:`fba.metrics.re_rank`; the threshold only decides what fits in memory.
+:func:`fba.retrieval.metrics.re_rank`; the threshold only decides what fits in memory.
 """
 from __future__ import annotations
 
 from typing import Any
 
-from fba.engine.features_io import FeatureSet, FeaturesFileError
-from fba.metrics import RetrievalMetrics, evaluate, pairwise_distance, re_rank
-from fba.streaming.evaluate import DEFAULT_GALLERY_BLOCK, DEFAULT_QUERY_BLOCK, FeatureDistances, evaluate_blocks
-from fba.streaming.query_expansion import DEFAULT_ALPHA, average_query_expansion
-from fba.streaming.rerank import DEFAULT_QUERY_BLOCK as RERANK_QUERY_BLOCK
-from fba.streaming.rerank import RerankedDistances
-from fba.streaming.rows import num_rows
+from fba.retrieval.features_file import FeatureSet, FeaturesFileError
+from fba.retrieval.metrics import RetrievalMetrics, evaluate, pairwise_distance, re_rank
+from fba.retrieval.streamed import DEFAULT_GALLERY_BLOCK, DEFAULT_QUERY_BLOCK, FeatureDistances, evaluate_blocks
+from fba.retrieval.query_expansion import DEFAULT_ALPHA, average_query_expansion
+from fba.retrieval.rerank import DEFAULT_QUERY_BLOCK as RERANK_QUERY_BLOCK
+from fba.retrieval.rerank import RerankedDistances
+from fba.retrieval.rows import num_rows
 
 STREAMING_MODES = ("auto", "on", "off")
 # Above this many float32 distances (400 MB) "auto" streams: Q x G for plain evaluation, (Q + G)^2 with
@@ -39,7 +39,7 @@ def score_features(
 ) -> RetrievalMetrics:
     """The one evaluation of query features against gallery features: distances, optional k-reciprocal
     re-ranking (docs/design.md#re-ranking) and query expansion, in memory or in gallery blocks; the
-    :class:`~fba.metrics.RetrievalMetrics` say how they were computed (``metric``, ``rerank``, ``aqe``,
+    :class:`~fba.retrieval.metrics.RetrievalMetrics` say how they were computed (``metric``, ``rerank``, ``aqe``,
     ``streaming``)."""
     num_query, num_gallery = num_rows(qf), num_rows(gf)
     stream = use_streaming(num_query, num_gallery, rerank, streaming)
@@ -79,7 +79,7 @@ def score_feature_set(features: FeatureSet, metric: str = "cosine", rerank: bool
           source: str = "the feature set", **scale) -> RetrievalMetrics:
     """The metrics of a feature set's query rows against its gallery rows (``meta["feature"]`` names the feature);
     ``scale``: ``aqe``, ``aqe_alpha``, ``block``, ``streaming``, ``progress`` of
-    :func:`fba.streaming.score_features` (docs/retrieval.md)."""
+    :func:`fba.retrieval.score_features` (docs/retrieval.md)."""
     query, gallery = query_gallery(features, source)
     metrics = score_features(query.features, gallery.features, query.pids, gallery.pids, query.camids,
                              gallery.camids, metric=metric, rerank=rerank, max_rank=max_rank, **scale)

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from fba.engine.features_io import release_pages
+from fba.retrieval.features_file import release_pages
 
 METRICS = ("euclidean", "cosine")
 
@@ -70,7 +70,7 @@ def source_device(*sources: Any) -> torch.device:
 
 
 def output_dtype(*sources: Any) -> torch.dtype:
-    """float64 when every source holds float64 (as :func:`fba.metrics.pairwise_distance`), else float32."""
+    """float64 when every source holds float64 (as :func:`fba.retrieval.metrics.pairwise_distance`), else float32."""
     def is_double(source: Any) -> bool:
         dtype = getattr(source, "dtype", None)  # rows made on demand need not say
         if torch.is_tensor(source):

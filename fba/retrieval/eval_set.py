@@ -1,5 +1,5 @@
 """The retrieval layer: a data set's query and gallery embedded into a :class:`FeatureSet`, and a feature set
-scored into :class:`~fba.metrics.RetrievalMetrics` (docs/design.md#evaluation-protocol).
+scored into :class:`~fba.retrieval.metrics.RetrievalMetrics` (docs/design.md#evaluation-protocol).
 
 One path for every evaluation: the trainer's periodic one, ``fba eval --checkpoint``, ``fba eval --features``
 (a saved :class:`FeatureSet` scored by :func:`score`), the demo and the ablation. The feature follows
@@ -18,10 +18,10 @@ from fba.data.captions import CaptionStore
 from fba.data.datasets import ReIDDataset
 from fba.data.loaders import Loaders
 from fba.engine.embedder import Embedder
-from fba.engine.features_io import FeatureSet
+from fba.retrieval.features_file import FeatureSet
 from fba.engine.text_bank import TextBank
-from fba.metrics import RetrievalMetrics
-from fba.streaming.score import score_feature_set as score
+from fba.retrieval.metrics import RetrievalMetrics
+from fba.retrieval.score import score_feature_set as score
 
 SPLITS = ("query", "gallery")
 

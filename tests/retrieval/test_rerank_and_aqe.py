@@ -1,4 +1,4 @@
-"""Bounded k-reciprocal re-ranking against fba.metrics.re_rank (and so against the loop reference of
+"""Bounded k-reciprocal re-ranking against fba.retrieval.metrics.re_rank (and so against the loop reference of
 tests/test_metrics.py), average query expansion against fast-reid's ``aqe``, and the scoring entry point's two
 paths against each other."""
 from __future__ import annotations
@@ -8,9 +8,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from fba.metrics import evaluate, pairwise_distance, re_rank
-from fba.streaming import RerankedDistances, average_query_expansion, evaluate_blocks, score_features
-from fba.streaming.score import use_streaming
+from fba.retrieval.metrics import evaluate, pairwise_distance, re_rank
+from fba.retrieval import RerankedDistances, average_query_expansion, evaluate_blocks, score_features
+from fba.retrieval.score import use_streaming
 
 
 def _split(seed, num_query, num_gallery, dim=8, rounded=False, integers=False):
