@@ -15,7 +15,7 @@ Variants, side by side in one run (``--variants`` picks some):
   Adam stepping the weights itself);
 - ``+deepspeed-zero2``: the same engine with ZeRO 2 (what several GPUs run), here on one;
 - ``+deepspeed-lowp``: ``train.engine_mode=lowp_weights``: bf16 weights, DeepSpeed's fp32 master copy in ZeRO 2
-  (the trainer's engine before issue 14).
+  (the trainer's former engine).
 
 The eager variants keep fp32 weights, run the forward under bf16 autocast and step a (fused on CUDA) Adam. The
 DeepSpeed variants are what ``fba train`` runs: the trainer's own engine (:func:`fba.engine.trainer.build_engine`

@@ -14,7 +14,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from fba.config import LossConfig, ModelConfig
-from fba.engine.distributed import gather_no_grad, gather_with_local_grad, world
+from fba.distributed import gather_no_grad, gather_with_local_grad, world
 
 __all__ = ["FBALoss", "diversity_loss", "id_loss", "pairwise_euclidean", "triplet_loss"]
 

@@ -22,7 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from fba.errors import InputError
-from fba.retrieval.metrics import JUNK_PID
+
+JUNK_PID = -1  # Market-1501's junk images: dropped by the evaluation protocol (0 marks distractors, kept)
 
 Item = tuple[str, int, int]
 SPLITS = ("train", "query", "gallery")

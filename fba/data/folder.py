@@ -20,8 +20,9 @@ import json
 import os
 from pathlib import Path
 
-from fba.data.datasets import _INTEGER, SPLITS, DatasetError, Item, ReIDDataset, _assemble, _image_files, register
-from fba.retrieval.metrics import JUNK_PID
+from fba.data.datasets import (
+    _INTEGER, JUNK_PID, SPLITS, DatasetError, Item, ReIDDataset, _assemble, _image_files, register,
+)
 
 LIST_COLUMNS = ("path", "pid", "split")
 NO_CAMERA_NOTE = "no cameras given: every image is its own camera (a query loses only itself from its gallery)"

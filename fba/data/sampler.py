@@ -19,9 +19,9 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator, Sequence
 
-import torch.distributed as dist
 from torch.utils.data import Sampler
 
+from fba.distributed import micro_batch_size, world
 from fba.errors import InputError
 
 
@@ -30,11 +30,9 @@ class PKBatchError(InputError):
 
 
 def _distributed_default(rank: int | None, world_size: int | None) -> tuple[int, int]:
-    initialised = dist.is_available() and dist.is_initialized()
-    if rank is None:
-        rank = dist.get_rank() if initialised else 0
-    if world_size is None:
-        world_size = dist.get_world_size() if initialised else 1
+    group_rank, group_size = world()
+    rank = group_rank if rank is None else rank
+    world_size = group_size if world_size is None else world_size
     if world_size < 1 or not 0 <= rank < world_size:
         raise ValueError(f"PKSampler: need 0 <= rank < world_size, got rank={rank}, world_size={world_size}")
     return rank, world_size
@@ -53,8 +51,6 @@ class PKSampler(Sampler[int]):
         world_size: int | None = None,
         accum_steps: int = 1,
     ):
-        from fba.engine.distributed import micro_batch_size
-
         self.rank, self.world_size = _distributed_default(rank, world_size)
         if accum_steps < 1:
             raise PKBatchError(f"PKSampler: accum_steps must be >= 1, got {accum_steps}")

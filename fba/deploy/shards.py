@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 from collections.abc import Callable
 from datetime import timedelta
@@ -24,30 +23,11 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from fba.distributed import launch_rank as rank
+from fba.distributed import launch_world_size as world_size
 from fba.retrieval.features_file import FeaturesFileError, load_features, save_features
 
 BARRIER_TIMEOUT = timedelta(hours=24)  # rank 0 waits at the barrier while the slowest rank embeds its slice
-
-
-def world_size() -> int:
-    return int(os.environ.get("WORLD_SIZE", "1"))
-
-
-def rank() -> int:
-    return int(os.environ.get("RANK", "0"))
-
-
-def is_main_rank() -> bool:
-    return rank() == 0
-
-
-def rank_device(device: str | None) -> torch.device:
-    """``device`` as given, else cuda:LOCAL_RANK when CUDA is there (one GPU per rank), else the CPU."""
-    if device:
-        return torch.device(device)
-    if torch.cuda.is_available():
-        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
-    return torch.device("cpu")
 
 
 def file_identity(path: Path) -> list:

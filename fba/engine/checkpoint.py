@@ -27,6 +27,7 @@ from torch import nn
 
 from fba.atomic import atomic_path, atomic_write_bytes, disk_write_error, fsync_path
 from fba.config import Config, ConfigError, config_from_dict
+from fba.distributed import world
 from fba.errors import InputError
 from fba.model import build_model
 from fba.safe_load import safe_torch_load
@@ -101,7 +102,7 @@ def latest_tag(checkpoint_dir: str | Path) -> str | None:
 def save_checkpoint(engine, checkpoint_dir: str | Path, tag: str, client_state: dict, keep: int = 2) -> Path:
     """Write a resumable checkpoint of ``engine`` (all ranks must call this) and point ``latest`` at it."""
     checkpoint_dir = Path(checkpoint_dir)
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = world()[0]
     tmp_tag = f".tmp-{tag}"
     tmp_dir, final_dir = checkpoint_dir / tmp_tag, checkpoint_dir / tag
     if rank == 0:
@@ -188,7 +189,7 @@ def load_checkpoint(engine, checkpoint_dir: str | Path, tag: str | None = None) 
         ) from None
     if path is None:
         raise RuntimeError(f"DeepSpeed could not load checkpoint {Path(checkpoint_dir) / tag}")
-    rank = dist.get_rank() if dist.is_initialized() else 0
+    rank = world()[0]
     rng_file = Path(checkpoint_dir) / tag / f"rng_rank{rank}.pt"
     if rng_file.is_file():
         set_rng_state(safe_torch_load(rng_file, "RNG state", numpy_arrays=True))
@@ -241,7 +242,7 @@ def export_model(
     """
     state = module_state_dict(module, zero_stage)
     path = Path(path)
-    if not dist.is_initialized() or dist.get_rank() == 0:
+    if world()[0] == 0:
         payload = {
             "format": MODEL_FORMAT,
             "state_dict": state,

@@ -18,6 +18,7 @@ import torch
 
 from fba.config import Config
 from fba.data.captions import CaptionError, CaptionStore
+from fba.distributed import is_main_rank, launch_world_size, rank_device
 from fba.data.loaders import Loaders
 from fba.deploy import shards
 from fba.engine.checkpoint import load_model
@@ -111,8 +112,8 @@ def run(args: argparse.Namespace) -> int:
         root = args.root or args.list.parent
         paths = read_image_list(args.list, root)
     keys = relative_keys(paths, root)
-    device = shards.rank_device(args.device)
-    progress = shards.is_main_rank()
+    device = rank_device(args.device)
+    progress = is_main_rank()
     if args.backend == "pytorch":
         model, cfg = load_model(args.model, device, default_dtype(device))
         embedder = build_embedder(model, device, cfg.embed)  # CUDA: bucketed CUDA graphs (docs/performance.md)
@@ -145,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         save_features(args.out, features, keys, meta=meta)
         print(f"wrote {len(keys)} x {features.shape[1]} features ({feature}) to {args.out}")
 
-    if shards.world_size() > 1:
+    if launch_world_size() > 1:
         shards.embed_sharded(args.out, keys, shards.shard_job(meta, args.model), compute, write)
     else:
         write(compute(range(len(keys))))

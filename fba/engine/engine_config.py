@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from fba.config import Config, ConfigError
-from fba.engine.distributed import micro_batch_size
+from fba.distributed import micro_batch_size
 
 __all__ = ["ENGINE_MODES", "EnginePlan", "build_optimizer", "deepspeed_config", "initialize_engine", "plan_engine"]
 

@@ -58,7 +58,9 @@ from fba.data.datasets import ReIDDataset
 from fba.data.loaders import Loaders, load_data
 from fba.data.sampler import PKBatchError
 from fba.engine.checkpoint import export_model, load_checkpoint, resume_tag, save_checkpoint
-from fba.engine.distributed import elastic_restart, init_process_group, micro_batch_size
+from fba.distributed import (
+    elastic_restart, init_process_group, is_main_rank, launch_world_size, micro_batch_size,
+)
 from fba.engine.embedder import Embedder
 from fba.engine.engine_config import EnginePlan, build_optimizer, initialize_engine, plan_engine
 from fba.engine.guard import DivergenceGuard, TrainingDiverged
@@ -137,7 +139,7 @@ def resolve_precision(precision: str, device: torch.device) -> str:
             raise ConfigError("train.precision=fp16 is not supported on the CPU; use bf16 (or fp32)")
         if precision == "auto":
             precision, why = auto_cpu_precision()
-            if os.environ.get("RANK", "0") == "0":
+            if is_main_rank():
                 print(f"train.precision=auto: {precision} on this CPU ({why})")
         return precision
     if precision == "auto":
@@ -253,7 +255,7 @@ class Trainer:
 
     @releases_run_lock_on_error
     def __init__(self, cfg: Config, resume: bool = False, overwrite: bool = False):
-        check_trainable(cfg, int(os.environ.get("WORLD_SIZE", "1")))
+        check_trainable(cfg, launch_world_size())
         self.cfg = cfg
         self.env = env = setup_distributed()
         self.precision = resolve_precision(cfg.train.precision, env.device)

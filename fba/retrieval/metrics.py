@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from fba.data.datasets import JUNK_PID
+
 _BACKENDS = ("auto", "numpy", "cpp")
 PairDistance = Callable[[np.ndarray, np.ndarray], np.ndarray]
-JUNK_PID = -1
 _ROWS_PER_CHUNK = 256
 DISTANCES = ("cosine", "euclidean")
 

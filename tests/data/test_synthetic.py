@@ -63,7 +63,7 @@ def test_same_seed_gives_identical_files_whatever_the_workers(tiny: Path, tmp_pa
 
 
 def test_noise_free_output_is_the_bytes_of_the_single_module_generator(tiny_occluded: Path) -> None:
-    """Splitting the generator into a package (issue 13/18) changed no byte: the sha256 of every file of the
+    """Splitting the generator into a package changed no byte: the sha256 of every file of the
     tiny occluded set, seed 0, recorded from the one-file generator before the split. A new Pillow whose JPEG
     encoder writes other bytes also fails here; then check the images by eye and record the hashes again."""
     golden = json.loads((Path(__file__).parent / "golden" / "synth_occluded_seed0.sha256.json").read_text())

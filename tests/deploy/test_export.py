@@ -17,7 +17,7 @@ BACKEND = {"onnx": "onnxruntime", "aoti": "aoti"}
 
 
 def assert_exact(got: np.ndarray, want: torch.Tensor, what: str) -> None:
-    """The issue's bar: fp32 max abs <= 1e-4 and cosine >= 0.99999 on every row."""
+    """The bar: fp32 max abs <= 1e-4 and cosine >= 0.99999 on every row."""
     want = want.numpy()
     assert got.shape == want.shape and got.dtype == np.float32
     max_abs = float(np.abs(got - want).max())

@@ -8,7 +8,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from fba.config import ConfigError
-from fba.engine.distributed import elastic_restart, gather_with_local_grad, micro_batch_size
+from fba.distributed import elastic_restart, gather_with_local_grad, micro_batch_size
 from fba.losses import triplet_loss
 from fba.model.heads import BNNeckHead, SyncBatchNorm1d, sync_batchnorm
 

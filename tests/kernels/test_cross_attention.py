@@ -297,7 +297,7 @@ def test_the_top_level_kernels_name_is_fba_kernels_itself():
     """With the checkout's root on sys.path this folder is importable as ``kernels`` too (transformers imports that
     name to probe for Hugging Face's package): it must give fba.kernels itself, not a 2nd copy whose custom ops
     replace the first ones and leave fba.kernels calling a dropped dispatcher entry. A subprocess: the bug would
-    break every later op call of this session."""
+    break every later op call of this test process."""
     code = """
 import importlib, sys, torch
 import fba.kernels as fk

@@ -1,5 +1,8 @@
-"""Data-parallel arithmetic and collectives that keep the paper's recipe at any world size (docs/distributed.md).
+"""Rank, world size, device and collectives: the one low-level module every layer asks (docs/distributed.md).
 
+- :func:`launch_rank`, :func:`launch_world_size`, :func:`is_main_rank`, :func:`rank_device`: what the launcher
+  (torchrun, ``deepspeed``) says this process is, read before (or without) a process group;
+- :func:`world`: rank and world size of the initialised process group;
 - :func:`micro_batch_size`: ``data.batch_size`` (P x K) is the global batch of one optimiser step; a rank's
   micro-batch holds P / (W x A) identities x K images.
 - :func:`gather_with_local_grad`: the features of every rank, concatenated in rank order, for losses that
@@ -17,8 +20,31 @@ import torch.distributed as dist
 
 from fba.config import ConfigError
 
-__all__ = ["elastic_restart", "gather_with_local_grad", "gather_no_grad", "init_process_group", "micro_batch_size",
-           "world"]
+__all__ = ["elastic_restart", "gather_with_local_grad", "gather_no_grad", "init_process_group", "is_main_rank",
+           "launch_rank", "launch_world_size", "micro_batch_size", "rank_device", "world"]
+
+
+def launch_rank() -> int:
+    """This process's global rank as the launcher set it (``RANK``; 0 when not launched by one)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def launch_world_size() -> int:
+    """The number of processes the launcher started (``WORLD_SIZE``; 1 when not launched by one)."""
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def is_main_rank() -> bool:
+    return launch_rank() == 0
+
+
+def rank_device(device: str | None) -> torch.device:
+    """``device`` as given, else cuda:LOCAL_RANK when CUDA is there (one GPU per rank), else the CPU."""
+    if device:
+        return torch.device(device)
+    if torch.cuda.is_available():
+        return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
+    return torch.device("cpu")
 
 
 def world() -> tuple[int, int]:
