@@ -21,8 +21,10 @@ METRICS_FILE = "metrics.jsonl"
 
 
 class RunLogger:
-    def __init__(self, output_dir: str | Path, rank: int = 0, resume_step: int | None = None, tensorboard: bool = True):
+    def __init__(self, output_dir: str | Path, rank: int = 0, resume_step: int | None = None, tensorboard: bool = True,
+                 log_every: int = 1):
         self.output_dir = Path(output_dir)
+        self.log_every = log_every
         self.enabled = rank == 0
         self.metrics_path = self.output_dir / METRICS_FILE
         self._file = None
@@ -50,6 +52,11 @@ class RunLogger:
         kept = [line for number, line in enumerate(lines, 1) if line.strip()
                 and parse_object(line, f"{self.metrics_path}, line {number}").get("step", 0) <= resume_step]
         atomic_write_bytes(self.metrics_path, "".join(f"{line}\n" for line in kept).encode())
+
+    def should_log(self, step: int, last: bool) -> bool:
+        """Whether the training record of optimiser step ``step`` is written: every ``log_every`` steps and at the
+        epoch's last one. Every rank asks (the losses are averaged over ranks when one is written)."""
+        return step % self.log_every == 0 or last
 
     def log(self, step: int, epoch: int, values: dict[str, float]) -> None:
         """One record ``{"step", "epoch", **values}`` to metrics.jsonl and each value to TensorBoard."""

@@ -55,6 +55,11 @@ class StopRequest:
         print(f"\n{signal.Signals(signum).name}: finishing the current step, then writing a checkpoint "
               "(send it again to stop at once)", flush=True)
 
+    def stops_here(self, world_size: int, last: bool, sync_now: bool) -> bool:
+        """Whether the run stops after this optimiser step: a signal all ranks agree on, except at the epoch's
+        last step, whose signal the epoch end handles after its checkpoint."""
+        return not last and self.agreed(world_size, sync_now) is not None
+
     def agreed(self, world_size: int, sync_now: bool) -> int | None:
         """The signal to stop on, the same on every rank: with several ranks only when ``sync_now``."""
         if world_size == 1:

@@ -57,6 +57,7 @@ from fba.compile_modes import compile_kwargs, resolve_compile_mode
 from fba.data.datasets import ReIDDataset
 from fba.data.loaders import Loaders, load_data
 from fba.data.sampler import PKBatchError
+from fba.engine.cadence import EvaluationCadence, StepCheckpoints
 from fba.engine.checkpoint import export_model, load_checkpoint, resume_tag, save_checkpoint
 from fba.distributed import (
     elastic_restart, init_process_group, is_main_rank, launch_world_size, micro_batch_size,
@@ -304,7 +305,9 @@ class Trainer:
                 self._clear_earlier_run()
         if env.rank == 0:  # after a resume was checked, so a refused one leaves the run's config.yaml alone
             (self.output_dir / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        self.logger = RunLogger(self.output_dir, env.rank, resume_step=self.step if resumed else None)
+        self.logger = RunLogger(self.output_dir, env.rank, resume_step=self.step if resumed else None,
+                                log_every=cfg.train.log_every)
+        self.evaluation = EvaluationCadence(cfg.train.eval_every)
         self.guard = DivergenceGuard(cfg.train.divergence_factor, cfg.train.max_skipped_steps,
                                      skipped_so_far=self.engine.skipped_steps, early_loss=self.early_loss)
 
@@ -375,6 +378,8 @@ class Trainer:
         self.loader.set_epoch(epoch, done)
         engine.train()
         self.logger.start_epoch(epoch, cfg.solver.epochs, steps - done)
+        checkpoints = StepCheckpoints(lambda epoch_step: self._save(epoch, epoch_step=epoch_step),
+                                      cfg.train.checkpoint_every)
         names: list[str] | None = None
         sums: torch.Tensor | None = None
         count = 0
@@ -391,10 +396,9 @@ class Trainer:
             self.step += 1
             self.guard.after_step(engine.skipped_steps, epoch, self.step)
             last = micro == micro_batches - 1
-            logging_now = self.step % cfg.train.log_every == 0 or last
+            logging_now = self.logger.should_log(self.step, last)
             if logging_now:
-                elapsed = time.perf_counter() - tick
-                record = self._log_record(names, sums, count, lr, elapsed)
+                record = self._log_record(names, sums, count, lr, time.perf_counter() - tick)
                 self.guard.check_loss(record["loss/total"], epoch, self.step)
                 self.logger.log(self.step, epoch, record)
                 self.logger.advance(record["loss/total"], record["images_per_s"])
@@ -402,13 +406,10 @@ class Trainer:
             else:
                 self.logger.advance()
             epoch_step = (micro + 1) // accum  # at an accumulation boundary here
-            every = cfg.train.checkpoint_every
-            path = None
-            if every and self.step % every == 0 and not last:
-                path = self._save(epoch, epoch_step=epoch_step)
-            if not last and self.stop.agreed(self.env.world_size, sync_now=logging_now or path is not None) is not None:
+            path = checkpoints.maybe_save(self.step, epoch_step, last)
+            if self.stop.stops_here(self.env.world_size, last, sync_now=logging_now or path is not None):
                 self.logger.end_epoch()
-                self._stop_on_signal(epoch, path or self._save(epoch, epoch_step=epoch_step))
+                self._stop_on_signal(epoch, path or checkpoints.save(epoch_step))
         self.logger.end_epoch()
         return None
 
@@ -468,7 +469,7 @@ class Trainer:
             if final:  # checkpoint and model.pt first: a failing final evaluation loses neither
                 self._save(epoch, final_eval_pending=True)
                 exported = bool(self._export(model_path))
-            if (epoch + 1) % cfg.train.eval_every == 0 or final:
+            if self.evaluation.due(epoch, final):
                 self._evaluate_and_keep_best(epoch, best_path)
             signalled = not final and self.stop.agreed(self.env.world_size, sync_now=True) is not None
             if not final:  # a checkpoint at every epoch end (the final one is written before its evaluation)
