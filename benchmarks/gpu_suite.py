@@ -163,6 +163,8 @@ def run_suite(rehearse: bool, out: Path, deadline_s: float, only: list[str] | No
             row.update(status=status, rc=rc, seconds=round(time.monotonic() - began, 1), log_tail=tail)
         rows.append(row)
         print(f"[gpu_suite] {step.name}: {row['status']} ({row['seconds']} s)", flush=True)
+        if row.get("rc"):  # the reason travels with the suite's own output (CI shows nothing else)
+            print("\n".join(f"    | {line}" for line in row["log_tail"].splitlines()[-25:]), flush=True)
         write_results(key, rows, kind=kind, directory=out,
                       config={"rehearse": rehearse, "deadline_s": deadline_s, "python": sys.executable,
                               "steps": [asdict(s) for s in plan(rehearse, out)]})
