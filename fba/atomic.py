@@ -4,17 +4,21 @@ Checkpoints, exported models, features files, caption files, the text cache and 
 written the same way: into a temporary file beside the target, fsynced, then renamed over it. A run killed at
 any moment leaves the old file or the new one, never half of one, and a reader never sees a partial file.
 A write that fails (a full disk, a quota, an I/O error) removes its temporary and raises :class:`DiskWriteError`,
-whose one-line message names the file and the free space left (docs/reliability.md, "Atomic writes").
+whose one-line message names the file and the free space left (docs/reliability.md, "Atomic writes"). The
+temporaries a killed writer left are swept by the next write of the same file.
 """
 from __future__ import annotations
 
 import contextlib
 import errno
+import glob
 import os
 import secrets
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+
+from fba.errors import InputError
 
 
 def fsync_path(path: Path) -> None:
@@ -64,12 +68,52 @@ def disk_write_error(path: Path, err: BaseException) -> DiskWriteError | None:
                           f"cannot write {path}: {reason}; {free_space(path.parent)} free there")
 
 
+class OutputPathError(InputError):
+    """An output path that cannot be written: checked before the work that would fill it starts."""
+
+
+def check_output_path(path: str | os.PathLike, option: str, folder: bool = False) -> Path:
+    """Refuse ``path`` (given as ``option``) now, before hours of work end in a failed write: a file where a
+    folder must go or the reverse, a file among its parents, or a first existing parent that cannot be written."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise OutputPathError(f"{option} {path}: is a {'file' if folder else 'folder'}; give a "
+                              f"{'folder' if folder else 'file'} path")
+    parent = path if folder and path.is_dir() else path.parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir():
+        raise OutputPathError(f"{option} {path}: {parent} is a file, so nothing can be written under it")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise OutputPathError(f"{option} {path}: {parent} is not writable")
+    return path
+
+
+def sweep_stale_temporaries(path: Path) -> None:
+    """Remove the temporaries a killed writer of ``path`` left beside it (their pid no longer runs)."""
+    for tmp in path.parent.glob(f".{glob.escape(path.name)}.*-*.tmp"):
+        pid = tmp.name[len(path.name) + 2:].rsplit("-", 1)[0]
+        if pid.isdigit() and not _running(int(pid)):
+            tmp.unlink(missing_ok=True)
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError):
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write to; on success it replaces ``path`` durably, on any
     error it is removed. The name starts with a dot and ends in ``.tmp``, so globs for the real files skip it."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temporaries(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}-{secrets.token_hex(4)}.tmp")
     try:
         yield tmp

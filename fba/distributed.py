@@ -2,6 +2,7 @@
 
 - :func:`launch_rank`, :func:`launch_world_size`, :func:`is_main_rank`, :func:`rank_device`: what the launcher
   (torchrun, ``deepspeed``) says this process is, read before (or without) a process group;
+  :func:`usable_device`: a ``--device`` checked against this machine;
 - :func:`world`: rank and world size of the initialised process group;
 - :func:`micro_batch_size`: ``data.batch_size`` (P x K) is the global batch of one optimiser step; a rank's
   micro-batch holds P / (W x A) identities x K images.
@@ -19,9 +20,10 @@ import torch
 import torch.distributed as dist
 
 from fba.config import ConfigError
+from fba.errors import UsageError
 
 __all__ = ["elastic_restart", "gather_with_local_grad", "gather_no_grad", "init_process_group", "is_main_rank",
-           "launch_rank", "launch_world_size", "micro_batch_size", "rank_device", "world"]
+           "launch_rank", "launch_world_size", "micro_batch_size", "rank_device", "usable_device", "world"]
 
 
 def launch_rank() -> int:
@@ -38,13 +40,31 @@ def is_main_rank() -> bool:
     return launch_rank() == 0
 
 
-def rank_device(device: str | None) -> torch.device:
-    """``device`` as given, else cuda:LOCAL_RANK when CUDA is there (one GPU per rank), else the CPU."""
+def rank_device(device: str | None, option: str = "--device") -> torch.device:
+    """``device`` as given (checked: it must exist on this machine), else cuda:LOCAL_RANK when CUDA is there (one
+    GPU per rank), else the CPU."""
     if device:
-        return torch.device(device)
+        return usable_device(device, option)
     if torch.cuda.is_available():
         return torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")) % torch.cuda.device_count())
     return torch.device("cpu")
+
+
+def usable_device(device: str, option: str = "--device") -> torch.device:
+    """``device`` parsed and checked against this machine, so a missing GPU is one line before any work, not a
+    driver traceback after it."""
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise UsageError(f"{option} {device!r}: not a device (cpu, cuda, cuda:1, ...)") from None
+    if parsed.type == "cuda":
+        if not torch.cuda.is_available():
+            raise UsageError(f"{option} {device}: this machine has no usable CUDA device; use --device cpu")
+        if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+            raise UsageError(f"{option} {device}: this machine has {torch.cuda.device_count()} CUDA devices")
+    elif parsed.type != "cpu":
+        raise UsageError(f"{option} {device}: only cpu and cuda devices are supported")
+    return parsed
 
 
 def world() -> tuple[int, int]:

@@ -34,7 +34,10 @@ def cli_error(capsys):
 
     def run(argv: list[str], pattern: str) -> str:
         capsys.readouterr()
-        code = main([str(a) for a in argv])
+        try:
+            code = main([str(a) for a in argv])
+        except SystemExit as exit_:  # argparse's own errors
+            code = exit_.code
         err = capsys.readouterr().err
         line = err.replace("\r", "\n").strip().splitlines()[-1]  # a progress bar may precede it
         assert code == 2, err

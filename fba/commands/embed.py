@@ -5,6 +5,7 @@ import argparse
 import typing
 from pathlib import Path
 
+from fba.commands.arguments import at_least
 from fba.config import Loader
 
 HELP = "embed a folder or list of images into a features file"
@@ -24,8 +25,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--captions", type=Path, help="captions.jsonl keyed by path relative to the images root")
     parser.add_argument("--image-only", action="store_true", help="image-only feature (post-BN CLS), no captions")
     parser.add_argument("--out", required=True, type=Path, help="features file to write: .safetensors or .npz")
-    parser.add_argument("--batch-size", type=int, default=256)
-    parser.add_argument("--num-workers", type=int, default=2)
+    parser.add_argument("--batch-size", type=at_least(1), default=256)
+    parser.add_argument("--num-workers", type=at_least(0), default=2)
     parser.add_argument("--loader", choices=typing.get_args(Loader), default=None,
                         help="image decoding: dali, torch or auto (DALI on a GPU); default: the model's data.loader")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available; under "

@@ -7,8 +7,11 @@ Two ways, both under ``data.root`` (docs/retrieval.md, "Data sets without code")
   optional ``camid`` (integer from 0). CSV needs a header row naming the columns.
 - folders, ``<root>/<split>/<pid>/<image>`` or ``<root>/<split>/<pid>/<camid>/<image>``.
 
-Cameras are all given or none. Without them every image is its own camera: a query then loses only itself
-from its gallery (not the other images of its camera, as Market-1501's protocol would), and ``summary()`` says so.
+A listing is UTF-8, with or without the byte-order mark a spreadsheet writes; any other encoding or a NUL byte
+is refused naming the line and byte. An image listed in both query and gallery is refused (a query would find
+itself) unless ``data.options.query_in_gallery=true`` allows it, and the summary says so. Cameras are all given
+or none. Without them every image is its own camera: a query then loses only itself from its gallery (not the
+other images of its camera, as Market-1501's protocol would), and ``summary()`` says so.
 Errors name the file and line (or folder), as the built-in readers' do.
 """
 from __future__ import annotations
@@ -25,6 +28,8 @@ from fba.data.datasets import (
 )
 
 LIST_COLUMNS = ("path", "pid", "split")
+INT64_MAX = 2**63 - 1  # ids and cameras are stored as int64
+QUERY_IN_GALLERY_NOTE = "query_in_gallery: an image may be both a query and in its gallery"
 NO_CAMERA_NOTE = "no cameras given: every image is its own camera (a query loses only itself from its gallery)"
 
 
@@ -37,13 +42,34 @@ def _integer(value, where: str, name: str, minimum: int) -> int:
     number = int(text)
     if number < minimum:
         raise DatasetError(f"{where}: {name} must be >= {minimum}, got {number}")
+    if number > INT64_MAX:
+        raise DatasetError(f"{where}: {name} must be < 2^63, got {number}")
     return number
+
+
+def _listing_text(list_file: Path) -> str:
+    """The listing decoded as UTF-8 (a leading byte-order mark dropped); a NUL byte or invalid UTF-8 is refused
+    with its line and its byte within the line."""
+    data = list_file.read_bytes().removeprefix(b"\xef\xbb\xbf")
+
+    def where(offset: int) -> str:
+        line_start = data.rfind(b"\n", 0, offset) + 1
+        line = data.count(b"\n", 0, offset) + 1
+        return f"{list_file}, line {line} (byte {offset - line_start + 1} of the line"
+
+    nul = data.find(b"\0")
+    if nul >= 0:
+        raise DatasetError(f"{where(nul)} is a NUL byte): a listing is UTF-8 text")
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise DatasetError(f"{where(err.start)} is {data[err.start]:#04x}): not UTF-8; save the listing as UTF-8") from None
 
 
 def _records(list_file: Path):
     """``(where, record dict)`` per non-empty line of a CSV (with header) or JSON Lines listing."""
     suffix = list_file.suffix.lower()
-    text = list_file.read_text(encoding="utf-8")
+    text = _listing_text(list_file)
     if suffix in (".jsonl", ".json"):
         for line_no, line in enumerate(text.splitlines(), start=1):
             if line.strip():
@@ -68,7 +94,8 @@ def _records(list_file: Path):
         raise DatasetError(f"{list_file}: a listing is .csv (with a header) or .jsonl, got {suffix or 'no suffix'!r}")
 
 
-def _read_listing(root: Path, list_file: Path) -> tuple[dict[str, list[tuple[str, int, int | None]]], Path]:
+def _read_listing(root: Path, list_file: Path, query_in_gallery: bool = False
+                  ) -> tuple[dict[str, list[tuple[str, int, int | None]]], Path]:
     if not list_file.is_file():
         raise DatasetError(f"missing list file {list_file}")
     splits: dict[str, list[tuple[str, int, int | None]]] = {split: [] for split in SPLITS}
@@ -100,6 +127,11 @@ def _read_listing(root: Path, list_file: Path) -> tuple[dict[str, list[tuple[str
         if key in first_line:
             raise DatasetError(f"{where}: image {record['path']!r} is listed twice in {split} (first: {first_line[key]})")
         first_line[key] = where
+        other = {"query": "gallery", "gallery": "query"}.get(split)
+        if other and not query_in_gallery and (other, str(path)) in first_line:
+            raise DatasetError(f"{where}: image {record['path']!r} is in {split} and in {other} "
+                               f"({first_line[(other, str(path))]}): a query would find itself "
+                               "(data.options.query_in_gallery=true allows it)")
         splits[split].append((str(path), pid, camid))
     return splits, list_file
 
@@ -142,15 +174,19 @@ def _own_cameras(splits: dict[str, list[tuple[str, int, int | None]]]) -> tuple[
 
 
 @register("folder")
-def read_folder(root: Path, list: str | None = None) -> ReIDDataset:  # noqa: A002 (the option's name)
+def read_folder(root: Path, list: str | None = None,  # noqa: A002 (the option's name)
+                query_in_gallery: bool = False) -> ReIDDataset:
     """A listing (``list=FILE``, relative to the root or absolute) or the folder layout; see the module doc."""
+    if not isinstance(query_in_gallery, bool):
+        raise DatasetError(f"data.options.query_in_gallery must be true or false, got {query_in_gallery!r}")
     if list is not None:
-        raw, source = _read_listing(root, (root / os.path.expanduser(list)).resolve())
+        raw, source = _read_listing(root, (root / os.path.expanduser(list)).resolve(), query_in_gallery)
         sources = {split: source for split in SPLITS}
     else:
         raw = _read_folders(root)
         sources = {split: root / split for split in SPLITS}
     items, cameras_given = _own_cameras(raw)
     dataset = _assemble("folder", root, {split: (items[split], sources[split]) for split in SPLITS})
-    return dataset if cameras_given else dataclasses.replace(dataset, notes=(NO_CAMERA_NOTE,))
+    notes = (() if cameras_given else (NO_CAMERA_NOTE,)) + ((QUERY_IN_GALLERY_NOTE,) if query_in_gallery else ())
+    return dataclasses.replace(dataset, notes=notes) if notes else dataset
 

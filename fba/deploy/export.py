@@ -24,10 +24,11 @@ import torch
 from torch import nn
 
 import fba
-from fba.atomic import atomic_path
+from fba.atomic import atomic_path, check_output_path
 from fba.data.transforms import CLIP_MEAN, CLIP_STD
 from fba.deploy.graph import INPUT_DTYPES, ExportedEmbedder, reference_attention
-from fba.errors import InputError
+from fba.distributed import usable_device
+from fba.errors import InputError, UsageError
 
 EXPORT_FORMAT = "fba-export/1"
 FORMATS = {"onnx": "model.onnx", "aoti": "model.pt2"}
@@ -230,7 +231,10 @@ def run(args: argparse.Namespace) -> int:
             print(f"{key:18} {json.dumps(value)}")
         return 0
     if args.checkpoint is None or args.out is None:
-        raise SystemExit("fba export: give --checkpoint model.pt and --out DIR (or --inspect FILE)")
+        raise UsageError("give --checkpoint model.pt and --out DIR (or --inspect FILE)")
+    check_output_path(args.out, "--out", folder=True)
+    if args.format == "aoti":
+        usable_device(args.device)
     start = time.perf_counter()
     path = export_model_file(args.checkpoint, args.out, args.format, args.feature, args.input_dtype, args.device)
     meta = read_metadata(path)

@@ -18,6 +18,7 @@ import torch
 
 from fba.config import Config
 from fba.data.captions import CaptionError, CaptionStore
+from fba.atomic import check_output_path
 from fba.distributed import is_main_rank, launch_world_size, rank_device
 from fba.data.loaders import Loaders
 from fba.deploy import shards
@@ -105,6 +106,7 @@ def _captions(args: argparse.Namespace, keys: list[str], root: Path) -> tuple[li
 def run(args: argparse.Namespace) -> int:
     if args.out.suffix.lower() not in SUFFIXES:
         raise UsageError(f"--out {args.out} must end in {' or '.join(SUFFIXES)}")
+    check_output_path(args.out, "--out")
     if args.images is not None:
         root = args.root or args.images
         paths = list_image_folder(args.images)

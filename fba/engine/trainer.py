@@ -42,7 +42,6 @@ import signal
 import socket
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -309,7 +308,8 @@ class Trainer:
                                 log_every=cfg.train.log_every)
         self.evaluation = EvaluationCadence(cfg.train.eval_every)
         self.guard = DivergenceGuard(cfg.train.divergence_factor, cfg.train.max_skipped_steps,
-                                     skipped_so_far=self.engine.skipped_steps, early_loss=self.early_loss)
+                                     skipped_so_far=self.engine.skipped_steps, early_loss=self.early_loss,
+                                     has_checkpoint=resumed)
 
     def _resume(self, quiet: bool = False) -> bool:
         """Continue from the newest checkpoint (``--resume``, or ``quiet``: an automatic resume after an elastic
@@ -317,7 +317,7 @@ class Trainer:
         tag, how = resume_tag(self.checkpoint_dir)
         if tag is None:
             if not quiet:
-                warnings.warn(f"--resume: {how}; starting from the beginning (nothing was deleted)", stacklevel=3)
+                print(f"--resume: {how}; starting from the beginning (nothing was deleted)", file=sys.stderr)
             return False
         if self.env.rank == 0:
             print(how)
@@ -502,6 +502,7 @@ class Trainer:
         """The one resumable checkpoint: at the end of ``epoch``, or after its first ``epoch_step`` optimiser
         steps (``train.checkpoint_every``, or a signal: both stop at an optimiser-step boundary)."""
         tag = f"epoch_{epoch + 1:04d}" if epoch_step is None else f"epoch_{epoch:04d}_step_{self.step:08d}"
+        self.guard.has_checkpoint = True
         return save_checkpoint(self.engine, self.checkpoint_dir, tag, {
             "epoch": epoch, "epoch_step": epoch_step, "step": self.step, "best_map": self.best_map,
             "best_eval": self.best_eval, "last_eval": self.last_eval, "sampler": self.loader.state_dict(),

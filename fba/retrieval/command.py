@@ -72,11 +72,12 @@ def _run_checkpoint(args: argparse.Namespace, cfg: Config) -> FeatureSet:
     import torch
 
     from fba.data.loaders import load_data
+    from fba.distributed import usable_device
     from fba.engine.checkpoint import load_model
     from fba.engine.embedder import Embedder, default_device, default_dtype
     from fba.retrieval.eval_set import RetrievalEval
 
-    device = torch.device(args.device) if args.device else default_device()
+    device = usable_device(args.device) if args.device else default_device()
     model, model_cfg = load_model(args.checkpoint, device, default_dtype(device))
     cfg.model = model_cfg.model
     cfg.data.height, cfg.data.width = model_cfg.data.height, model_cfg.data.width

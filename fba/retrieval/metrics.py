@@ -16,6 +16,7 @@ import numpy as np
 import torch
 
 from fba.data.datasets import JUNK_PID
+from fba.errors import InputError
 
 _BACKENDS = ("auto", "numpy", "cpp")
 PairDistance = Callable[[np.ndarray, np.ndarray], np.ndarray]
@@ -160,11 +161,15 @@ def _rank_metrics_cpp(distmat, q_pids, g_pids, q_camids, g_camids) -> tuple[np.n
     return rank_metrics(distmat, q_pids, g_pids, q_camids, g_camids)
 
 
+class NoValidQueryError(InputError):
+    """No query has a true match in the gallery: the query/gallery split, not the model, is wrong."""
+
+
 def _summarise(ap: np.ndarray, inp: np.ndarray, first_rank: np.ndarray, max_rank: int, num_gallery: int) -> RetrievalMetrics:
     valid = first_rank >= 0
     num_valid = int(valid.sum())
     if num_valid == 0:
-        raise ValueError(
+        raise NoValidQueryError(
             f"none of the {len(first_rank)} queries has a valid match in the gallery "
             "(same id on another camera, junk id -1 excluded): no metric can be computed"
         )

@@ -12,7 +12,7 @@ import torch
 
 from fba.data import DatasetError, build_dataset
 from fba.data.datasets import _read_market_folder
-from fba.data.folder import NO_CAMERA_NOTE
+from fba.data.folder import NO_CAMERA_NOTE, QUERY_IN_GALLERY_NOTE
 from image_trees import write_image
 
 FOLDERS = {"train": "bounding_box_train", "query": "query", "gallery": "bounding_box_test"}
@@ -58,12 +58,32 @@ def test_without_cameras_every_image_is_its_own_camera(market_root):
     rows = _market_rows(market_root)
     rows.append({**rows[-1], "split": "query"})  # one image both a query and in the gallery
     _write_csv(market_root / "nocam.csv", rows, columns=("path", "pid", "split"))
-    dataset = build_dataset("folder", market_root, list="nocam.csv")
+    with pytest.raises(DatasetError, match=r"nocam.csv, line \d+: image .* is in query and in gallery .*line \d+\): "
+                       r"a query would find itself"):
+        build_dataset("folder", market_root, list="nocam.csv")
+    dataset = build_dataset("folder", market_root, list="nocam.csv", query_in_gallery=True)
     cameras = {path: camid for split in ("train", "query", "gallery") for path, _, camid in dataset.split(split)}
     assert len(set(cameras.values())) == len(cameras)  # one camera per image ...
     query_cam = dict((p, c) for p, _, c in dataset.query)
     assert all(query_cam[p] == c for p, _, c in dataset.gallery if p in query_cam)  # ... the same one in two splits
-    assert NO_CAMERA_NOTE in dataset.summary()
+    assert NO_CAMERA_NOTE in dataset.summary() and QUERY_IN_GALLERY_NOTE in dataset.summary()
+
+
+def test_listing_encodings(market_root):
+    """A spreadsheet's UTF-8 with a byte-order mark reads like plain UTF-8; Latin-1 and NUL bytes are refused
+    naming the line and the byte."""
+    plain = _write_csv(market_root / "plain.csv", _market_rows(market_root)).read_bytes()
+    (market_root / "bom.csv").write_bytes(b"\xef\xbb\xbf" + plain)
+    _same_items(build_dataset("folder", market_root, list="bom.csv"), build_dataset("folder", market_root, list="plain.csv"))
+    lines = plain.splitlines(keepends=True)
+    (market_root / "latin1.csv").write_bytes(b"".join(lines[:2] + [b"caf\xe9" + lines[2]] + lines[3:]))
+    with pytest.raises(DatasetError, match=r"latin1.csv, line 3 \(byte 4 of the line is 0xe9\): not UTF-8"):
+        build_dataset("folder", market_root, list="latin1.csv")
+    (market_root / "nul.csv").write_bytes(b"".join(lines[:3] + [b"a\0" + lines[3]] + lines[4:]))
+    with pytest.raises(DatasetError, match=r"nul.csv, line 4 \(byte 2 of the line is a NUL byte\)"):
+        build_dataset("folder", market_root, list="nul.csv")
+    with pytest.raises(DatasetError, match=r"query_in_gallery must be true or false, got 'yes'"):
+        build_dataset("folder", market_root, list="plain.csv", query_in_gallery="yes")
 
 
 def test_folder_per_identity_with_and_without_camera_folders(tmp_path):
@@ -96,6 +116,7 @@ def _bad(tmp_path, rows, text=None):
 @pytest.mark.parametrize("change,message", [
     ({"pid": "x7"}, r"bad.csv, line 3: pid must be an integer, got 'x7'"),
     ({"pid": "-2"}, r"bad.csv, line 3: pid must be >= -1"),
+    ({"pid": str(2**64)}, r"bad.csv, line 3: pid must be < 2\^63, got 18446744073709551616"),
     ({"camid": "-1"}, r"bad.csv, line 3: camid must be >= 0"),
     ({"split": "val"}, r"bad.csv, line 3: split must be one of train, query, gallery, got 'val'"),
     ({"path": "bounding_box_train/missing.jpg"}, r"bad.csv, line 3: listed image .*missing.jpg does not exist"),

@@ -128,9 +128,80 @@ def case_caption_missing_root(world, tmp):
     return (["caption", "--dataset", "market1501", "--root", tmp / "nowhere", "--backend", "template"], r"nowhere")
 
 
+def case_export_without_arguments(world, tmp):
+    return ["export"], r"give --checkpoint model.pt and --out DIR"
+
+
+def case_export_out_is_a_file(world, tmp):
+    (tmp / "taken").write_text("x")
+    return ["export", "--checkpoint", world["model"], "--out", tmp / "taken"], r"--out .*taken: is a file; give a folder"
+
+
+def case_export_out_under_a_file(world, tmp):
+    (tmp / "taken").write_text("x")
+    return (["export", "--checkpoint", world["model"], "--out", tmp / "taken" / "sub"],
+            r"--out .*sub: .*taken is a file, so nothing can be written under it")
+
+
+def case_export_aoti_for_a_missing_gpu(world, tmp):
+    return (["export", "--checkpoint", world["model"], "--out", tmp / "aoti", "--format", "aoti", "--device", "cuda"],
+            r"--device cuda: this machine has no usable CUDA device")
+
+
+def _embed(world, tmp, *extra):
+    return ["embed", "--model", world["model"], "--images", world["root"] / "query", "--image-only", *extra]
+
+
+def case_embed_out_is_a_folder(world, tmp):
+    (tmp / "f.safetensors").mkdir()
+    return _embed(world, tmp, "--out", tmp / "f.safetensors"), r"--out .*f.safetensors: is a folder; give a file"
+
+
+def case_embed_out_under_a_file(world, tmp):
+    (tmp / "taken").write_text("x")
+    return _embed(world, tmp, "--out", tmp / "taken" / "f.npz"), r"--out .*f.npz: .*taken is a file"
+
+
+def case_embed_batch_size_zero(world, tmp):
+    return _embed(world, tmp, "--out", tmp / "f.npz", "--batch-size", "0"), r"--batch-size: must be >= 1, got 0"
+
+
+def case_embed_on_a_missing_gpu(world, tmp):
+    return _embed(world, tmp, "--out", tmp / "f.npz", "--device", "cuda"), r"--device cuda: this machine has no usable"
+
+
+def case_embed_on_no_device(world, tmp):
+    return _embed(world, tmp, "--out", tmp / "f.npz", "--device", "gpu0"), r"--device 'gpu0': not a device"
+
+
+def case_eval_without_a_valid_match(world, tmp):
+    path = tmp / "nomatch.npz"
+    n = 8
+    np.savez(path, features=np.random.default_rng(0).normal(size=(n, 4)).astype(np.float32),
+             paths=np.array([f"{i}.jpg" for i in range(n)]), version=np.array(1), pids=np.arange(n),
+             camids=np.zeros(n, int), split=np.array(["query", "gallery"] * (n // 2)))
+    return ["eval", "--features", path], r"none of the 4 queries has a valid match in the gallery"
+
+
+def case_listing_query_in_gallery(world, tmp):
+    root = make_tiny_dataset(tmp / "data", train_ids=4, test_ids=2)
+    rows = ["path,pid,camid,split"]
+    for split, folder in (("train", "bounding_box_train"), ("query", "query"), ("gallery", "bounding_box_test")):
+        rows += [f"{folder}/{p.name},{int(p.name[:4])},{int(p.name[6]) - 1},{split}" for p in sorted((root / folder).iterdir())]
+    first_query = next(r for r in rows if r.endswith(",query"))
+    rows.append(first_query.replace(",query", ",gallery"))
+    (root / "list.csv").write_text("\n".join(rows) + "\n")
+    return (["train", "-c", world["config"], f"data.root={root}", "data.dataset=folder", "data.options.list=list.csv",
+             f"train.output_dir={tmp / 'run'}", *TINY], r"list.csv, line \d+: image .* is in gallery and in query")
+
+
 CASES = [case_broken_yaml, case_non_utf8_captions, case_nan_features, case_zero_features, case_zero_dim_features,
          case_model_without_config, case_model_for_another_class_count, case_missing_model, case_pk_batch_too_large,
-         case_corrupt_image_while_embedding, case_embed_empty_folder, case_caption_bad_option, case_caption_missing_root]
+         case_corrupt_image_while_embedding, case_embed_empty_folder, case_caption_bad_option, case_caption_missing_root,
+         case_export_without_arguments, case_export_out_is_a_file, case_export_out_under_a_file,
+         case_export_aoti_for_a_missing_gpu, case_embed_out_is_a_folder, case_embed_out_under_a_file,
+         case_embed_batch_size_zero, case_embed_on_a_missing_gpu, case_embed_on_no_device,
+         case_eval_without_a_valid_match, case_listing_query_in_gallery]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])
@@ -141,5 +212,6 @@ def test_bad_input_is_one_line_and_exit_2(case, world, tmp_path, cli_error, monk
         raise AssertionError("bad input must be found before DeepSpeed starts")
 
     monkeypatch.setattr(deepspeed, "initialize", refuse)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # the missing-GPU rows, on any machine
     argv, pattern = case(world, tmp_path)
     cli_error(argv, pattern)
