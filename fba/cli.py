@@ -3,13 +3,18 @@
 A command module gives ``HELP``, ``add_arguments(parser)`` and ``run(args) -> int | None``, and imports the code
 that does the work only inside ``run``: ``fba <command> --help`` never pays for torch, DeepSpeed or DALI, and
 ``fba synth`` never for a model. Bad input (``fba.errors.InputError``) is printed on one line and exits 2;
-anything else keeps its traceback.
+anything else keeps its traceback. SIGINT and SIGTERM at any moment after start-up (imports included) unwind the
+command like an exception, so its temporaries are removed and its DataLoader workers stopped, and exit 130 / 143
+on one line (``fba train`` installs its own handlers, which checkpoint first).
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
+import signal
 import sys
+import threading
 
 from fba.atomic import DiskWriteError
 from fba.errors import InputError
@@ -29,6 +34,26 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class Terminated(BaseException):
+    """SIGTERM, raised where the command is, so it unwinds (``finally`` blocks, DataLoader shutdown) as Ctrl-C does."""
+
+
+def _raise_terminated(signum: int, frame) -> None:
+    raise Terminated
+
+
+@contextlib.contextmanager
+def _sigterm_unwinds():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
@@ -38,6 +63,20 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
+    with _sigterm_unwinds():
+        try:
+            return _run(name, rest)
+        except KeyboardInterrupt:
+            _close_progress_bars()
+            print(f"fba {name}: interrupted (SIGINT)", file=sys.stderr)
+            return 130
+        except Terminated:
+            _close_progress_bars()
+            print(f"fba {name}: terminated (SIGTERM)", file=sys.stderr)
+            return 143
+
+
+def _run(name: str, rest: list[str]) -> int:
     module = _command(name)
     parser = argparse.ArgumentParser(prog=f"fba {name}", description=module.HELP)
     module.add_arguments(parser)
@@ -48,10 +87,6 @@ def main(argv: list[str] | None = None) -> int:
         _close_progress_bars()
         print(f"fba {name}: error: {err}", file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        _close_progress_bars()
-        print(f"fba {name}: interrupted", file=sys.stderr)
-        return 130
     except InputError as err:
         _close_progress_bars()
         print(f"fba {name}: error: {one_line(err)}", file=sys.stderr)

@@ -39,10 +39,22 @@ class ImageListError(InputError):
 def list_image_folder(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise ImageListError(f"--images {folder} is not a directory")
-    paths = sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in EMBED_EXTENSIONS)
+    named = sorted(p for p in folder.rglob("*") if p.suffix.lower() in EMBED_EXTENSIONS and not p.is_dir())
+    paths = [p for p in named if p.is_file()]
+    unreadable = [f"{p.relative_to(folder)} ({_not_a_file(p)})" for p in named if not p.is_file()]
+    if unreadable:  # nothing is dropped silently: a features file must hold every image the folder shows
+        listed = ", ".join(unreadable[:3]) + (f" and {len(unreadable) - 3} more" if len(unreadable) > 3 else "")
+        raise ImageListError(f"--images {folder}: {len(unreadable)} entries named like images are not image files: "
+                             f"{listed}; remove them or embed a --list")
     if not paths:
         raise ImageListError(f"--images {folder}: no image files ({', '.join(EMBED_EXTENSIONS)}) found")
     return paths
+
+
+def _not_a_file(path: Path) -> str:
+    if path.is_symlink():
+        return "a symlink to nothing: dangling or a loop"
+    return "not a regular file"
 
 
 def read_image_list(list_file: Path, root: Path) -> list[Path]:

@@ -174,6 +174,22 @@ def case_embed_on_no_device(world, tmp):
     return _embed(world, tmp, "--out", tmp / "f.npz", "--device", "gpu0"), r"--device 'gpu0': not a device"
 
 
+def case_embed_folder_with_entries_that_are_not_images(world, tmp):
+    import os
+
+    folder = tmp / "images"
+    folder.mkdir()
+    for source in sorted((world["root"] / "query").iterdir()):
+        (folder / source.name).write_bytes(source.read_bytes())
+    (folder / "dangling.jpg").symlink_to(tmp / "absent.jpg")
+    (folder / "loop.jpg").symlink_to(folder / "loop.jpg")
+    os.mkfifo(folder / "fifo.jpg")
+    return (["embed", "--model", world["model"], "--images", folder,
+             "--image-only", "--out", tmp / "f.npz"],
+            r"--images .*images: 3 entries named like images are not image files: dangling.jpg \(a symlink to "
+            r"nothing: dangling or a loop\), fifo.jpg \(not a regular file\), loop.jpg")
+
+
 def case_eval_without_a_valid_match(world, tmp):
     path = tmp / "nomatch.npz"
     n = 8
@@ -201,7 +217,8 @@ CASES = [case_broken_yaml, case_non_utf8_captions, case_nan_features, case_zero_
          case_export_without_arguments, case_export_out_is_a_file, case_export_out_under_a_file,
          case_export_aoti_for_a_missing_gpu, case_embed_out_is_a_folder, case_embed_out_under_a_file,
          case_embed_batch_size_zero, case_embed_on_a_missing_gpu, case_embed_on_no_device,
-         case_eval_without_a_valid_match, case_listing_query_in_gallery]
+         case_embed_folder_with_entries_that_are_not_images, case_eval_without_a_valid_match,
+         case_listing_query_in_gallery]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.__name__[5:] for c in CASES])
