@@ -48,7 +48,7 @@ def prepare(
     metadata = export_metadata(model, "image", "uint8")
     if backend == "onnxruntime":
         return OnnxRuntimeModel(export_onnx(program, "image", folder / "model.onnx", metadata), threads=threads)
-    return AOTIModel(export_aoti(program, folder / "model.pt2", metadata), device)
+    return AOTIModel(export_aoti(program, folder / "model.pt2", metadata), device, trust_native_code=True)  # built here
 
 
 def run_backends(shape: EmbedShape, backends: list[str], device: torch.device, threads: int | None = None) -> list[dict]:

@@ -29,6 +29,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=at_least(0), default=2)
     parser.add_argument("--loader", choices=typing.get_args(Loader), default=None,
                         help="image decoding: dali, torch or auto (DALI on a GPU); default: the model's data.loader")
+    parser.add_argument("--trust-native-code", action="store_true",
+                        help="aoti: load the .pt2 package, whose native code runs as it loads (only one you trust)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available; under "
                         "torchrun each rank takes cuda:LOCAL_RANK)")
 

@@ -4,6 +4,9 @@ Both take what the exported graph takes (uint8 [N, 3, H, W] RGB images resized b
 ids of the two captions for the full feature) and give float32 features on the host, so ``fba embed`` writes
 the same features file whichever backend ran. Neither imports the model code: an onnxruntime session needs
 only the ``.onnx`` file, an AOTInductor package only torch.
+
+An ONNX file is data; an AOTInductor package is native code (its shared library runs as it is loaded), so it is
+loaded only when the caller says it trusts it (``--trust-native-code``); its metadata is read without loading.
 """
 from __future__ import annotations
 
@@ -15,7 +18,8 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fba.deploy.export import ExportFileError, read_metadata, resolve_model_file
+from fba.deploy.export import ExportFileError, _aoti_metadata, read_metadata, resolve_model_file
+from fba.errors import UsageError
 
 BACKENDS = ("onnxruntime", "aoti")
 
@@ -81,10 +85,20 @@ class OnnxRuntimeModel(ExportedModel):
 class AOTIModel(ExportedModel):
     """An AOTInductor package loaded on ``device`` (it runs where it was compiled for: CPU or CUDA)."""
 
-    def __init__(self, path: Path, device: str | torch.device = "cpu"):
+    def __init__(self, path: Path, device: str | torch.device = "cpu", trust_native_code: bool = False):
         path = resolve_model_file(path, "aoti")
         super().__init__(path, read_metadata(path))
+        if not trust_native_code:
+            raise UsageError(f"{path}: an AOTInductor package is native code that runs as it loads; load only one "
+                             "you exported or trust, with --trust-native-code (an ONNX export needs no trust)")
+        compiled_for = _aoti_metadata(path).get("AOTI_DEVICE_KEY", "cpu")
         self.device = torch.device(device)
+        if compiled_for == "cuda" and not torch.cuda.is_available():
+            raise UsageError(f"{path}: compiled for CUDA, and this machine has no usable CUDA device; export it "
+                             "again with --device cpu, or use the ONNX export")
+        if compiled_for != self.device.type:
+            raise UsageError(f"{path}: compiled for {compiled_for}, asked to run on {self.device}; "
+                             f"use --device {compiled_for}")
         try:
             self.runner = torch._inductor.aoti_load_package(str(path), device_index=self.device.index or -1)
         except Exception as err:
@@ -97,14 +111,15 @@ class AOTIModel(ExportedModel):
         return out.float().cpu().numpy()
 
 
-def load_exported(path: Path, backend: str, device: str | torch.device = "cpu") -> ExportedModel:
+def load_exported(path: Path, backend: str, device: str | torch.device = "cpu",
+                  trust_native_code: bool = False) -> ExportedModel:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
     if backend == "onnxruntime":
         # Ranks sharing a machine share its cores (onnxruntime ignores OMP_NUM_THREADS, which torchrun sets).
         local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
         return OnnxRuntimeModel(path, threads=max(1, (os.cpu_count() or 1) // local) if local > 1 else None)
-    return AOTIModel(path, device)
+    return AOTIModel(path, device, trust_native_code)
 
 
 def embed_exported(

@@ -143,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from fba.deploy.runtime import embed_exported, load_exported
 
-        exported = load_exported(args.model, args.backend, device)
+        exported = load_exported(args.model, args.backend, device, args.trust_native_code)
         image_only = exported.feature == "image"
         if args.image_only and not image_only:
             raise UsageError(f"{exported.path} was exported with --feature full; export --feature image "

@@ -38,7 +38,8 @@ def test_full_feature_backends_write_the_pytorch_file(checkpoint, exported, imag
     captions = ["--captions", str(image_folder / "captions.jsonl")]
     want = embed(tmp_path, "pt", checkpoint, image_folder, *captions)
     for fmt, backend in (("onnx", "onnxruntime"), ("aoti", "aoti")):
-        got = embed(tmp_path, backend, exported(fmt, "full"), image_folder, "--backend", backend, *captions)
+        got = embed(tmp_path, backend, exported(fmt, "full"), image_folder, "--backend", backend, *captions,
+                    *(["--trust-native-code"] if backend == "aoti" else []))
         assert_same_file(got, want)
         assert got.features.shape == (11, 3 * 128)
 
@@ -46,4 +47,5 @@ def test_full_feature_backends_write_the_pytorch_file(checkpoint, exported, imag
 @pytest.mark.slow
 def test_aoti_backend_writes_the_pytorch_file(checkpoint, exported, image_folder, tmp_path):
     want = embed(tmp_path, "pt", checkpoint, image_folder, "--image-only")
-    assert_same_file(embed(tmp_path, "aoti", exported("aoti", "image"), image_folder, "--backend", "aoti"), want)
+    assert_same_file(embed(tmp_path, "aoti", exported("aoti", "image"), image_folder, "--backend", "aoti",
+                                 "--trust-native-code"), want)
