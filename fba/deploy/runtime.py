@@ -72,6 +72,22 @@ class OnnxRuntimeModel(ExportedModel):
         except Exception as err:  # onnxruntime's Fail / InvalidGraph / NotImplemented carry the reason
             raise ExportFileError(f"{path}: onnxruntime cannot load it ({str(err).splitlines()[0][:300]})") from err
         self.names = [i.name for i in self.session.get_inputs()]
+        self._check_graph()
+
+    def _check_graph(self) -> None:
+        """The graph against its own fba metadata, so a mismatch is one line at load, not onnxruntime's
+        InvalidArgument at the first batch."""
+        outputs = [o.name for o in self.session.get_outputs()]
+        if "features" not in outputs:
+            raise ExportFileError(f"{self.path}: the graph has no output named features (outputs: {', '.join(outputs)})")
+        if self.names != self.metadata["inputs"]:
+            raise ExportFileError(f"{self.path}: the graph's inputs {self.names} are not the metadata's "
+                                  f"{self.metadata['inputs']}")
+        shape = self.session.get_inputs()[0].shape
+        if len(shape) != 4 or any(isinstance(d, int) and d != want
+                                  for d, want in zip(shape[1:], (3, *self.image_size))):
+            raise ExportFileError(f"{self.path}: the graph takes images of shape {shape}, but its metadata says "
+                                  f"[N, 3, {self.image_size[0]}, {self.image_size[1]}]")
 
     @property
     def providers(self) -> list[str]:

@@ -49,3 +49,24 @@ def test_aoti_backend_writes_the_pytorch_file(checkpoint, exported, image_folder
     want = embed(tmp_path, "pt", checkpoint, image_folder, "--image-only")
     assert_same_file(embed(tmp_path, "aoti", exported("aoti", "image"), image_folder, "--backend", "aoti",
                                  "--trust-native-code"), want)
+
+
+@pytest.mark.parametrize("change,message", [
+    ("output", r"the graph has no output named features \(outputs: feats\)"),
+    ("height", r"the graph takes images of shape \[.*48, 32\], but its metadata says \[N, 3, 64, 32\]"),
+])
+def test_a_graph_that_contradicts_its_metadata_is_refused_at_load(exported, image_folder, tmp_path, cli_error,
+                                                                  change, message):
+    import onnx
+
+    proto = onnx.load(str(exported("onnx", "image") / "model.onnx"))
+    if change == "output":
+        for node in proto.graph.node:
+            node.output[:] = ["feats" if name == "features" else name for name in node.output]
+        proto.graph.output[0].name = "feats"
+    else:
+        proto.graph.input[0].type.tensor_type.shape.dim[2].dim_value = 48
+    (tmp_path / "bad").mkdir()
+    onnx.save(proto, str(tmp_path / "bad" / "model.onnx"))
+    cli_error(["embed", "--model", tmp_path / "bad", "--backend", "onnxruntime", "--images", image_folder, "--out",
+               tmp_path / "x.npz", "--num-workers", "0"], message)
