@@ -140,14 +140,19 @@ def elastic_restart() -> bool:
     return int(os.environ.get("TORCHELASTIC_RESTART_COUNT", "0") or 0) > 0
 
 
-def init_process_group(backend: str) -> None:
-    """``env://`` rendezvous, then the default process group on a store prefixed by the elastic attempt.
+def init_process_group(backend: str, alone: bool = False) -> None:
+    """``env://`` rendezvous, then the default process group on a store prefixed by the elastic attempt; a
+    process no launcher started (``alone``) needs no rendezvous and takes an in-memory store, so it binds no port
+    (a port picked free and bound a moment later can be taken in between: EADDRINUSE).
 
     torchrun's workers share the agent's store across restarts; a restarted group that keys its gloo connections
     in it as the first attempt did can read an address of the dead attempt and fail with "connectFullMesh ...
     Connection refused" (seen in about half of the restarts of tests/engine/test_world_size.py). A prefix per
     ``TORCHELASTIC_RESTART_COUNT`` keeps every attempt's keys apart.
     """
+    if alone:
+        dist.init_process_group(backend, store=dist.HashStore(), rank=0, world_size=1)
+        return
     store, rank, size = next(dist.rendezvous("env://"))
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
     dist.init_process_group(backend, store=dist.PrefixStore(f"fba/attempt_{attempt}", store), rank=rank,

@@ -108,6 +108,7 @@ def _free_port() -> int:
 
 def setup_distributed() -> DistEnv:
     """Read (or, without a launcher, fill in) the distributed environment and initialise DeepSpeed's backend."""
+    alone = "MASTER_PORT" not in os.environ and os.environ.get("WORLD_SIZE", "1") == "1"
     for key, value in (("RANK", "0"), ("WORLD_SIZE", "1"), ("LOCAL_RANK", "0"), ("MASTER_ADDR", "127.0.0.1")):
         os.environ.setdefault(key, value)
     if "MASTER_PORT" not in os.environ:
@@ -125,7 +126,7 @@ def setup_distributed() -> DistEnv:
         deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
         device = torch.device("cpu")
     if not dist.is_initialized():
-        init_process_group("nccl" if on_gpu else "gloo")
+        init_process_group("nccl" if on_gpu else "gloo", alone)
         deepspeed.init_distributed(dist_backend="nccl" if on_gpu else "gloo")  # adopts torch's process group
     return DistEnv(dist.get_rank(), dist.get_world_size(), local_rank, device)
 
