@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import importlib
+import os
 import signal
 import sys
 import threading
@@ -55,6 +56,7 @@ def _sigterm_unwinds():
 
 
 def main(argv: list[str] | None = None) -> int:
+    program = argv is None  # the process is this command (not a caller's Python)
     argv = list(sys.argv[1:] if argv is None else argv)
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         parser = build_parser()
@@ -69,11 +71,21 @@ def main(argv: list[str] | None = None) -> int:
         except KeyboardInterrupt:
             _close_progress_bars()
             print(f"fba {name}: interrupted (SIGINT)", file=sys.stderr)
-            return 130
+            return _signalled(130, program)
         except Terminated:
             _close_progress_bars()
             print(f"fba {name}: terminated (SIGTERM)", file=sys.stderr)
-            return 143
+            return _signalled(143, program)
+
+
+def _signalled(code: int, program: bool) -> int:
+    """After the command has unwound: a process that is the command ends now, so helper threads of the stopped
+    work (multiprocessing's resource sharer, a DataLoader's pin thread) cannot print a traceback on the way out."""
+    if program:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    return code
 
 
 def _run(name: str, rest: list[str]) -> int:
