@@ -4,6 +4,7 @@
 Layout of ``<output_dir>/checkpoints``::
 
     epoch_0003/         DeepSpeed's files (module, ZeRO optimiser shards, scheduler, client state) + rng_rank<r>.pt
+                        + final_evaluation.json in the final epoch's, once the run's last evaluation is done
     latest              the name of the newest complete checkpoint directory
 
 Every rank writes into ``.tmp-epoch_0003``; after a barrier rank 0 fsyncs the files, renames the directory to
@@ -13,6 +14,7 @@ removed by the next save. All ranks must see the same file system (one node, or 
 """
 from __future__ import annotations
 
+import json
 import os
 import random
 import shutil
@@ -34,6 +36,7 @@ from fba.safe_load import safe_torch_load
 
 LATEST = "latest"
 MODEL_FORMAT = "fba-model/1"
+FINAL_EVALUATION = "final_evaluation.json"
 
 
 class ModelFileError(InputError):
@@ -129,6 +132,29 @@ def save_checkpoint(engine, checkpoint_dir: str | Path, tag: str, client_state: 
         _prune(checkpoint_dir, keep, tag)
     _barrier()
     return final_dir
+
+
+def record_final_evaluation(checkpoint_dir: str | Path, tag: str, outcome: dict) -> None:
+    """Mark the final checkpoint ``tag`` as evaluated (rank 0, after the final evaluation): the checkpoint is
+    written before its evaluation, so a run killed during the evaluation resumes into it, and a resume of a
+    finished run reads the outcome from here instead of evaluating again. JSON, never unpickled."""
+    if world()[0] == 0:
+        atomic_write_bytes(Path(checkpoint_dir) / tag / FINAL_EVALUATION, json.dumps(outcome).encode())
+    _barrier()
+
+
+def final_evaluation(checkpoint_dir: str | Path, tag: str) -> dict | None:
+    """What :func:`record_final_evaluation` wrote into checkpoint ``tag`` (None: it was not evaluated)."""
+    path = Path(checkpoint_dir) / tag / FINAL_EVALUATION
+    if not path.is_file():
+        return None
+    try:
+        outcome = json.loads(path.read_text())
+    except (UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise InputError(f"{path}: not the JSON a final evaluation writes ({err})") from None
+    if not isinstance(outcome, dict) or not {"best_map", "best_eval", "last_eval"} <= outcome.keys():
+        raise InputError(f"{path}: expected best_map, best_eval and last_eval")
+    return outcome
 
 
 def _prune(checkpoint_dir: Path, keep: int, newest: str) -> None:

@@ -57,7 +57,9 @@ from fba.data.datasets import ReIDDataset
 from fba.data.loaders import Loaders, load_data
 from fba.data.sampler import PKBatchError
 from fba.engine.cadence import EvaluationCadence, StepCheckpoints
-from fba.engine.checkpoint import export_model, load_checkpoint, resume_tag, save_checkpoint
+from fba.engine.checkpoint import (
+    export_model, final_evaluation, load_checkpoint, record_final_evaluation, resume_tag, save_checkpoint,
+)
 from fba.distributed import (
     elastic_restart, init_process_group, is_main_rank, launch_world_size, micro_batch_size,
 )
@@ -333,6 +335,11 @@ class Trainer:
         self.last_eval = dict(state.get("last_eval", {}))
         self.loader.load_state_dict(state["sampler"])
         self.final_eval_pending = bool(state.get("final_eval_pending", False))
+        outcome = final_evaluation(self.checkpoint_dir, tag) if self.final_eval_pending else None
+        if outcome is not None:  # a finished run: its final evaluation is on record
+            self.final_eval_pending = False
+            self.best_map, self.best_eval = float(outcome["best_map"]), dict(outcome["best_eval"])
+            self.last_eval = dict(outcome["last_eval"])
         self.early_loss = state.get("early_loss")
         if self.env.rank == 0:
             print(f"resumed from {self.checkpoint_dir / tag} (epoch {self.start_epoch}, step {self.step})")
@@ -460,7 +467,7 @@ class Trainer:
         epochs_run = 0
         model_path = self.output_dir / "model.pt"
         if self.final_eval_pending:  # the run was stopped during its final evaluation
-            self._evaluate_and_keep_best(cfg.solver.epochs - 1, best_path)
+            self._final_evaluation(cfg.solver.epochs - 1, best_path)
         exported = False
         for epoch in range(self.start_epoch, cfg.solver.epochs):
             self.train_epoch(epoch)  # a signal inside it stops the run there, after a checkpoint
@@ -470,7 +477,8 @@ class Trainer:
             if final:  # checkpoint and model.pt first: a failing final evaluation loses neither
                 self._save(epoch, final_eval_pending=True)
                 exported = bool(self._export(model_path))
-            if self.evaluation.due(epoch, final):
+                self._final_evaluation(epoch, best_path)
+            elif self.evaluation.due(epoch, final):
                 self._evaluate_and_keep_best(epoch, best_path)
             signalled = not final and self.stop.agreed(self.env.world_size, sync_now=True) is not None
             if not final:  # a checkpoint at every epoch end (the final one is written before its evaluation)
@@ -498,6 +506,13 @@ class Trainer:
         if self.last_eval["eval/mAP"] > self.best_map:
             self.best_map, self.best_eval = self.last_eval["eval/mAP"], dict(self.last_eval)
             self._export(best_path)
+
+    def _final_evaluation(self, epoch: int, best_path: Path) -> None:
+        """Evaluate after the final checkpoint and record that it was done, so a resume does not repeat it."""
+        self._evaluate_and_keep_best(epoch, best_path)
+        record_final_evaluation(self.checkpoint_dir, f"epoch_{epoch + 1:04d}", {
+            "best_map": self.best_map, "best_eval": self.best_eval, "last_eval": self.last_eval})
+        self.final_eval_pending = False
 
     def _save(self, epoch: int, epoch_step: int | None = None, final_eval_pending: bool = False) -> Path:
         """The one resumable checkpoint: at the end of ``epoch``, or after its first ``epoch_step`` optimiser

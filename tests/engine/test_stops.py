@@ -87,6 +87,11 @@ def test_final_checkpoint_and_model_are_written_before_the_final_evaluation(tiny
     monkeypatch.setattr(Trainer, "evaluate", evaluate)
     resumed = train(cfg, resume=True)  # the pending final evaluation runs now
     assert resumed.steps == 1 and set(resumed.final_metrics) >= {"eval/mAP", "eval/R1"}
+    records = (tmp_path / "run" / "metrics.jsonl").read_text()
+    monkeypatch.setattr(Trainer, "evaluate", lambda self, epoch: pytest.fail("a finished run evaluated again"))
+    again = train(cfg, resume=True)  # finished: its outcome is on record
+    assert again.final_metrics == resumed.final_metrics and again.best_metrics == resumed.best_metrics
+    assert (tmp_path / "run" / "metrics.jsonl").read_text() == records
 
 
 DIST_VARIABLES = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT")  # this process's own
