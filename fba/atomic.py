@@ -93,11 +93,12 @@ def sweep_stale_temporaries(path: Path) -> None:
     """Remove the temporaries a killed writer of ``path`` left beside it (their pid no longer runs)."""
     for tmp in path.parent.glob(f".{glob.escape(path.name)}.*-*.tmp"):
         pid = tmp.name[len(path.name) + 2:].rsplit("-", 1)[0]
-        if pid.isdigit() and not _running(int(pid)):
+        if pid.isdigit() and not process_running(int(pid)):
             tmp.unlink(missing_ok=True)
 
 
-def _running(pid: int) -> bool:
+def process_running(pid: int) -> bool:
+    """Whether ``pid`` names a live process (one of another user counts as live)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

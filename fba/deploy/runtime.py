@@ -7,21 +7,30 @@ only the ``.onnx`` file, an AOTInductor package only torch.
 
 An ONNX file is data; an AOTInductor package is native code (its shared library runs as it is loaded), so it is
 loaded only when the caller says it trusts it (``--trust-native-code``); its metadata is read without loading.
+torch extracts a package into a temporary folder that it removes only when the loader is destroyed; a process
+that ends otherwise (SIGKILL, ``os._exit``) would leave it, so each load extracts under a folder named after this
+process, removed by :meth:`ExportedModel.close` and swept by the next load once its process is gone.
 """
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
+import shutil
+import tempfile
+import weakref
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 from tqdm import tqdm
 
+from fba.atomic import process_running
 from fba.deploy.export import ExportFileError, _aoti_metadata, read_metadata, resolve_model_file
 from fba.errors import UsageError
 
 BACKENDS = ("onnxruntime", "aoti")
+EXTRACTION_PREFIX = "fba-aoti-"
 
 
 class ExportedModel:
@@ -50,6 +59,15 @@ class ExportedModel:
 
     def __call__(self, images, fg_tokens=None, bg_tokens=None) -> np.ndarray:
         raise NotImplementedError
+
+    def close(self) -> None:
+        """Release what the runtime holds outside the process (nothing, unless a subclass says so)."""
+
+    def __enter__(self) -> "ExportedModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
 
 
 class OnnxRuntimeModel(ExportedModel):
@@ -115,16 +133,49 @@ class AOTIModel(ExportedModel):
         if compiled_for != self.device.type:
             raise UsageError(f"{path}: compiled for {compiled_for}, asked to run on {self.device}; "
                              f"use --device {compiled_for}")
+        sweep_extractions()
+        self.extraction = Path(tempfile.mkdtemp(prefix=f"{EXTRACTION_PREFIX}{os.getpid()}-"))
+        self._remove_extraction = weakref.finalize(self, shutil.rmtree, self.extraction, ignore_errors=True)
         try:
-            self.runner = torch._inductor.aoti_load_package(str(path), device_index=self.device.index or -1)
+            with _temporary_folder(self.extraction):
+                self.runner = torch._inductor.aoti_load_package(str(path), device_index=self.device.index or -1)
         except Exception as err:
+            self.close()
             raise ExportFileError(f"{path}: cannot load the AOTInductor package ({str(err).splitlines()[0][:300]})") from err
+
+    def close(self) -> None:
+        """Drop the runner and remove its extracted files (CUDA kernels are read from them at first use, so not
+        before)."""
+        self.runner = None
+        self._remove_extraction()
 
     @torch.no_grad()
     def __call__(self, images, fg_tokens=None, bg_tokens=None) -> np.ndarray:
         inputs = [t.to(self.device) for t in self.inputs(images, fg_tokens, bg_tokens)]
         out = self.runner(*inputs)
         return out.float().cpu().numpy()
+
+
+@contextmanager
+def _temporary_folder(folder: Path) -> Iterator[None]:
+    """``TMPDIR`` set to ``folder`` while torch's package loader picks its extraction folder."""
+    earlier = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if earlier is None:
+            del os.environ["TMPDIR"]
+        else:
+            os.environ["TMPDIR"] = earlier
+
+
+def sweep_extractions(root: Path | None = None) -> None:
+    """Remove the extraction folders of AOTInductor loads whose process no longer runs."""
+    for folder in Path(root or tempfile.gettempdir()).glob(f"{EXTRACTION_PREFIX}*-*"):
+        pid = folder.name[len(EXTRACTION_PREFIX):].split("-", 1)[0]
+        if folder.is_dir() and pid.isdigit() and not process_running(int(pid)):
+            shutil.rmtree(folder, ignore_errors=True)
 
 
 def load_exported(path: Path, backend: str, device: str | torch.device = "cpu",

@@ -10,6 +10,7 @@ backends run an exported model (:mod:`fba.deploy`). Under torchrun the rows are 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -116,6 +117,11 @@ def _captions(args: argparse.Namespace, keys: list[str], root: Path) -> tuple[li
 
 
 def run(args: argparse.Namespace) -> int:
+    with contextlib.ExitStack() as resources:  # an exported model's runtime is released however this ends
+        return _embed(args, resources)
+
+
+def _embed(args: argparse.Namespace, resources: contextlib.ExitStack) -> int:
     if args.out.suffix.lower() not in SUFFIXES:
         raise UsageError(f"--out {args.out} must end in {' or '.join(SUFFIXES)}")
     check_output_path(args.out, "--out")
@@ -143,7 +149,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         from fba.deploy.runtime import embed_exported, load_exported
 
-        exported = load_exported(args.model, args.backend, device, args.trust_native_code)
+        exported = resources.enter_context(load_exported(args.model, args.backend, device, args.trust_native_code))
         image_only = exported.feature == "image"
         if args.image_only and not image_only:
             raise UsageError(f"{exported.path} was exported with --feature full; export --feature image "

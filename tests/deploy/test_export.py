@@ -27,7 +27,15 @@ def assert_exact(got: np.ndarray, want: torch.Tensor, what: str) -> None:
 
 
 def check_format(fmt: str, feature: str, checkpoint, folder) -> None:
-    model = load_exported(folder, BACKEND[fmt], trust_native_code=True)
+    with load_exported(folder, BACKEND[fmt], trust_native_code=True) as model:
+        check_features(model, fmt, feature, checkpoint)
+    if fmt == "aoti":  # torch extracted the package under the model's own folder, removed on close
+        assert not model.extraction.exists()
+
+
+def check_features(model, fmt: str, feature: str, checkpoint) -> None:
+    if fmt == "aoti":
+        assert any(model.extraction.glob("aotinductor_*"))
     for batch in (1, 7, 32):
         images, fg, bg = inputs(batch, seed=batch)
         captions = (fg, bg) if feature == "full" else None

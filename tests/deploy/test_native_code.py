@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import tempfile
 import zipfile
 from pathlib import Path
 
@@ -43,8 +44,16 @@ def _planted_package(checkpoint: Path, tmp_path: Path, marker: Path) -> Path:
 
 
 @pytest.mark.skipif(shutil.which("gcc") is None, reason="needs gcc to build the planted library")
-def test_a_planted_constructor_does_not_run_without_the_flag(checkpoint, image_folder, tmp_path, cli_error):
+def test_a_planted_constructor_does_not_run_without_the_flag(checkpoint, image_folder, tmp_path, cli_error,
+                                                             monkeypatch):
     marker = tmp_path / "marker"
+    temporary = tmp_path / "tmp"
+    monkeypatch.setattr(tempfile, "tempdir", str(temporary))
+    ended = subprocess.Popen(["true"])
+    ended.wait()
+    stale = temporary / f"fba-aoti-{ended.pid}-x" / "aotinductor_x"  # what a killed load leaves
+    stale.mkdir(parents=True)
+    (stale / "model.so").write_bytes(b"")
     package = _planted_package(checkpoint, tmp_path, marker)
     images = image_folder
     cli_error(["embed", "--backend", "aoti", "--model", package, "--images", images, "--image-only", "--out",
@@ -54,3 +63,4 @@ def test_a_planted_constructor_does_not_run_without_the_flag(checkpoint, image_f
     cli_error(["embed", "--backend", "aoti", "--trust-native-code", "--model", package, "--images", images,
                "--image-only", "--out", tmp_path / "f.npz", "--device", "cpu"], r"cannot load the AOTInductor package")
     assert marker.read_text() == "ran"  # with the flag torch loads the library: that load is what the flag guards
+    assert list(temporary.iterdir()) == []  # the stale extraction swept, the failed load's own removed
