@@ -22,10 +22,11 @@ import os
 import re
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from tqdm import tqdm
 
+from fba.atomic import DiskWriteError, disk_write_error
 from fba.data.captions import (
     BG_PROMPT, FG_PROMPT, Caption, CaptionError, CaptionStore, caption_line, parse_caption_line,
 )
@@ -100,12 +101,15 @@ def _mend_last_line(out: Path, data: bytes) -> None:
 def caption_images(
     images: Sequence[ImageRef], captioner: Captioner, out: Path, batch_size: int, progress: bool = True
 ) -> int:
-    """Caption ``images`` batch by batch, appending one line per image to ``out``; returns the count written."""
+    """Caption ``images`` batch by batch, appending one line per image to ``out``; returns the count written.
+
+    The file is written unbuffered, so a failed write (a full disk) leaves nothing to flush on close: it is one
+    :class:`~fba.atomic.DiskWriteError`, and a cut-off last line is mended by the next run's :func:`resume`."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out.parent.mkdir(parents=True, exist_ok=True)
     written = 0
-    with out.open("a", encoding="utf-8") as sink, tqdm(
+    with out.open("ab", buffering=0) as sink, tqdm(
         total=len(images), unit="img", desc=f"captions -> {out.name}", disable=not progress, smoothing=0.1
     ) as bar:
         for start in range(0, len(images), batch_size):
@@ -113,12 +117,26 @@ def caption_images(
             captions = captioner.caption(batch)
             if len(captions) != len(batch):
                 raise RuntimeError(f"the captioner returned {len(captions)} captions for {len(batch)} images")
-            sink.write("".join(caption_line(image, caption) for (image, _), caption in zip(batch, captions)))
-            sink.flush()
-            os.fsync(sink.fileno())
+            lines = "".join(caption_line(image, caption) for (image, _), caption in zip(batch, captions))
+            _append(sink, lines.encode("utf-8"), out)
             written += len(batch)
             bar.update(len(batch))
     return written
+
+
+def _append(sink: BinaryIO, data: bytes, out: Path) -> None:
+    """Write all of ``data`` (a raw file may take part of it) and fsync; a disk failure says what is kept."""
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[sink.write(view):]
+        os.fsync(sink.fileno())
+    except OSError as err:
+        disk = disk_write_error(out, err)
+        if disk is None:
+            raise
+        raise DiskWriteError(disk.errno, f"{disk}; the captions written before this batch are kept, and "
+                             "a rerun continues after them") from None
 
 
 # ---------------------------------------------------------------- LLaVA through transformers

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import json
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -338,3 +340,23 @@ def test_allow_download_without_network_fails_fast(market_root: Path, tmp_path: 
     cli_error(["caption", "--dataset", "market1501", "--root", market_root, "--out", tmp_path / "c.jsonl",
                "--no-progress", "--model", "someone/llava-model", "--allow-download", "--device", "cpu"],
               r"HF_HUB_OFFLINE is set")
+
+
+def test_a_full_disk_is_one_line_and_a_rerun_completes_the_file(synthetic_root: Path, tmp_path: Path) -> None:
+    """RLIMIT_FSIZE makes the writes past half of the file fail for real, as a full disk does."""
+    out = tmp_path / "captions.jsonl"
+    generated = (synthetic_root / "captions.jsonl").read_text(encoding="utf-8").splitlines()
+    args = ["caption", "--dataset", "synthetic", "--root", str(synthetic_root), "--out", str(out), "--no-progress",
+            "--backend", "template", "--batch-size", "2"]
+    limit = sum(len(line) + 1 for line in generated) // 2
+    code = ("import resource, signal, sys\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({limit}, {limit}))\n"
+            f"from fba.cli import main\nsys.exit(main({args!r}))\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    lines = proc.stderr.strip().splitlines()
+    assert proc.returncode == 1 and len(lines) == 1, proc.stderr
+    assert re.fullmatch(rf"fba caption: error: cannot write {re.escape(str(out))}: File too large; .* free there; "
+                        r"the captions written before this batch are kept, and a rerun continues after them", lines[0])
+    assert 0 < out.stat().st_size <= limit
+    assert main(args) == 0
+    assert sorted(out.read_text(encoding="utf-8").splitlines()) == sorted(generated)
