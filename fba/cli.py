@@ -19,6 +19,7 @@ import threading
 
 from fba.atomic import DiskWriteError
 from fba.errors import InputError
+from fba.lifetime import end_with_parent
 
 from fba.commands import COMMANDS
 
@@ -66,6 +67,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
     with _sigterm_unwinds():
+        if program and "LOCAL_RANK" in os.environ:  # a rank of torchrun or deepspeed: it ends with its launcher
+            end_with_parent(os.getppid())
         try:
             return _run(name, rest)
         except KeyboardInterrupt:

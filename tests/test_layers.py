@@ -6,7 +6,7 @@ from test_import_graph import import_graph
 
 # Lowest first. A module belongs to the layer of the longest prefix that names it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("utilities", ("fba", "fba.errors", "fba.atomic", "fba.jsonl", "fba.safe_load", "fba.precision", "fba._C")),
+    ("utilities", ("fba", "fba.errors", "fba.atomic", "fba.jsonl", "fba.safe_load", "fba.precision", "fba.lifetime", "fba._C")),
     ("config", ("fba.config",)),
     ("distributed", ("fba.distributed",)),
     ("parts", ("fba.data", "fba.model", "fba.kernels", "fba.losses", "fba.flops", "fba.compile_modes")),

@@ -24,6 +24,7 @@ from torchvision.transforms import InterpolationMode
 from fba.data.datasets import Item
 from fba.data.sampler import PKSampler, SamplerEpochs
 from fba.errors import InputError
+from fba.lifetime import WorkerEndsWithParent
 
 if TYPE_CHECKING:
     from fba.config import Config
@@ -142,6 +143,7 @@ def build_train_loader(
         pin_memory=torch.cuda.is_available(),
         generator=torch.Generator(),
         collate_fn=collate_batch,
+        worker_init_fn=WorkerEndsWithParent(),
     )
     train_loader = TrainLoader(loader, sampler, cfg.train.seed)
     train_loader.set_epoch(0)
@@ -158,4 +160,5 @@ def build_eval_loader(cfg: Config, items: Sequence[Item]) -> DataLoader:
         num_workers=data.num_workers,
         pin_memory=torch.cuda.is_available(),
         collate_fn=collate_batch,
+        worker_init_fn=WorkerEndsWithParent(),
     )

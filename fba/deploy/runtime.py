@@ -201,6 +201,7 @@ def embed_exported(
     from torch.utils.data import DataLoader
 
     from fba.data.transforms import ImageDataset, build_eval_uint8_transform, collate_batch
+    from fba.lifetime import WorkerEndsWithParent
     from fba.model.text import tokenize
 
     if (captions is not None) != (model.feature == "full"):
@@ -209,6 +210,7 @@ def embed_exported(
     loader = DataLoader(
         ImageDataset([(str(p), 0, 0) for p in paths], build_eval_uint8_transform(*model.image_size)),
         batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate_batch,
+        worker_init_fn=WorkerEndsWithParent(),
     )
     rows = []
     with tqdm(total=len(paths), desc="embed", unit="img", disable=not progress, dynamic_ncols=True, leave=False) as bar:

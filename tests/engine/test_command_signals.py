@@ -1,7 +1,11 @@
-"""Ctrl-C and SIGTERM at any moment of ``fba embed`` (start-up, mid-run) exit 130 / 143 on one line, leave no
-temporary beside the output and no child process (DataLoader workers) behind (docs/reliability.md, "Signals")."""
+"""Ctrl-C and SIGTERM at any moment of ``fba embed``, ``fba eval`` and ``fba caption`` (start-up, mid-run) exit
+130 / 143 on one line, leave no temporary beside the output and no child process (DataLoader workers) behind; a
+sharded ``fba embed`` under torchrun leaves no process of the run whether torchrun is signalled or a rank or the
+launcher is SIGKILLed (docs/reliability.md, "Signals")."""
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import signal
 import subprocess
@@ -19,11 +23,12 @@ from fba.engine import checkpoint as ckpt
 
 @pytest.fixture(scope="module")
 def embed_job(tmp_path_factory) -> dict:
-    """An untrained tiny model.pt and a folder of 1,200 crops: enough work to be signalled mid-run."""
+    """An untrained tiny model.pt, a folder of 1,200 crops and a data set of 1,200 test images: enough work to be
+    signalled mid-run."""
     from fba.model import build_model
 
     base = tmp_path_factory.mktemp("signals")
-    root = make_tiny_dataset(base / "data", train_ids=4, test_ids=2)
+    root = make_tiny_dataset(base / "data", train_ids=4, test_ids=400)
     cfg = tiny_config(root, base / "run")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -33,7 +38,11 @@ def embed_job(tmp_path_factory) -> dict:
     sources = sorted((root / "bounding_box_train").iterdir())
     for i in range(1200):
         shutil.copyfile(sources[i % len(sources)], images / f"{i:05d}.jpg")
-    return {"model": ckpt.export_model(model, base / "model.pt", cfg, 4, (64, 32)), "images": images, "base": base}
+    config = base / "eval.yaml"
+    config.write_text(f"data:\n  dataset: synthetic\n  root: {root}\n  height: 64\n  width: 32\n"
+                      "  eval_batch_size: 16\n  num_workers: 2\n  loader: torch\n")
+    return {"model": ckpt.export_model(model, base / "model.pt", cfg, 4, (64, 32)), "images": images, "base": base,
+            "root": root, "config": config}
 
 
 def _children_gone(pids: list[int], within_s: float = 15.0) -> list[int]:
@@ -45,25 +54,65 @@ def _children_gone(pids: list[int], within_s: float = 15.0) -> list[int]:
     return alive
 
 
-@pytest.mark.parametrize("signum,moment", [(signal.SIGINT, "start-up"), (signal.SIGTERM, "start-up"),
-                                           (signal.SIGTERM, "mid-run"), (signal.SIGINT, "mid-run")])
-def test_a_signal_at_any_moment_exits_on_one_line_and_leaves_nothing(embed_job, tmp_path, signum, moment):
-    out = tmp_path / "features.safetensors"
-    proc = subprocess.Popen([sys.executable, "-m", "fba.cli", "embed", "--model", str(embed_job["model"]), "--images",
-                             str(embed_job["images"]), "--image-only", "--out", str(out), "--device", "cpu",
-                             "--batch-size", "16", "--num-workers", "2"],
+@pytest.fixture(scope="module")
+def llava_dir(tmp_path_factory) -> Path:
+    """A tiny random LLaVA saved as a local model folder (fba caption's default backend)."""
+    from benchmarks.llava_shapes import TINY, llava_processor, random_llava
+
+    folder = tmp_path_factory.mktemp("llava")
+    processor = llava_processor(TINY)
+    random_llava(TINY, processor).save_pretrained(folder)
+    processor.save_pretrained(folder)
+    return folder
+
+
+def _command(embed_job: dict, command: str, out: Path, request) -> list[str]:
+    if command == "embed":
+        return ["embed", "--model", str(embed_job["model"]), "--images", str(embed_job["images"]), "--image-only",
+                "--out", str(out), "--device", "cpu", "--batch-size", "16", "--num-workers", "2"]
+    if command == "eval":
+        return ["eval", "--checkpoint", str(embed_job["model"]), "-c", str(embed_job["config"]), "--device", "cpu",
+                "--save-features", str(out), "eval.feature=image"]
+    return ["caption", "--dataset", "synthetic", "--root", str(embed_job["root"]), "--out", str(out),
+            "--no-progress", "--model", str(request.getfixturevalue("llava_dir")), "--batch-size", "1", "--max-new-tokens", "6",
+            "--max-new-tokens-bg", "5", "--device", "cpu"]
+
+
+def _wait_for_work(proc: subprocess.Popen, command: str, out: Path) -> list[int]:
+    """Wait until the command is mid-run: its DataLoader workers started, or (captions) its first line written.
+    Returns the pids of its children."""
+    deadline = time.monotonic() + 120
+    children: list[int] = []
+    while proc.poll() is None and time.monotonic() < deadline:
+        children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
+        if (command == "caption" and out.is_file() and out.read_bytes().count(b"\n") >= 1) or len(children) >= 2:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail(f"fba {command} never got to its work (exit {proc.poll()})")
+    time.sleep(0.5)
+    return children + [c.pid for c in psutil.Process(proc.pid).children(recursive=True) if c.pid not in children]
+
+
+CASES = [("embed", signal.SIGINT, "start-up"), ("embed", signal.SIGTERM, "start-up"),
+         ("embed", signal.SIGTERM, "mid-run"), ("embed", signal.SIGINT, "mid-run"),
+         ("eval", signal.SIGINT, "start-up"), ("eval", signal.SIGTERM, "mid-run"), ("eval", signal.SIGINT, "mid-run"),
+         ("caption", signal.SIGTERM, "start-up"), ("caption", signal.SIGTERM, "mid-run"),
+         ("caption", signal.SIGINT, "mid-run")]
+
+
+@pytest.mark.parametrize("command,signum,moment", CASES)
+def test_a_signal_at_any_moment_exits_on_one_line_and_leaves_nothing(embed_job, request, tmp_path, command, signum,
+                                                                     moment):
+    out = tmp_path / ("captions.jsonl" if command == "caption" else "features.safetensors")
+    proc = subprocess.Popen([sys.executable, "-m", "fba.cli", *_command(embed_job, command, out, request)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     children: list[int] = []
     try:
         if moment == "start-up":
             time.sleep(0.5)  # inside the imports of the command's work
         else:
-            deadline = time.monotonic() + 120
-            while len(children) < 2 and proc.poll() is None and time.monotonic() < deadline:
-                children = [c.pid for c in psutil.Process(proc.pid).children(recursive=True)]
-                time.sleep(0.05)
-            assert len(children) >= 2, "the DataLoader workers never started"
-            time.sleep(0.5)
+            children = _wait_for_work(proc, command, out)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=60)
     finally:
@@ -72,6 +121,51 @@ def test_a_signal_at_any_moment_exits_on_one_line_and_leaves_nothing(embed_job, 
             proc.wait()
     name = "interrupted (SIGINT)" if signum == signal.SIGINT else "terminated (SIGTERM)"
     assert proc.returncode == 128 + signum, err
-    assert "Traceback" not in err and err.strip().splitlines()[-1] == f"fba embed: {name}", err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == f"fba {command}: {name}", err
     assert _children_gone(children) == [], "child processes outlived the command"
-    assert sorted(p.name for p in tmp_path.iterdir()) == [], "a temporary or a partial output was left"
+    left = sorted(p.name for p in tmp_path.iterdir())
+    if command == "caption" and moment == "mid-run":  # the output itself: complete lines, which a rerun continues
+        from fba.captioner import resume
+
+        assert left == ["captions.jsonl"] and 1 <= len(resume(out)) < 1200
+    else:
+        assert left == [], "a temporary or a partial output was left"
+
+
+@pytest.mark.parametrize("signum,target", [(signal.SIGTERM, "torchrun"), (signal.SIGKILL, "rank 1"),
+                                           (signal.SIGKILL, "torchrun")])
+def test_a_sharded_embed_leaves_no_process_of_the_run(embed_job, tmp_path, signum, target):
+    """torchrun passes SIGTERM on to its ranks; when a rank dies, torchrun stops the others; when torchrun itself
+    is SIGKILLed, each rank sees its launcher gone and unwinds (fba.lifetime) instead of finishing the job
+    unwatched. DataLoader workers end with their rank in every case."""
+    out = tmp_path / "features.safetensors"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    log = (tmp_path / "log").open("w")  # a file: the ranks inherit it, and a pipe would wait for them
+    proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
+                             "-m", "fba.cli", "embed", "--model", str(embed_job["model"]), "--images",
+                             str(embed_job["images"]), "--image-only", "--out", str(out), "--device", "cpu",
+                             "--batch-size", "2", "--num-workers", "2"], stdout=log, stderr=log, env=env)
+    run: list[psutil.Process] = []
+    try:
+        deadline = time.monotonic() + 180
+        while len(run) < 6 and proc.poll() is None and time.monotonic() < deadline:  # 2 ranks, 2 workers each
+            run = psutil.Process(proc.pid).children(recursive=True)
+            time.sleep(0.1)
+        assert len(run) >= 6, f"the ranks' workers never started (exit {proc.poll()})"
+        ranks = [p for p in run if p.ppid() == proc.pid]
+        if target == "torchrun":
+            proc.send_signal(signum)
+        else:
+            next(p for p in ranks if p.environ().get("RANK") == "1").send_signal(signum)
+        proc.wait(timeout=120)
+        assert _children_gone([p.pid for p in run], within_s=15) == [], "processes of the run outlived it"
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        for child in run:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                child.kill()
+        log.close()
+    assert proc.returncode != 0
+    assert not out.exists(), "the ranks went on without their launcher: " + (tmp_path / "log").read_text()[-2000:]
