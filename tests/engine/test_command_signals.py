@@ -1,7 +1,6 @@
 """Ctrl-C and SIGTERM at any moment of ``fba embed``, ``fba eval`` and ``fba caption`` (start-up, mid-run,
-mid-write) exit
-130 / 143 on one line, leave no temporary beside the output and no child process (DataLoader workers) behind; a
-sharded ``fba embed`` under torchrun leaves no process of the run whether torchrun is signalled or a rank or the
+mid-write) exit 130 / 143 on one line, leave no temporary beside the output and no child process (DataLoader
+workers) behind; a sharded ``fba embed`` under torchrun leaves no process of the run whether torchrun is signalled or a rank or the
 launcher is SIGKILLed (docs/reliability.md, "Signals")."""
 from __future__ import annotations
 
