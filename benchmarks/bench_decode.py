@@ -4,7 +4,7 @@
     python -m benchmarks.bench_decode [--smoke] [--results-dir DIR]
 
 Market-sized JPEGs (128x64 .. 256x128, quality 90) are encoded here in memory; each row decodes the same batch of
-encoded bytes (uint8 [3,H,W] out, what ``fba.engine.fast_embed`` takes), images/s over the median of ``repeat``.
+encoded bytes (uint8 [3,H,W] out, what ``fba.embed.fast`` takes), images/s over the median of ``repeat``.
 """
 from __future__ import annotations
 

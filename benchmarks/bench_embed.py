@@ -1,4 +1,4 @@
-"""Retrieval embedding through ``fba embed``'s engine (:class:`fba.engine.embedder.Embedder`): latency and throughput.
+"""Retrieval embedding through ``fba embed``'s engine (:class:`fba.embed.embedder.Embedder`): latency and throughput.
 
     python -m benchmarks.bench_embed            # paper size: ViT-B/16, 384x128, stride 12, bf16, batches 1/32/256
     python -m benchmarks.bench_embed --smoke    # tiny model, 64x32 images, batches 1/4/8 (CPU, make test)
@@ -14,7 +14,7 @@ batch 1 and 32, throughput (images / median call) at every batch. Inputs:
 Variants: ``eager-autocast`` (fp32 weights under bf16 autocast: an fp32 model, `fba embed` before bf16 loading),
 ``eager-bf16`` (weights cast to bf16 once: no per-call weight casts), ``compiled`` (bf16 weights, ``model.extract``
 through ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs on a GPU; CUDA only by default, the
-compilation time is a column), ``fast`` (:class:`fba.engine.fast_embed.FastEmbedder`: uint8 pinned images
+compilation time is a column), ``fast`` (:class:`fba.embed.fast.FastEmbedder`: uint8 pinned images
 normalised on the device, one CUDA graph per batch bucket; eager on the CPU) and ``fast-compiled`` (the same with
 ``extract`` through ``torch.compile`` in the default mode before capture; CUDA only by default). FLOPs from
 :func:`fba.flops.extract_flops`.
@@ -32,36 +32,17 @@ from typing import Iterator
 
 import torch
 
-from benchmarks.bench_train_step import (
-    build_bench_model,
-    free_memory,
-    matmul_peak_tflops,
-    resolve_kernel,
-    synthetic_captions,
-)
 from benchmarks.common import (
-    benchmark_parser, device_name, earlier_rows, format_table, measure, time_loop, write_results,
+    EmbedShape, benchmark_parser, build_bench_model, device_name, format_table, free_memory, matmul_peak_tflops,
+    measure, percentile, record_rows, resolve_kernel, synthetic_captions, time_loop,
 )
-from fba.engine.embedder import Embedder
-from fba.engine.fast_embed import FastEmbedder
-from fba.engine.text_bank import TextBank
+from fba.embed.embedder import Embedder
+from fba.embed.fast import FastEmbedder
+from fba.embed.text_bank import TextBank
 from fba.flops import extract_flops, spec_peak_tflops
 
 BENCHMARK_KEY = "embed"
 INPUTS = ("image", "captions", "captions-cached")
-
-
-@dataclass(frozen=True)
-class EmbedShape:
-    arch: str
-    height: int
-    width: int
-    stride: int
-    batches: tuple[int, ...]
-    latency_iters: int  # timed calls at the latency batches (1 and 32): enough for a p99
-    throughput_iters: int  # timed calls at the largest batch
-    warmup: int
-    num_classes: int = 751
 
 
 PAPER = EmbedShape("ViT-B-16", 384, 128, 12, batches=(1, 32, 256), latency_iters=50, throughput_iters=8, warmup=3)
@@ -85,11 +66,6 @@ VARIANTS = {v.name: v for v in (
     EmbedVariant("fast", bf16_weights=True, fast=True, inputs=("image", "captions-cached")),
     EmbedVariant("fast-compiled", bf16_weights=True, fast=True, compile=True, inputs=("image", "captions-cached")),
 )}
-
-
-def _percentile(values: list[float], q: float) -> float:
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
 def _text(bank: TextBank, kind: str, batch: int, dtype: torch.dtype):
@@ -143,7 +119,7 @@ def run_variant(variant: EmbedVariant, shape: EmbedShape, device: torch.device, 
                 flops = extract_flops(model_cfg, (shape.height, shape.width), with_captions=kind != "image",
                                       cached_text=kind == "captions-cached")
                 achieved = flops.total * batch / (p50 / 1e3) / 1e12
-                row.update({"p50_ms": p50, "p99_ms": _percentile(times, 0.99), "img_per_s": batch / (p50 / 1e3),
+                row.update({"p50_ms": p50, "p99_ms": percentile(times, 0.99), "img_per_s": batch / (p50 / 1e3),
                             "tflops": achieved, "mfu_spec": achieved / peak["spec"] if peak["spec"] else None,
                             "mfu_measured": achieved / peak["measured"], "iters": iters, "status": "ok"})
             except Exception as error:  # noqa: BLE001 - one broken case must not hide the others' numbers
@@ -194,11 +170,9 @@ def main(argv: list[str] | None = None) -> int:
     variants = args.variants or [n for n, v in VARIANTS.items() if device.type == "cuda" or not v.compile]
     config = benchmark_config(shape, variants, device)
     key = BENCHMARK_KEY + ("-smoke" if args.smoke else "")
-    rows = earlier_rows(key, device.type, args.results_dir, variants) if args.append else []
-    for variant_rows in run_benchmark(shape, variants, device, config):
-        rows.extend(variant_rows)  # written after every variant: a run cut short keeps what it measured
-        path = write_results(key, rows, kind=device.type, config=config, directory=args.results_dir)
-        print(format_table(variant_rows, COLUMNS), flush=True)
+    rows, path = record_rows(key, run_benchmark(shape, variants, device, config), kind=device.type, config=config,
+                             directory=args.results_dir, append=args.append, replaced=variants,
+                             show=lambda group: format_table(group, COLUMNS))
     print(f"FBA embedding (Embedder.embed) on {device_name(device.type)}: {shape.arch} {shape.height}x{shape.width} "
           f"stride {shape.stride}, bf16")
     print(format_table(rows, COLUMNS))
@@ -214,10 +188,9 @@ def main_deploy(args, device: torch.device) -> int:
     key = embed_backends.BENCHMARK_KEY + ("-smoke" if args.smoke else "")
     config = {"shape": asdict(shape), "backends": backends, "precision": "fp32", "input": "image",
               "timing": "host wall clock per call, uint8 images in, float32 features out; backends interleaved"}
-    rows = embed_backends.run_backends(shape, backends, device, args.threads)
-    if args.append:
-        rows = earlier_rows(key, device.type, args.results_dir, []) + rows
-    path = write_results(key, rows, kind=device.type, config=config, directory=args.results_dir)
+    rows, path = record_rows(key, [embed_backends.run_backends(shape, backends, device, args.threads)],
+                             kind=device.type, config=config, directory=args.results_dir, append=args.append,
+                             show=lambda group: "")
     print(f"FBA embedding backends on {device_name(device.type)}: {shape.arch} {shape.height}x{shape.width} "
           f"stride {shape.stride}, fp32, image-only")
     print(format_table(rows, embed_backends.COLUMNS))

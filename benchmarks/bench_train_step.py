@@ -18,9 +18,9 @@ Variants, side by side in one run (``--variants`` picks some):
   (the trainer's former engine).
 
 The eager variants keep fp32 weights, run the forward under bf16 autocast and step a (fused on CUDA) Adam. The
-DeepSpeed variants are what ``fba train`` runs: the trainer's own engine (:func:`fba.engine.trainer.build_engine`
+DeepSpeed variants are what ``fba train`` runs: the trainer's own engine (:func:`fba.train.trainer.build_engine`
 over ``plan_engine``: optimiser, LR schedule, engine mode, ZeRO stage) stepped by the trainer's own
-:class:`fba.engine.trainer.TrainStep` (inputs in the dtype the trainer hands its engine, forward, ``FBALoss``,
+:class:`fba.train.trainer.TrainStep` (inputs in the dtype the trainer hands its engine, forward, ``FBALoss``,
 ``engine.backward``, ``engine.step``). One more engine setting is one more ``Variant(..., engine_mode=...,
 zero_stage=...)`` line. Inputs are synthetic but
 shaped as the trainer's: a pinned host batch copied to the device each step, P x K identities, and the captions
@@ -35,7 +35,6 @@ docs/performance.md) against the data-sheet bf16 dense peak and against a bf16 m
 from __future__ import annotations
 
 import contextlib
-import gc
 import os
 import statistics
 import sys
@@ -48,15 +47,15 @@ from typing import Callable, Iterator
 import torch
 
 from benchmarks.common import (
-    benchmark_parser, device_name, earlier_rows, format_table, synchronize, time_loop, write_results,
+    Marks, benchmark_parser, build_bench_model, device_name, format_table, free_memory, matmul_peak_tflops,
+    record_rows, resolve_kernel, synchronize, synthetic_captions, time_loop,
 )
 from fba.config import Config, ModelConfig, apply_overrides, validate
-from fba.engine.engine_config import plan_engine
-from fba.engine.trainer import TrainStep, build_engine, setup_distributed
-from fba.engine.text_bank import TextBank
+from fba.train.engine_config import plan_engine
+from fba.train.trainer import TrainStep, build_engine, setup_distributed
+from fba.embed.text_bank import TextBank
 from fba.flops import spec_peak_tflops, training_flops
 from fba.losses import FBALoss
-from fba.model import build_model
 
 BENCHMARK_KEY = "train_step"
 
@@ -107,84 +106,9 @@ VARIANTS = {v.name: v for v in (
 SMOKE_VARIANTS = ("eager-reference", "+cached-text", "+deepspeed", "+deepspeed-zero2", "+deepspeed-lowp")
 SECTIONS = ("data", "backbone_fwd", "text_fwd", "cross_modal_fwd", "heads_fwd", "loss_fwd", "after_backbone_bwd",
             "backbone_bwd", "optimizer", "other")
-WORDS = ("a man woman person wearing red blue black white grey green jacket shirt dress jeans trousers backpack bag "
-         "hat shoes carrying holding walking standing near car bus tree bench door window street crowd bicycle sign "
-         "behind front left right partly covering the with and of in on").split()
 
 
 # ---- helpers shared with bench_embed ---------------------------------------------------------------------------
-
-def synthetic_captions(count: int, seed: int = 0, min_words: int = 4, max_words: int = 45) -> list[str]:
-    """Captions of varied length (a few words up to past the 77-token context), reproducible from ``seed``."""
-    gen = torch.Generator().manual_seed(seed)
-    lengths = torch.randint(min_words, max_words + 1, (count,), generator=gen).tolist()
-    picks = torch.randint(0, len(WORDS), (sum(lengths),), generator=gen).tolist()
-    captions, start = [], 0
-    for length in lengths:
-        captions.append(" ".join(WORDS[i] for i in picks[start:start + length]))
-        start += length
-    return captions
-
-
-def build_bench_model(shape: Shape, kernel: str, device: torch.device) -> tuple[ModelConfig, torch.nn.Module]:
-    """The full FBA of ``shape`` (any object with arch, stride, height, width, num_classes) with random weights:
-    no checkpoint is read, speed does not depend on the values."""
-    cfg = ModelConfig(arch=shape.arch, stride=shape.stride, kernel=kernel)
-    torch.manual_seed(0)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # "model.pretrained is not set"
-        model = build_model(cfg, shape.num_classes, (shape.height, shape.width))
-    return cfg, model.to(device)
-
-
-def resolve_kernel(kernel: str, device: torch.device) -> str:
-    """Fused kernels exist for CUDA tensors only: on the CPU every variant runs the reference path."""
-    return kernel if device.type == "cuda" else "reference"
-
-
-class Marks:
-    """Labelled time points; a label names the section that *ends* at it. CUDA events on a GPU, else perf_counter."""
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.points: list[tuple[str, object]] = []
-
-    def mark(self, label: str) -> None:
-        if self.cuda:
-            event = torch.cuda.Event(enable_timing=True)
-            event.record()
-            self.points.append((label, event))
-        else:
-            self.points.append((label, time.perf_counter()))
-
-    def clear(self) -> None:
-        self.points.clear()
-
-    def _ms(self, start, end) -> float:
-        return start.elapsed_time(end) if self.cuda else 1e3 * (end - start)
-
-    def steps(self) -> list[dict[str, float]]:
-        """Milliseconds per section label for each step (a step begins at a ``start`` mark)."""
-        if self.cuda:
-            torch.cuda.synchronize()
-        steps: list[dict[str, float]] = []
-        previous = None
-        for label, point in self.points:
-            if label == "start":
-                steps.append({})
-            elif previous is not None and steps:
-                steps[-1][label] = steps[-1].get(label, 0.0) + self._ms(previous, point)
-            previous = point
-        return steps
-
-
-def matmul_peak_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, size: int | None = None,
-                       repeat: int = 20) -> float:
-    """The bf16 dense matmul rate this device reaches in practice (TFLOP/s): the denominator of a fair MFU."""
-    size = size or (8192 if device.type == "cuda" else 512)
-    a = torch.randn(size, size, device=device, dtype=dtype)
-    b = torch.randn(size, size, device=device, dtype=dtype)
-    return 2 * size**3 / time_loop(lambda: a @ b, repeat, warmup=3, device=device) / 1e12
 
 
 def count_host_syncs(fn: Callable[[], object], device: torch.device) -> int | None:
@@ -199,12 +123,6 @@ def count_host_syncs(fn: Callable[[], object], device: torch.device) -> int | No
         finally:
             torch.cuda.set_sync_debug_mode("default")
     return sum("synchronizing" in str(w.message) for w in caught)
-
-
-def free_memory(device: torch.device) -> None:
-    gc.collect()
-    if device.type == "cuda":
-        torch.cuda.empty_cache()
 
 
 # ---- the training step -----------------------------------------------------------------------------------------
@@ -418,11 +336,11 @@ def main(argv: list[str] | None = None) -> int:
     variants = args.variants or list(SMOKE_VARIANTS if args.smoke else VARIANTS)
     config = benchmark_config(shape, variants, device)
     key = BENCHMARK_KEY + ("-smoke" if args.smoke else "")
-    rows = earlier_rows(key, device.type, args.results_dir, variants) if args.append else []
-    for row in run_benchmark(shape, variants, device, config):
-        rows.append(row)  # written after every variant: a run cut short keeps what it measured
-        path = write_results(key, rows, kind=device.type, config=config, directory=args.results_dir)
-        print(f"{row['variant']}: {row['status']}, {row.get('img_per_s', 0):.4g} img/s", flush=True)
+    rows, path = record_rows(key, ([row] for row in run_benchmark(shape, variants, device, config)),
+                             kind=device.type, config=config, directory=args.results_dir, append=args.append,
+                             replaced=variants, show=lambda group: "\n".join(
+                                 f"{row['variant']}: {row['status']}, {row.get('img_per_s', 0):.4g} img/s"
+                                 for row in group))
     print(f"FBA training step on {device_name(device.type)}: {shape.arch} {shape.height}x{shape.width} stride "
           f"{shape.stride}, batch {shape.batch}, bf16; peak bf16 TFLOP/s spec {config['peak_tflops']['spec_bf16_dense']}"
           f", measured {config['peak_tflops']['measured_bf16_matmul']:.4g}")

@@ -20,6 +20,7 @@ keeps the others. Each entry holds::
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import platform
@@ -28,10 +29,13 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
+
+import torch
 
 from fba.atomic import atomic_write_bytes
 from fba.precision import performance_flags
@@ -57,8 +61,6 @@ def device_name(kind: str = "cpu") -> str:
     if kind == "cpu":
         return cpu_name()
     if kind == "cuda":
-        import torch
-
         return torch.cuda.get_device_name()
     raise ValueError(f"device kind must be 'cpu' or 'cuda', got {kind!r}")
 
@@ -116,8 +118,6 @@ class Timing:
 def synchronize(device: Any) -> None:
     """Wait for the device's queued work, so a timer read after it measures the work (no-op off CUDA)."""
     if getattr(device, "type", device) == "cuda":
-        import torch
-
         torch.cuda.synchronize()
 
 
@@ -206,6 +206,33 @@ def earlier_rows(key: str, kind: str, directory: str | None, replaced: list[str]
     return [row for row in rows if row.get("variant") not in replaced]
 
 
+def record_rows(
+    key: str,
+    groups: Iterable[list[dict]],
+    *,
+    kind: str,
+    config: dict,
+    directory: str | os.PathLike | None,
+    append: bool,
+    replaced: Sequence[str] = (),
+    show: Callable[[list[dict]], str] | None = None,
+) -> tuple[list[dict], Path]:
+    """The results loop of every benchmark driver: with ``append`` the rows an earlier run stored under ``key``
+    (less the variants in ``replaced``, measured again), then each group of rows written as it arrives, so a run
+    cut short keeps what it measured, and shown by ``show`` (default: a table)."""
+    rows = earlier_rows(key, kind, directory, list(replaced)) if append else []
+    path = None
+    for group in groups:
+        rows.extend(group)
+        path = write_results(key, rows, kind=kind, config=config, directory=directory)
+        shown = (show or format_table)(group)
+        if shown:
+            print(shown, flush=True)
+    if path is None:
+        path = write_results(key, rows, kind=kind, config=config, directory=directory)
+    return rows, path
+
+
 def write_results(
     benchmark: str,
     rows: Sequence[dict],
@@ -239,3 +266,110 @@ def write_results(
         "rows": list(rows),
     }
     return atomic_write_bytes(path, (json.dumps(data, indent=2, sort_keys=False) + "\n").encode())
+
+# ---- shared by the benchmarks: model builders, shapes, captions, peaks, memory, marks ----------------------
+
+WORDS = ("a man woman person wearing red blue black white grey green jacket shirt dress jeans trousers backpack bag "
+         "hat shoes carrying holding walking standing near car bus tree bench door window street crowd bicycle sign "
+         "behind front left right partly covering the with and of in on").split()
+
+
+def synthetic_captions(count: int, seed: int = 0, min_words: int = 4, max_words: int = 45) -> list[str]:
+    """Captions of varied length (a few words up to past the 77-token context), reproducible from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    lengths = torch.randint(min_words, max_words + 1, (count,), generator=gen).tolist()
+    picks = torch.randint(0, len(WORDS), (sum(lengths),), generator=gen).tolist()
+    captions, start = [], 0
+    for length in lengths:
+        captions.append(" ".join(WORDS[i] for i in picks[start:start + length]))
+        start += length
+    return captions
+
+
+def build_bench_model(shape: Any, kernel: str, device: torch.device) -> tuple[Any, torch.nn.Module]:
+    """The full FBA of ``shape`` (any object with arch, stride, height, width, num_classes) with random weights:
+    no checkpoint is read, speed does not depend on the values."""
+    from fba.config import ModelConfig
+    from fba.model import build_model
+
+    cfg = ModelConfig(arch=shape.arch, stride=shape.stride, kernel=kernel)
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "model.pretrained is not set"
+        model = build_model(cfg, shape.num_classes, (shape.height, shape.width))
+    return cfg, model.to(device)
+
+
+def resolve_kernel(kernel: str, device: torch.device) -> str:
+    """Fused kernels exist for CUDA tensors only: on the CPU every variant runs the reference path."""
+    return kernel if device.type == "cuda" else "reference"
+
+
+class Marks:
+    """Labelled time points; a label names the section that *ends* at it. CUDA events on a GPU, else perf_counter."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.points: list[tuple[str, object]] = []
+
+    def mark(self, label: str) -> None:
+        if self.cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.points.append((label, event))
+        else:
+            self.points.append((label, time.perf_counter()))
+
+    def clear(self) -> None:
+        self.points.clear()
+
+    def _ms(self, start, end) -> float:
+        return start.elapsed_time(end) if self.cuda else 1e3 * (end - start)
+
+    def steps(self) -> list[dict[str, float]]:
+        """Milliseconds per section label for each step (a step begins at a ``start`` mark)."""
+        if self.cuda:
+            torch.cuda.synchronize()
+        steps: list[dict[str, float]] = []
+        previous = None
+        for label, point in self.points:
+            if label == "start":
+                steps.append({})
+            elif previous is not None and steps:
+                steps[-1][label] = steps[-1].get(label, 0.0) + self._ms(previous, point)
+            previous = point
+        return steps
+
+
+def matmul_peak_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, size: int | None = None,
+                       repeat: int = 20) -> float:
+    """The bf16 dense matmul rate this device reaches in practice (TFLOP/s): the denominator of a fair MFU."""
+    size = size or (8192 if device.type == "cuda" else 512)
+    a = torch.randn(size, size, device=device, dtype=dtype)
+    b = torch.randn(size, size, device=device, dtype=dtype)
+    return 2 * size**3 / time_loop(lambda: a @ b, repeat, warmup=3, device=device) / 1e12
+
+
+def free_memory(device: torch.device) -> None:
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+@dataclass(frozen=True)
+class EmbedShape:
+    arch: str
+    height: int
+    width: int
+    stride: int
+    batches: tuple[int, ...]
+    latency_iters: int  # timed calls at the latency batches (1 and 32): enough for a p99
+    throughput_iters: int  # timed calls at the largest batch
+    warmup: int
+    num_classes: int = 751
+
+
+def percentile(values: list[float], q: float) -> float:
+    """The ``q`` quantile of ``values`` by the nearest rank (p50, p99 of timed calls)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]

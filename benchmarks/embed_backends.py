@@ -20,12 +20,11 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.bench_embed import EmbedShape, _percentile
-from benchmarks.bench_train_step import build_bench_model
+from benchmarks.common import EmbedShape, build_bench_model, percentile
 from fba.data.transforms import CLIP_MEAN, CLIP_STD
 from fba.deploy.export import export_aoti, export_metadata, export_onnx, export_program
-from fba.deploy.runtime import AOTIModel, OnnxRuntimeModel
-from fba.engine.embedder import Embedder
+from fba.embed.backends import AOTIModel, OnnxRuntimeModel
+from fba.embed.embedder import Embedder
 
 BENCHMARK_KEY = "embed-deploy"
 BACKENDS = ("pytorch", "onnxruntime", "aoti")
@@ -91,7 +90,7 @@ def run_backends(shape: EmbedShape, backends: list[str], device: torch.device, t
                     rows.append(dict(row, status=failed[backend]))
                     continue
                 p50 = statistics.median(times[backend])
-                rows.append(dict(row, p50_ms=p50, p99_ms=_percentile(times[backend], 0.99), img_per_s=batch / (p50 / 1e3),
+                rows.append(dict(row, p50_ms=p50, p99_ms=percentile(times[backend], 0.99), img_per_s=batch / (p50 / 1e3),
                                  iters=len(times[backend]), status="ok"))
     for row in rows:
         base = next((r for r in rows if r["backend"] == "pytorch" and r["batch"] == row["batch"]), None)

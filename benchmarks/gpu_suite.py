@@ -51,7 +51,7 @@ REHEARSE_EMBED_VARIANTS = ("fast",)
 DEEPSPEED_WHEELS = ("deepspeed", "pydantic", "pydantic_core", "annotated_types", "typing_inspection", "hjson",
                     "packaging")
 SCRATCH = "gpu_suite-scratch"  # under the results folder: where the rehearsal installs the DeepSpeed set
-GPU_TESTS = ["tests/kernels", "tests/engine/test_fast_embed.py", "tests/model/test_model_cross_modal.py"]
+GPU_TESTS = ["tests/kernels", "tests/embed/test_fast_embed.py", "tests/model/test_model_cross_modal.py"]
 
 
 @dataclass

@@ -25,8 +25,8 @@ from fba.data import CaptionStore, build_dataset
 from fba.data.loaders import load_data
 from fba.data.synthetic.noise import REALISTIC_LEVEL
 from fba.demo import FEATURES, ensure_synthetic, feature_metrics, headline
-from fba.engine.checkpoint import load_model
-from fba.engine.trainer import train
+from fba.model.model_file import load_model
+from fba.train.trainer import train
 from fba.errors import UsageError
 
 ROWS: list[tuple[str, dict[str, bool]]] = [

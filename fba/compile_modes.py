@@ -6,7 +6,7 @@ GPU: Inductor fuses the eager elementwise work between the matmuls (LayerNorm, Q
 is what held the backbone at a quarter of the matmul peak. That GPU choice is **unmeasured**: ``benchmarks/gpu_suite``
 times off / default / max-autotune-no-cudagraphs side by side, and the default follows its numbers.
 ``reduce-overhead`` (CUDA graphs inside ``torch.compile``) is not offered for embedding: the fast embedder captures
-its own graphs per batch bucket (:mod:`fba.engine.fast_embed`).
+its own graphs per batch bucket (:mod:`fba.embed.fast`).
 """
 from __future__ import annotations
 

@@ -23,9 +23,9 @@ Loader = Literal["auto", "torch", "dali"]  # auto: DALI on a GPU (when installed
 Arch = Literal["ViT-B-16", "tiny"]  # fba.model.ARCHS
 Kernel = Literal["auto", "reference", "triton", "cuda"]  # fba.kernels.BACKENDS
 Optimizer = Literal["adam"]
-ZeroStage = Literal["auto", "0", "1", "2", "3"]  # auto: 0 on one rank, 2 on several (fba.engine.engine_config)
+ZeroStage = Literal["auto", "0", "1", "2", "3"]  # auto: 0 on one rank, 2 on several (fba.train.engine_config)
 Precision = Literal["auto", "bf16", "fp16", "fp32"]
-EngineMode = Literal["auto", "autocast", "lowp_weights"]  # fba.engine.engine_config.ENGINE_MODES
+EngineMode = Literal["auto", "autocast", "lowp_weights"]  # fba.train.engine_config.ENGINE_MODES
 Feature = Literal["full", "image"]  # full: CLS, F_f^V, F_f^T with captions; image: CLS only
 COMPILE_MODES = ("auto", "off", "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
@@ -116,7 +116,7 @@ class EvalConfig:
 @dataclass
 class EmbedConfig:
     compile: str = "auto"  # torch.compile mode of the embed forward (fba.compile_modes); auto: off on CPU
-    cuda_graphs: bool = True  # fba.engine.fast_embed: one CUDA graph per batch bucket (CUDA only)
+    cuda_graphs: bool = True  # fba.embed.fast: one CUDA graph per batch bucket (CUDA only)
     graph_batches: list = field(default_factory=lambda: [1, 8, 32, 256])  # buckets a short batch is padded up to
 
 

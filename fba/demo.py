@@ -28,12 +28,12 @@ from fba.data.loaders import load_data
 from fba.data.synthetic import generate
 from fba.data.synthetic.noise import REALISTIC_LEVEL
 from fba.data.transforms import build_eval_transform, read_image
-from fba.engine.checkpoint import load_model
-from fba.engine.embedder import Embedder
+from fba.model.model_file import load_model
+from fba.embed.embedder import Embedder
 from fba.retrieval.features_file import FeatureSet
 from fba.retrieval.eval_set import RetrievalEval, with_feature
 from fba.retrieval.score import query_gallery
-from fba.engine.trainer import seed_everything, train
+from fba.train.trainer import seed_everything, train
 from fba.retrieval.metrics import RetrievalMetrics, pairwise_distance
 from fba.model import build_model, select_feature
 from fba.model.text import TextFeatures

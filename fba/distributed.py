@@ -147,7 +147,7 @@ def init_process_group(backend: str, alone: bool = False) -> None:
 
     torchrun's workers share the agent's store across restarts; a restarted group that keys its gloo connections
     in it as the first attempt did can read an address of the dead attempt and fail with "connectFullMesh ...
-    Connection refused" (seen in about half of the restarts of tests/engine/test_world_size.py). A prefix per
+    Connection refused" (seen in about half of the restarts of tests/train/test_world_size.py). A prefix per
     ``TORCHELASTIC_RESTART_COUNT`` keeps every attempt's keys apart.
     """
     if alone:

@@ -40,8 +40,9 @@ _decomposed = False
 
 @contextlib.contextmanager
 def decomposed() -> Iterator[None]:
-    """Run the plain PyTorch decomposition instead of the custom op, whatever the backend, for exporters that
-    cannot carry a custom op (ONNX); ``torch.export`` keeps the op as it is (docs/kernels.md, "Export")."""
+    """Run the plain PyTorch decomposition instead of the custom op, whatever the backend: the one switch to the
+    reference attention, for exporters that cannot carry a custom op (ONNX) and for tests; ``torch.export`` keeps
+    the op as it is (docs/kernels.md, "Export")."""
     global _decomposed
     previous, _decomposed = _decomposed, True
     try:
@@ -79,9 +80,9 @@ def cross_attention_with_stats(
     The stats carry a gradient only with ``pool_grad`` (gradients through the pooling weights): the fused
     backward then adds their term, without materialising the maps.
     """
-    chosen = resolve_backend(backend, q, k_f)
-    if backend == "reference" or _decomposed:
+    if backend == "reference" or _decomposed:  # decomposed() overrides every backend, before it is checked
         return cross_attention.reference(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
+    chosen = resolve_backend(backend, q, k_f)
     return cross_attention_op.fused(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start, backend=chosen,
                                  stats_grad=pool_grad)
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 
 from fba.config import Config, ConfigError, config_from_dict, load_config
-from fba.engine.trainer import check_trainable
+from fba.train.trainer import check_trainable
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 PAPER = {"dukemtmc": 8e-5, "occluded_duke": 8e-5, "cuhk03np": 1.2e-4, "market1501": 8e-5, "msmt17": 8e-5}

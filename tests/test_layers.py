@@ -11,8 +11,9 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("distributed", ("fba.distributed",)),
     ("parts", ("fba.data", "fba.model", "fba.kernels", "fba.losses", "fba.flops", "fba.compile_modes")),
     ("retrieval", ("fba.retrieval",)),
-    ("embedding, training, deployment", ("fba.engine", "fba.deploy", "fba.retrieval.eval_set",
-                                         "fba.retrieval.command")),
+    ("deployment", ("fba.deploy",)),
+    ("embedding", ("fba.embed", "fba.retrieval.eval_set", "fba.retrieval.command")),
+    ("training", ("fba.train",)),
     ("apps", ("fba.captioner", "fba.caption_baseline", "fba.viz", "fba.demo", "fba.ablate")),
     ("commands", ("fba.commands", "fba.cli")),
 ]
@@ -40,9 +41,9 @@ def test_every_import_goes_down_the_layers():
 
 
 def test_an_upward_import_is_found():
-    graph = {"fba.data.sampler": {"fba.engine.trainer"}, "fba.engine.trainer": {"fba.data.sampler"},
-             "fba.retrieval.eval_set": {"fba.engine.embedder"}, "fba.retrieval.metrics": {"fba.retrieval.eval_set"}}
+    graph = {"fba.data.sampler": {"fba.train.trainer"}, "fba.train.trainer": {"fba.data.sampler"},
+             "fba.retrieval.eval_set": {"fba.embed.embedder"}, "fba.retrieval.metrics": {"fba.retrieval.eval_set"}}
     assert upward_imports(graph) == [
-        "fba.data.sampler (parts) imports fba.engine.trainer (embedding, training, deployment)",
-        "fba.retrieval.metrics (retrieval) imports fba.retrieval.eval_set (embedding, training, deployment)",
+        "fba.data.sampler (parts) imports fba.train.trainer (training)",
+        "fba.retrieval.metrics (retrieval) imports fba.retrieval.eval_set (embedding)",
     ]

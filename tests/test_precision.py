@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fba import precision
-from fba.engine.trainer import resolve_precision
+from fba.train.trainer import resolve_precision
 
 AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n"
 SAPPHIRE_RAPIDS = "processor\t: 0\nflags\t\t: fpu avx2 avx512f avx512_bf16 amx_bf16 amx_tile\n"

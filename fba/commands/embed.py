@@ -36,6 +36,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int | None:
-    from fba.engine.embed_cli import run as run_embed
+    from fba.embed.command import run as run_embed
 
     return run_embed(args)

@@ -16,6 +16,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int | None:
-    from fba.engine.trainer import run as run_train
+    from fba.train.trainer import run as run_train
 
     return run_train(args)

@@ -36,6 +36,20 @@ ERASING_SCALE = (0.02, 0.33)
 ERASING_RATIO = (0.3, 3.3)
 
 
+class ClipNormalise(torch.nn.Module):
+    """Decoded RGB pixels (uint8, or float holding 0..255) [N, 3, H, W] to the model's input: scaled to 0..1,
+    then CLIP's mean and std per channel. The one copy of the arithmetic the eval transform does on the host, for
+    the paths that normalise on the device (the CUDA-graph embedder) or inside an exported graph."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() / 255.0 - self.mean) / self.std
+
+
 class ImageReadError(OSError, InputError):
     """An image could not be read (missing, truncated, corrupt, not an image); the message names the file."""
 

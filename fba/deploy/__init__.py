@@ -1,5 +1,5 @@
-"""Deployment: ``fba export`` (ONNX, AOTInductor), the runtimes that serve the exports, sharded embedding.
+"""Deployment: ``fba export`` (ONNX, AOTInductor) and the exported graph.
 
-docs/deployment.md is the user's guide; ``graph`` holds the exported graph, ``export`` the command,
-``runtime`` the onnxruntime / AOTInductor embedding backends, ``shards`` the torchrun-sharded ``fba embed``.
+docs/deployment.md is the user's guide; ``graph`` holds the exported graph, ``export`` the command and the
+export files' metadata. The runtimes that embed with an export are :mod:`fba.embed.backends`.
 """

@@ -24,9 +24,10 @@ import torch
 from torch import nn
 
 import fba
+from fba import kernels
 from fba.atomic import atomic_path, check_output_path
 from fba.data.transforms import CLIP_MEAN, CLIP_STD
-from fba.deploy.graph import INPUT_DTYPES, ExportedEmbedder, reference_attention
+from fba.deploy.graph import INPUT_DTYPES, ExportedEmbedder
 from fba.distributed import usable_device
 from fba.errors import InputError, UsageError
 
@@ -107,7 +108,7 @@ def export_program(model: nn.Module, feature: str, input_dtype: str = "uint8") -
     dynamic = tuple({0: batch} for _ in args)
     device = next(model.parameters()).device
     args = tuple(a.to(device) for a in args)
-    with torch.no_grad(), reference_attention(model):
+    with torch.no_grad(), kernels.decomposed():  # standard ops only: no runtime has fba's custom op
         return torch.export.export(wrapper.to(device), args, dynamic_shapes=dynamic, strict=False)
 
 
@@ -150,7 +151,7 @@ def export_model_file(
 ) -> Path:
     """Load ``checkpoint`` (a ``model.pt``) in fp32 and write ``out_dir/model.onnx`` or ``model.pt2``; an
     AOTInductor package runs on the device it was compiled on (``device``), an ONNX model anywhere."""
-    from fba.engine.checkpoint import load_model
+    from fba.model.model_file import load_model
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")

@@ -8,14 +8,10 @@ on the decoder, and the contract is "an H x W RGB crop, bicubic-resized as PIL d
 """
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Iterator
-
 import torch
 from torch import nn
 
-from fba import kernels
-from fba.data.transforms import CLIP_MEAN, CLIP_STD
+from fba.data.transforms import ClipNormalise
 
 FEATURES = ("image", "full")
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
@@ -37,11 +33,7 @@ class ExportedEmbedder(nn.Module):
             raise ValueError("the baseline model (model.cross_modal=false) has no full feature; export --feature image")
         self.model = model
         self.feature = feature
-        self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
-
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        return (images.float() / 255.0 - self.mean) / self.std
+        self.normalise = ClipNormalise()
 
     def forward(self, images: torch.Tensor, fg_tokens: torch.Tensor | None = None,
                 bg_tokens: torch.Tensor | None = None) -> torch.Tensor:
@@ -49,20 +41,3 @@ class ExportedEmbedder(nn.Module):
         if self.feature == "image":
             return self.model.extract(x)
         return self.model.extract(x, (fg_tokens, bg_tokens))
-
-
-@contextlib.contextmanager
-def reference_attention(model: nn.Module) -> Iterator[None]:
-    """Trace the plain PyTorch attention (``model.kernel=reference`` and ``fba.kernels.decomposed()``): an exported
-    graph must hold standard ops only, not the custom op ``fba::cross_attention_with_stats``, which no ONNX runtime
-    and no process without fba has (docs/kernels.md, "Export")."""
-    cross_modal = getattr(model, "cross_modal", None)
-    kept = None if cross_modal is None else cross_modal.kernel
-    if cross_modal is not None:
-        cross_modal.kernel = "reference"
-    try:
-        with kernels.decomposed():
-            yield
-    finally:
-        if cross_modal is not None:
-            cross_modal.kernel = kept

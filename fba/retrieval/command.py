@@ -73,8 +73,8 @@ def _run_checkpoint(args: argparse.Namespace, cfg: Config) -> FeatureSet:
 
     from fba.data.loaders import load_data
     from fba.distributed import usable_device
-    from fba.engine.checkpoint import load_model
-    from fba.engine.embedder import Embedder, default_device, default_dtype
+    from fba.model.model_file import load_model
+    from fba.embed.embedder import Embedder, default_device, default_dtype
     from fba.retrieval.eval_set import RetrievalEval
 
     device = usable_device(args.device) if args.device else default_device()

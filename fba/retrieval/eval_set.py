@@ -17,9 +17,9 @@ from fba.config import Config
 from fba.data.captions import CaptionStore
 from fba.data.datasets import ReIDDataset
 from fba.data.loaders import Loaders
-from fba.engine.embedder import Embedder
+from fba.embed.embedder import Embedder
 from fba.retrieval.features_file import FeatureSet
-from fba.engine.text_bank import TextBank
+from fba.embed.text_bank import TextBank
 from fba.retrieval.metrics import RetrievalMetrics
 from fba.retrieval.score import score_feature_set as score
 

@@ -36,9 +36,9 @@ def test_bench_train_step_smoke_writes_table_and_json(tmp_path, capsys):
 
 @pytest.mark.slow  # DeepSpeed's engine on the CPU
 def test_deepspeed_row_runs_the_trainers_own_step(tmp_path, monkeypatch):
-    """The "fba train" row is measured on ``fba.engine.trainer.TrainStep`` over ``build_engine``'s engine, with
+    """The "fba train" row is measured on ``fba.train.trainer.TrainStep`` over ``build_engine``'s engine, with
     the variant's engine mode and ZeRO stage reaching the trainer's config."""
-    from fba.engine import trainer
+    from fba.train import trainer
 
     calls, configs = [], []
     real_call, real_build = trainer.TrainStep.__call__, trainer.build_engine

@@ -210,7 +210,7 @@ def test_fba_train_on_a_listing(tmp_path):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "engine"))
     from _tiny_run import make_tiny_dataset, tiny_config
 
-    from fba.engine.trainer import train
+    from fba.train.trainer import train
 
     root = make_tiny_dataset(tmp_path / "tiny")
     _write_csv(root / "list.csv", _market_rows(root), columns=("path", "pid", "split"))

@@ -1,16 +1,13 @@
 """The data-loader factory: the data set with its captions, and the DALI-or-torch choice made once per device."""
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "engine"))
-from _tiny_run import make_tiny_dataset, tiny_config  # noqa: E402
-
-from fba.data.loaders import Loaders, dali_available, load_data  # noqa: E402
+from _tiny_run import make_tiny_dataset, tiny_config
+from fba.data.loaders import Loaders, dali_available, load_data
 
 needs_dali = pytest.mark.skipif(not dali_available(), reason="NVIDIA DALI is not installed")
 

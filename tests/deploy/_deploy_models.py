@@ -9,8 +9,8 @@ from torchvision import transforms as T
 
 from fba.config import load_config
 from fba.data.transforms import CLIP_MEAN, CLIP_STD
-from fba.engine.checkpoint import export_model, load_model
-from fba.engine.embedder import Embedder
+from fba.model.model_file import export_model, load_model
+from fba.embed.embedder import Embedder
 from fba.model import build_model
 from fba.model.text import tokenize
 

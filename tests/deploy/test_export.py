@@ -10,7 +10,7 @@ import torch
 from _deploy_models import inputs, make_checkpoint, pytorch_features
 from fba.cli import main
 from fba.deploy.export import export_model_file, file_sha256, read_metadata
-from fba.deploy.runtime import load_exported
+from fba.embed.backends import load_exported
 from fba.model.text import tokenize
 
 BACKEND = {"onnx": "onnxruntime", "aoti": "aoti"}

@@ -27,7 +27,7 @@ def _planted_package(checkpoint: Path, tmp_path: Path, marker: Path) -> Path:
     import torch
 
     from fba.deploy.export import export_metadata
-    from fba.engine.checkpoint import load_model
+    from fba.model.model_file import load_model
 
     model, cfg = load_model(checkpoint, "cpu", torch.float32)
     source = tmp_path / "planted.c"

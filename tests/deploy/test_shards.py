@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from fba.cli import main
-from fba.deploy import shards
+from fba.embed import shards
 from fba.retrieval.features_file import load_features
 
 

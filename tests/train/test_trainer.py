@@ -10,9 +10,10 @@ import torch
 
 from _tiny_run import make_tiny_dataset, tiny_config
 from fba.config import ConfigError
-from fba.engine.checkpoint import CheckpointMismatchError, latest_tag, load_model
-from fba.engine.run_folder import RunFolderInUseError
-from fba.engine.trainer import Trainer, train
+from fba.model.model_file import load_model
+from fba.train.checkpoint import CheckpointMismatchError, latest_tag
+from fba.train.run_folder import RunFolderInUseError
+from fba.train.trainer import Trainer, train
 
 LOSS_KEYS = ("loss/total", "loss/id", "loss/tri", "loss/id_c", "loss/tri_c", "loss/div_tri", "loss/div_con", "loss/div")
 
@@ -140,8 +141,8 @@ def test_test_only_dataset_and_cpu_fp16_are_refused(tiny_root, tmp_path):
 
 
 def test_precision_and_deepspeed_settings_follow_the_config(tiny_root, tmp_path):
-    from fba.engine.engine_config import deepspeed_config, plan_engine
-    from fba.engine.trainer import resolve_precision
+    from fba.train.engine_config import deepspeed_config, plan_engine
+    from fba.train.trainer import resolve_precision
 
     cpu = torch.device("cpu")
     assert resolve_precision("fp32", cpu) == "fp32" and resolve_precision("bf16", cpu) == "bf16"
@@ -161,7 +162,7 @@ def test_precision_and_deepspeed_settings_follow_the_config(tiny_root, tmp_path)
 
 def test_a_batch_that_does_not_split_over_the_ranks_is_refused_before_deepspeed_starts(tiny_root, tmp_path,
                                                                                        monkeypatch):
-    import fba.engine.trainer as trainer
+    import fba.train.trainer as trainer
 
     def no_deepspeed():
         raise AssertionError("DeepSpeed started before the batch split was checked")

@@ -11,7 +11,7 @@ import torch
 from _tiny_run import make_tiny_dataset, tiny_config
 from fba.cli import main
 from fba.retrieval.features_file import load_features
-from fba.engine.trainer import train
+from fba.train.trainer import train
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device; CPU twins in test_trainer.py")
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from fba.config import ConfigError, SolverConfig, load_config
-from fba.engine.schedule import EpochCosineSchedule, lr_factor
+from fba.train.schedule import EpochCosineSchedule, lr_factor
 
 
 def _cfg(**kw) -> SolverConfig:

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from _tiny_run import make_tiny_dataset, tiny_config
-from fba.engine import checkpoint as ckpt
+from fba.model import model_file
 
 TINY = ["model.arch=tiny", "model.stride=16", "model.cross_layers=1", "data.height=64", "data.width=32",
         "data.num_workers=0", "data.loader=torch", "train.precision=fp32", "solver.epochs=1",
@@ -28,7 +28,7 @@ def world(tmp_path_factory) -> dict[str, Path]:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = build_model(cfg.model, 4, (64, 32))
-    model_path = ckpt.export_model(model, base / "model.pt", cfg, 4, (64, 32))
+    model_path = model_file.export_model(model, base / "model.pt", cfg, 4, (64, 32))
     config = base / "tiny.yaml"
     config.write_text(f"data:\n  root: {root}\n")
     return {"base": base, "root": root, "model": model_path, "config": config}

@@ -3,8 +3,8 @@
 ``Embedder(model, device, dtype)`` runs ``FBA.extract`` in eval mode on batches: with captions the full
 feature (post-BN CLS, F_f^V, F_f^T), without them the image-only one (post-BN CLS). The trainer's periodic
 evaluation, ``fba eval --checkpoint`` (both through :mod:`fba.retrieval.eval_set`) and ``fba embed``
-(:mod:`fba.engine.embed_cli`) use the same object, so a model is always measured the same way.
-:mod:`fba.engine.fast_embed` builds on it for CUDA.
+(:mod:`fba.embed.command`) use the same object, so a model is always measured the same way.
+:mod:`fba.embed.fast` builds on it for CUDA.
 """
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from fba.engine.text_bank import TextBank, text_inputs
+from fba.embed.text_bank import TextBank, text_inputs
 from fba.model.text import Text, TextFeatures
 
 

@@ -11,10 +11,11 @@ import pytest
 import torch
 
 from fba.config import Config, SolverConfig, load_config
-from fba.engine import checkpoint as ckpt
-from fba.engine.schedule import EpochCosineSchedule
-from fba.engine.engine_config import EnginePlan, deepspeed_config
-from fba.engine.trainer import setup_distributed
+from fba.train import checkpoint as ckpt
+from fba.model import model_file
+from fba.train.schedule import EpochCosineSchedule
+from fba.train.engine_config import EnginePlan, deepspeed_config
+from fba.train.trainer import setup_distributed
 
 
 def _engine(seed: int = 0):
@@ -134,19 +135,19 @@ def test_model_export_loads_without_deepspeed_and_extracts_the_same(tmp_path):
     images = torch.randn(3, 3, 64, 32)
     fg = tokenize(["a red shirt", "blue jeans", "a green coat"])
     bg = tokenize(["a car", "a tree", "a wall"])
-    path = ckpt.export_model(model, tmp_path / "model.pt", cfg, 5, (64, 32))
-    loaded, loaded_cfg = ckpt.load_model(path)
+    path = model_file.export_model(model, tmp_path / "model.pt", cfg, 5, (64, 32))
+    loaded, loaded_cfg = model_file.load_model(path)
     assert loaded_cfg.model.arch == "tiny" and loaded_cfg.model.pretrained is None
     with torch.no_grad():
         assert torch.equal(model.extract(images, (fg, bg)), loaded.extract(images, (fg, bg)))
-    half, _ = ckpt.load_model(path, dtype=torch.bfloat16)
+    half, _ = model_file.load_model(path, dtype=torch.bfloat16)
     assert {p.dtype for p in half.parameters()} == {torch.bfloat16}
     with torch.no_grad():
         reference = model.extract(images, (fg, bg))
         assert torch.allclose(half.extract(images.bfloat16(), (fg, bg)).float(), reference, atol=3e-2)
     (tmp_path / "junk.pt").write_bytes(b"not a model")
     with pytest.raises(ValueError, match="junk.pt"):
-        ckpt.load_model(tmp_path / "junk.pt")
+        model_file.load_model(tmp_path / "junk.pt")
     torch.save({"weights": 1}, tmp_path / "other.pt")
     with pytest.raises(ValueError, match="not an FBA model export"):
-        ckpt.load_model(tmp_path / "other.pt")
+        model_file.load_model(tmp_path / "other.pt")

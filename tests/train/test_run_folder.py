@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from fba.engine import checkpoint as ckpt
-from fba.engine.run_folder import RunFolderInUseError, claim_run_folder, sweep_partial_files
-from fba.engine.run_lock import RunFolderLockedError, RunLock
+from fba.train import checkpoint as ckpt
+from fba.train.run_folder import RunFolderInUseError, claim_run_folder, sweep_partial_files
+from fba.train.run_lock import RunFolderLockedError, RunLock
 
 HOLD = """
 import sys, time
-from fba.engine.run_lock import RunLock
+from fba.train.run_lock import RunLock
 lock = RunLock(sys.argv[1]).acquire()
 print("held", flush=True)
 time.sleep(120)

@@ -3,9 +3,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from fba.engine.cadence import EvaluationCadence, StepCheckpoints
-from fba.engine.logger import RunLogger
-from fba.engine.signals import StopRequest
+from fba.train.cadence import EvaluationCadence, StepCheckpoints
+from fba.train.logger import RunLogger
+from fba.train.signals import StopRequest
 
 
 def test_step_checkpoints_skip_the_epoch_end_and_a_zero_period():

@@ -3,8 +3,8 @@
 It reads a folder (recursively, sorted) or a list file of images (DALI on a GPU when ``data.loader`` says so,
 ``--loader`` to choose) and writes a features file (:mod:`fba.retrieval.features_file`) with the rows in that order and
 the paths relative to the images root; the captions file is keyed by those relative paths, as the data sets'
-``captions.jsonl`` are. With ``--backend pytorch`` the embedder is :func:`fba.engine.fast_embed.build_embedder`'s
-(CUDA graphs per batch bucket on a GPU, the plain :class:`~fba.engine.embedder.Embedder` on the CPU); the other
+``captions.jsonl`` are. With ``--backend pytorch`` the embedder is :func:`fba.embed.fast.build_embedder`'s
+(CUDA graphs per batch bucket on a GPU, the plain :class:`~fba.embed.embedder.Embedder` on the CPU); the other
 backends run an exported model (:mod:`fba.deploy`). Under torchrun the rows are sharded across the ranks.
 """
 from __future__ import annotations
@@ -22,12 +22,12 @@ from fba.data.captions import CaptionError, CaptionStore
 from fba.atomic import check_output_path
 from fba.distributed import is_main_rank, launch_world_size, rank_device
 from fba.data.loaders import Loaders
-from fba.deploy import shards
-from fba.engine.checkpoint import load_model
-from fba.engine.embedder import Embedder, default_dtype
-from fba.engine.fast_embed import build_embedder
+from fba.embed import shards
+from fba.model.model_file import load_model
+from fba.embed.embedder import Embedder, default_dtype
+from fba.embed.fast import build_embedder
 from fba.retrieval.features_file import SUFFIXES, save_features
-from fba.engine.text_bank import TextBank
+from fba.embed.text_bank import TextBank
 from fba.errors import InputError, UsageError
 
 EMBED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
@@ -147,7 +147,7 @@ def _embed(args: argparse.Namespace, resources: contextlib.ExitStack) -> int:
             texts = None if captions is None else tuple([c[i] for i in rows] for c in captions)
             return embed_images(embedder, [paths[i] for i in rows], embed_cfg, texts, progress)
     else:
-        from fba.deploy.runtime import embed_exported, load_exported
+        from fba.embed.backends import embed_exported, load_exported
 
         exported = resources.enter_context(load_exported(args.model, args.backend, device, args.trust_native_code))
         image_only = exported.feature == "image"

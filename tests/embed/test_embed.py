@@ -11,10 +11,10 @@ from _tiny_run import make_tiny_dataset, tiny_config
 from fba.cli import main
 from fba.data.loaders import dali_available
 from fba.data.transforms import build_eval_transform, read_image
-from fba.engine.checkpoint import load_model
-from fba.engine.embedder import Embedder
+from fba.model.model_file import load_model
+from fba.embed.embedder import Embedder
 from fba.retrieval.features_file import load_features
-from fba.engine.trainer import train
+from fba.train.trainer import train
 from fba.model.text import tokenize
 
 

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from _tiny_run import make_tiny_dataset, tiny_config
-from fba.engine import checkpoint as ckpt
+from fba.model import model_file
 
 
 @pytest.fixture(scope="module")
@@ -40,8 +40,8 @@ def embed_job(tmp_path_factory) -> dict:
         shutil.copyfile(sources[i % len(sources)], images / f"{i:05d}.jpg")
     config = base / "eval.yaml"
     config.write_text(f"data:\n  dataset: synthetic\n  root: {root}\n  height: 64\n  width: 32\n"
-                      "  eval_batch_size: 16\n  num_workers: 2\n  loader: torch\n")
-    return {"model": ckpt.export_model(model, base / "model.pt", cfg, 4, (64, 32)), "images": images, "base": base,
+                      "  eval_batch_size: 2\n  num_workers: 2\n  loader: torch\n")  # small batches: a slow run
+    return {"model": model_file.export_model(model, base / "model.pt", cfg, 4, (64, 32)), "images": images, "base": base,
             "root": root, "config": config}
 
 
@@ -69,7 +69,7 @@ def llava_dir(tmp_path_factory) -> Path:
 def _command(embed_job: dict, command: str, out: Path, request) -> list[str]:
     if command == "embed":
         return ["embed", "--model", str(embed_job["model"]), "--images", str(embed_job["images"]), "--image-only",
-                "--out", str(out), "--device", "cpu", "--batch-size", "16", "--num-workers", "2"]
+                "--out", str(out), "--device", "cpu", "--batch-size", "2", "--num-workers", "2"]
     if command == "eval":
         return ["eval", "--checkpoint", str(embed_job["model"]), "-c", str(embed_job["config"]), "--device", "cpu",
                 "--save-features", str(out), "eval.feature=image"]
@@ -90,7 +90,7 @@ def _wait_for_work(proc: subprocess.Popen, command: str, out: Path) -> list[int]
         time.sleep(0.05)
     else:
         pytest.fail(f"fba {command} never got to its work (exit {proc.poll()})")
-    time.sleep(0.5)
+    time.sleep(0.2)
     return children + [c.pid for c in psutil.Process(proc.pid).children(recursive=True) if c.pid not in children]
 
 

@@ -3,7 +3,7 @@
 Launch: one process (``fba train -c ...``, the distributed environment is filled in: rank 0 of 1), several on
 one node or several nodes (``torchrun --nproc_per_node 8 -m fba.cli train -c ...`` or
 ``deepspeed --module fba.cli train -c ...``: they set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*). The engine
-(``fba.engine.engine_config``: ``train.engine_mode``, ``train.zero_stage``) runs with ``train.precision``: bf16
+(``fba.train.engine_config``: ``train.engine_mode``, ``train.zero_stage``) runs with ``train.precision``: bf16
 where the device has it (on a CPU only with native bf16, ``fba.precision``), fp16 with dynamic loss scaling on
 GPUs without bf16, or fp32. On the CPU the backend is gloo, the optimiser torch's Adam (multi-tensor), and
 DeepSpeed's shared-memory collective (a 100 s C++ build) is switched off.
@@ -13,7 +13,7 @@ world size W and accumulation A; each rank's micro-step holds P / (W x A) identi
 learning rate and its schedule are therefore the same at any world size (tested: W=2 against W=1).
 
 Schedule: docs/design.md#training-recipe, per optimiser step as a function of the fractional epoch
-(``fba.engine.schedule``), because the P x K epoch length varies a little from epoch to epoch. With
+(``fba.train.schedule``), because the P x K epoch length varies a little from epoch to epoch. With
 ``solver.iters_per_epoch`` set, epochs are cut to that many optimiser steps.
 
 Text: the captions of each split are tokenised once (or, with ``model.text_cache``, the frozen tower's outputs
@@ -56,24 +56,23 @@ from fba.compile_modes import compile_kwargs, resolve_compile_mode
 from fba.data.datasets import ReIDDataset
 from fba.data.loaders import Loaders, load_data
 from fba.data.sampler import PKBatchError
-from fba.engine.cadence import EvaluationCadence, StepCheckpoints
-from fba.engine.checkpoint import (
-    export_model, final_evaluation, load_checkpoint, record_final_evaluation, resume_tag, save_checkpoint,
-)
+from fba.train.cadence import EvaluationCadence, StepCheckpoints
+from fba.model.model_file import export_model
+from fba.train.checkpoint import final_evaluation, load_checkpoint, record_final_evaluation, resume_tag, save_checkpoint
 from fba.distributed import (
     elastic_restart, init_process_group, is_main_rank, launch_world_size, micro_batch_size,
 )
-from fba.engine.embedder import Embedder
-from fba.engine.engine_config import EnginePlan, build_optimizer, initialize_engine, plan_engine
-from fba.engine.guard import DivergenceGuard, TrainingDiverged
-from fba.engine.logger import RunLogger
-from fba.engine.preflight import preflight_dataset
+from fba.embed.embedder import Embedder
+from fba.train.engine_config import EnginePlan, build_optimizer, initialize_engine, plan_engine
+from fba.train.guard import DivergenceGuard, TrainingDiverged
+from fba.train.logger import RunLogger
+from fba.train.preflight import preflight_dataset
 from fba.retrieval.eval_set import RetrievalEval
-from fba.engine.signals import StopRequest, TrainingInterrupted
-from fba.engine.run_folder import claim_run_folder
-from fba.engine.run_lock import releases_run_lock_on_error
-from fba.engine.schedule import EpochCosineSchedule
-from fba.engine.text_bank import TextBank
+from fba.train.signals import StopRequest, TrainingInterrupted
+from fba.train.run_folder import claim_run_folder
+from fba.train.run_lock import releases_run_lock_on_error
+from fba.train.schedule import EpochCosineSchedule
+from fba.embed.text_bank import TextBank
 from fba.losses import FBALoss
 from fba.retrieval.metrics import RetrievalMetrics
 from fba.model import build_model
@@ -171,7 +170,7 @@ def check_trainable(cfg: Config, world_size: int = 1) -> None:
 
 
 def build_engine(cfg: Config, model: torch.nn.Module, plan: EnginePlan):
-    """The DeepSpeed engine ``fba train`` steps: the optimiser of ``fba.engine.engine_config`` over the trainable
+    """The DeepSpeed engine ``fba train`` steps: the optimiser of ``fba.train.engine_config`` over the trainable
     parameters, the per-iteration schedule of docs/design.md#training-recipe, the engine of ``plan``
     (``train.engine_mode``, ``train.zero_stage``), and ``train.compile``. Returns ``(engine, scheduler)``; call
     :func:`setup_distributed` first."""

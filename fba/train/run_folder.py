@@ -12,8 +12,8 @@ import re
 import shutil
 from pathlib import Path
 
-from fba.engine.checkpoint import LATEST, complete_tags
-from fba.engine.run_lock import RunLock
+from fba.train.checkpoint import LATEST, complete_tags
+from fba.train.run_lock import RunLock
 from fba.errors import InputError
 
 _ATOMIC_TEMPORARY = re.compile(r"^\..+\.(\d+)-[0-9a-f]{8}\.tmp$")

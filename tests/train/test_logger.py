@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from fba.engine.logger import METRICS_FILE, RunLogger
+from fba.train.logger import METRICS_FILE, RunLogger
 
 
 def _steps(path):

@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from _tiny_run import make_tiny_dataset, tiny_config
-from fba.engine.checkpoint import load_model
-from fba.engine.logger import RunLogger
-from fba.engine.trainer import Trainer, train
+from fba.model.model_file import load_model
+from fba.train.logger import RunLogger
+from fba.train.trainer import Trainer, train
 
 LOSS_KEYS = ("loss/total", "loss/id", "loss/tri", "loss/id_c", "loss/tri_c", "loss/div")
 MODES = {  # name: overrides
@@ -55,7 +55,7 @@ def _records(out: Path) -> list[dict]:
 def test_autocast_on_one_rank_is_the_eager_step(root, tmp_path):
     """fp32 weights, torch's multi-tensor Adam stepping them itself (no DeepSpeed optimiser wrapper), ZeRO 0
     and no gradient all-reduce over the one rank; several ranks get ZeRO 2."""
-    from fba.engine.engine_config import plan_engine
+    from fba.train.engine_config import plan_engine
 
     trainer = Trainer(tiny_config(root, tmp_path / "run", "solver.epochs=1", *MODES["autocast"]))
     engine = trainer.engine

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from fba.config import load_config
-from fba.engine import checkpoint as ckpt
+from fba.train import checkpoint as ckpt
+from fba.model import model_file
 from fba.safe_load import UnsafeFileError, read_torchscript_tensors, safe_torch_load
 
 
@@ -27,7 +28,7 @@ class _WritesMarker:
 
 
 def _crafted(path: Path, marker: Path, payload: dict | None = None) -> Path:
-    torch.save({**(payload or {}), "format": ckpt.MODEL_FORMAT, "evil": _WritesMarker(marker)}, path)
+    torch.save({**(payload or {}), "format": model_file.MODEL_FORMAT, "evil": _WritesMarker(marker)}, path)
     return path
 
 
@@ -35,7 +36,7 @@ def test_crafted_model_file_is_refused_by_name_and_never_runs(tmp_path):
     marker = tmp_path / "pwned"
     path = _crafted(tmp_path / "model.pt", marker)
     with pytest.raises(UnsafeFileError, match=r"model file .*model\.pt holds Python objects .*posix\.system"):
-        ckpt.load_model(path)
+        model_file.load_model(path)
     assert not marker.exists()
 
 
@@ -102,9 +103,9 @@ def test_model_file_of_earlier_versions_loads_with_weights_only(tmp_path):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         model = build_model(cfg.model, 5, (64, 32))
-    torch.save({"format": ckpt.MODEL_FORMAT, "state_dict": model.state_dict(), "config": cfg.to_dict(),
+    torch.save({"format": model_file.MODEL_FORMAT, "state_dict": model.state_dict(), "config": cfg.to_dict(),
                 "num_classes": 5, "image_size": [64, 32]}, tmp_path / "old.pt")
-    loaded, _ = ckpt.load_model(tmp_path / "old.pt")
+    loaded, _ = model_file.load_model(tmp_path / "old.pt")
     assert all(torch.equal(a, b) for a, b in zip(loaded.state_dict().values(), model.state_dict().values()))
 
 

@@ -22,8 +22,8 @@ import torch
 import yaml
 
 from _tiny_run import make_tiny_dataset, tiny_config
-from fba.engine.checkpoint import load_model
-from fba.engine.trainer import _free_port, train
+from fba.model.model_file import load_model
+from fba.train.trainer import _free_port, train
 
 pytestmark = pytest.mark.slow
 

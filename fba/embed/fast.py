@@ -28,8 +28,8 @@ from torch import nn
 
 from fba.compile_modes import maybe_compile, resolve_compile_mode
 from fba.config import EmbedConfig
-from fba.data.transforms import CLIP_MEAN, CLIP_STD
-from fba.engine.embedder import Embedder
+from fba.data.transforms import ClipNormalise
+from fba.embed.embedder import Embedder
 from fba.model.text import Text, TextFeatures
 
 DEFAULT_BATCHES = (1, 8, 32, 256)
@@ -113,8 +113,7 @@ class FastEmbedder(Embedder):
         self.cuda = self.device.type == "cuda"
         self.graphs = cuda_graphs and self.cuda
         self.extract: Callable = maybe_compile(model.extract, compile)
-        self.mean = torch.tensor(CLIP_MEAN, device=self.device).view(1, 3, 1, 1)
-        self.std = torch.tensor(CLIP_STD, device=self.device).view(1, 3, 1, 1)
+        self.clip_normalise = ClipNormalise().to(self.device)
         self._buckets: dict[tuple, _Bucket] = {}
 
     def _context(self):
@@ -124,7 +123,7 @@ class FastEmbedder(Embedder):
 
     def _normalise(self, images: torch.Tensor) -> torch.Tensor:
         if images.dtype == torch.uint8:
-            images = (images.float() / 255 - self.mean) / self.std
+            images = self.clip_normalise(images)
         return images.to(self.param_dtype)
 
     def _forward(self, bucket: _Bucket, text: tuple | None) -> torch.Tensor:

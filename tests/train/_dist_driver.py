@@ -18,8 +18,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 from _tiny_run import tiny_config  # noqa: E402
-from fba.engine import trainer as trainer_module  # noqa: E402
-from fba.engine.logger import RunLogger  # noqa: E402
+from fba.train import trainer as trainer_module  # noqa: E402
+from fba.train.logger import RunLogger  # noqa: E402
 
 
 def record_batches(out: Path, setattr_=setattr) -> None:

@@ -12,9 +12,9 @@ from pathlib import Path
 import pytest
 
 from _tiny_run import make_tiny_dataset, tiny_config
-from fba.engine.checkpoint import complete_tags, latest_tag
-from fba.engine.guard import DivergenceGuard, TrainingDiverged
-from fba.engine.trainer import Trainer, train
+from fba.train.checkpoint import complete_tags, latest_tag
+from fba.train.guard import DivergenceGuard, TrainingDiverged
+from fba.train.trainer import Trainer, train
 
 
 @pytest.fixture(scope="module")
@@ -101,7 +101,7 @@ SIGNAL_RUN = """
 import signal, sys
 sys.path.insert(0, {tests!r})
 from fba.cli import main
-from fba.engine.trainer import TrainStep
+from fba.train.trainer import TrainStep
 
 batch_inputs, calls = TrainStep.inputs, []
 

@@ -1,4 +1,4 @@
-"""fba.engine.fast_embed: buckets and padding (CPU), uint8 normalised on the device, CUDA graphs equal eager (GPU)."""
+"""fba.embed.fast: buckets and padding (CPU), uint8 normalised on the device, CUDA graphs equal eager (GPU)."""
 from __future__ import annotations
 
 import warnings
@@ -8,8 +8,8 @@ import torch
 
 from fba.config import EmbedConfig, ModelConfig
 from fba.data.transforms import CLIP_MEAN, CLIP_STD
-from fba.engine.embedder import Embedder
-from fba.engine.fast_embed import FastEmbedder, bucket_for, build_embedder, pad_rows, plan
+from fba.embed.embedder import Embedder
+from fba.embed.fast import FastEmbedder, bucket_for, build_embedder, pad_rows, plan
 from fba.model import build_model
 from fba.model.text import tokenize
 

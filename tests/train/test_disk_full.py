@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from fba.atomic import DiskWriteError, atomic_write_bytes
-from fba.engine import checkpoint as ckpt
+from fba.train import checkpoint as ckpt
 
 
 def test_enospc_in_an_atomic_write_names_path_and_free_space(tmp_path, monkeypatch):
