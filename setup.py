@@ -50,5 +50,7 @@ setup(
         for line in open("requirements.txt")
         if line.strip() and not line.startswith("#")
     ],
+    # boxmot's own tests of an fba export (tests/deploy/test_boxmot.py); ~660 MB with OpenCV, pandas and pyarrow
+    extras_require={"tracker": ["boxmot>=25.0"]},
     entry_points={"console_scripts": ["fba=fba.cli:main"]},
 )

@@ -51,8 +51,8 @@ def test_literal_choices_are_the_implementations():
     from fba.config import Loader
     from fba.data.synthetic.noise import REALISTIC_LEVEL
     from fba.demo import DEMO_CONFIG
-    from fba.deploy.export import FORMATS
-    from fba.deploy.graph import FEATURES, INPUT_DTYPES
+    from fba.deploy.export import DEFAULTS, FORMATS, TARGETS
+    from fba.deploy.graph import FEATURES, INPUT_DTYPES, INPUT_NORMS
     from fba.retrieval.metrics import DISTANCES
 
     def options(module) -> dict[str, argparse.Action]:
@@ -71,4 +71,7 @@ def test_literal_choices_are_the_implementations():
     assert list(exporting["format"].choices) == list(FORMATS)
     assert tuple(exporting["feature"].choices) == tuple(FEATURES)
     assert list(exporting["input_dtype"].choices) == list(INPUT_DTYPES)
+    assert tuple(exporting["input_norm"].choices) == tuple(INPUT_NORMS)
+    assert list(exporting["target"].choices) == list(TARGETS)
+    assert all(exporting[key].default is None for key in DEFAULTS)  # None: not given, so a --target may set it
     assert demo.DEMO_CONFIG == DEMO_CONFIG and demo.REALISTIC_LEVEL == REALISTIC_LEVEL

@@ -9,12 +9,20 @@ HELP = "export a model.pt to ONNX or an AOTInductor package for serving"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", type=Path, help="model.pt written by `fba train`")
-    parser.add_argument("--format", choices=["onnx", "aoti"], default="onnx", help="onnx (model.onnx) or aoti (model.pt2)")
-    parser.add_argument("--out", type=Path, help="folder to write the model into (created)")
-    parser.add_argument("--feature", choices=("image", "full"), default="image",
-                        help="image: uint8 images in, post-BN CLS out; full: also the two captions' CLIP token ids")
-    parser.add_argument("--input-dtype", choices=["uint8", "float32"], default="uint8",
-                        help="dtype of the images input (float32 = 0..255 values, for runtimes that feed floats)")
+    parser.add_argument("--format", choices=["onnx", "aoti"], help="onnx (model.onnx, default) or aoti (model.pt2)")
+    parser.add_argument("--out", type=Path, help="folder to write the model into (created); exports of other "
+                        "variants are named by what differs (model-full.onnx, model-imagenet.onnx)")
+    parser.add_argument("--feature", choices=("image", "full"),
+                        help="image (default): images in, post-BN CLS out; full: also the two captions' CLIP token ids")
+    parser.add_argument("--input-dtype", choices=["uint8", "float32"],
+                        help="dtype of the images input: uint8 (default) or float32 (for runtimes that feed floats)")
+    parser.add_argument("--input-norm", choices=["none", "imagenet", "clip"],
+                        help="what the images hold: none (default) 0..255 pixels, normalised in the graph; imagenet "
+                        "(x/255 - ImageNet mean)/std, as torchvision-style trackers feed (float32, folded into the "
+                        "patch embedding); clip CLIP-normalised (float32)")
+    parser.add_argument("--target", choices=["boxmot", "deepstream"],
+                        help="export what this consumer loads as it is: boxmot (fba-reid-HxW.onnx, ImageNet input, "
+                        "and the sidecar boxmot reads), deepstream (0..255 float input and an nvtracker ReID config)")
     parser.add_argument("--device", default="cpu", help="aoti: compile for this device (cpu, cuda); onnx: ignored")
     parser.add_argument("--inspect", type=Path, metavar="FILE", help="print the metadata of an exported model and exit")
 

@@ -31,6 +31,8 @@ if TYPE_CHECKING:
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+IMAGENET_MEAN = (0.485, 0.456, 0.406)  # what torchvision-style ReID models (boxmot's, torchreid's) are fed
+IMAGENET_STD = (0.229, 0.224, 0.225)
 INTERPOLATION = InterpolationMode.BICUBIC  # of the resize, also the DALI loader's
 ERASING_SCALE = (0.02, 0.33)
 ERASING_RATIO = (0.3, 3.3)

@@ -25,14 +25,21 @@ from torch import nn
 
 import fba
 from fba import kernels
-from fba.atomic import atomic_path, check_output_path
-from fba.data.transforms import CLIP_MEAN, CLIP_STD
-from fba.deploy.graph import INPUT_DTYPES, ExportedEmbedder
+from fba.atomic import atomic_path, atomic_write_bytes, check_output_path
+from fba.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
+from fba.deploy.graph import INPUT_DTYPES, INPUT_NORMS, ExportedEmbedder
 from fba.distributed import usable_device
 from fba.errors import InputError, UsageError
 
 EXPORT_FORMAT = "fba-export/1"
 FORMATS = {"onnx": "model.onnx", "aoti": "model.pt2"}
+SUFFIXES = {"onnx": ".onnx", "aoti": ".pt2"}
+NORMALISATION = {
+    "none": "(x / 255 - mean) / std inside the graph, x the 0..255 pixels",
+    "imagenet": "the input is (x / 255 - imagenet_mean) / imagenet_std; the graph maps it to (x / 255 - mean) / std "
+                "(folded into the patch embedding)",
+    "clip": "the input is (x / 255 - mean) / std already",
+}
 MAX_BATCH = 4096
 OPSET = 18
 
@@ -53,8 +60,29 @@ def input_names(feature: str) -> list[str]:
     return ["images"] if feature == "image" else ["images", "fg_tokens", "bg_tokens"]
 
 
+def check_input(input_dtype: str, input_norm: str) -> None:
+    """uint8 holds pixels; a normalised input is float32."""
+    if input_dtype not in INPUT_DTYPES:
+        raise UsageError(f"--input-dtype {input_dtype}: choose from {', '.join(INPUT_DTYPES)}")
+    if input_norm not in INPUT_NORMS:
+        raise UsageError(f"--input-norm {input_norm}: choose from {', '.join(INPUT_NORMS)}")
+    if input_dtype == "uint8" and input_norm != "none":
+        raise UsageError(f"--input-norm {input_norm} takes float32 images (--input-dtype float32); uint8 holds "
+                         "0..255 pixels (--input-norm none)")
+
+
+def export_file_name(fmt: str, feature: str, input_dtype: str, input_norm: str) -> str:
+    """``model.onnx`` / ``model.pt2`` for the default export (uint8 pixels, image feature); another variant is
+    named by what differs (``model-full.onnx``, ``model-imagenet.onnx``, ``model-full-float32.pt2``), so exports
+    into one folder never overwrite each other."""
+    tags = [feature] if feature != "image" else []
+    tags += [input_norm] if input_norm != "none" else ([input_dtype] if input_dtype != "uint8" else [])
+    return "model" + "".join(f"-{tag}" for tag in tags) + SUFFIXES[fmt]
+
+
 def export_metadata(
-    model: nn.Module, feature: str, input_dtype: str, checkpoint: Path | None = None, model_cfg=None
+    model: nn.Module, feature: str, input_dtype: str, checkpoint: Path | None = None, model_cfg=None,
+    input_norm: str = "none",
 ) -> dict[str, str]:
     """The contract of an exported model, as string -> string (what ONNX ``metadata_props`` and AOTInductor's
     package metadata hold); values are JSON."""
@@ -70,12 +98,15 @@ def export_metadata(
         "image_size": [int(height), int(width)],
         "image_layout": "NCHW",
         "image_dtype": input_dtype,
+        "input_norm": input_norm,
         "color": "RGB",
         "pixel_range": [0, 255],
         "resize": "bicubic to image_size by the caller (PIL's Image.resize(BICUBIC), as fba embed)",
-        "normalisation": "(x / 255 - mean) / std, inside the graph",
+        "normalisation": NORMALISATION[input_norm],
         "mean": list(CLIP_MEAN),
         "std": list(CLIP_STD),
+        "input_mean": list(IMAGENET_MEAN) if input_norm == "imagenet" else None,
+        "input_std": list(IMAGENET_STD) if input_norm == "imagenet" else None,
         "text_tokens": None if text is None else f"CLIP BPE ids, int64 [N, {text}], open_clip's tokenizer",
         "arch": None if model_cfg is None else model_cfg.arch,
         "stride": None if model_cfg is None else model_cfg.stride,
@@ -88,10 +119,13 @@ def export_metadata(
     return {f"fba.{key}": json.dumps(value) for key, value in fields.items() if value is not None}
 
 
-def example_inputs(model: nn.Module, feature: str, input_dtype: str, batch: int = 2) -> tuple[torch.Tensor, ...]:
+def example_inputs(model: nn.Module, feature: str, input_dtype: str, batch: int = 2,
+                   input_norm: str = "none") -> tuple[torch.Tensor, ...]:
     height, width = model.backbone.image_size
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, height, width), generator=generator).to(INPUT_DTYPES[input_dtype])
+    if input_norm != "none":
+        images = (images / 255 - 0.45) / 0.27  # values of a normalised image; the trace needs only their type
     if feature == "image":
         return (images,)
     # Distinct fg and bg captions: identical ones make the pooling mask 0/0 (docs/deployment.md, "Exactness").
@@ -100,10 +134,11 @@ def example_inputs(model: nn.Module, feature: str, input_dtype: str, batch: int 
     return images, tokens, background
 
 
-def export_program(model: nn.Module, feature: str, input_dtype: str = "uint8") -> torch.export.ExportedProgram:
+def export_program(model: nn.Module, feature: str, input_dtype: str = "uint8",
+                   input_norm: str = "none") -> torch.export.ExportedProgram:
     """``torch.export`` of the wrapped model, batch axis dynamic (1..4096), the reference attention traced."""
-    wrapper = ExportedEmbedder(model, feature).eval()
-    args = example_inputs(model, feature, input_dtype)
+    wrapper = ExportedEmbedder(model, feature, input_norm).eval()
+    args = example_inputs(model, feature, input_dtype, input_norm=input_norm)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     dynamic = tuple({0: batch} for _ in args)
     device = next(model.parameters()).device
@@ -147,34 +182,46 @@ def export_aoti(program: torch.export.ExportedProgram, path: Path, metadata: dic
 
 
 def export_model_file(
-    checkpoint: Path, out_dir: Path, fmt: str, feature: str, input_dtype: str = "uint8", device: str = "cpu"
+    checkpoint: Path, out_dir: Path, fmt: str, feature: str, input_dtype: str = "uint8", device: str = "cpu",
+    input_norm: str = "none", name: str | None = None,
 ) -> Path:
-    """Load ``checkpoint`` (a ``model.pt``) in fp32 and write ``out_dir/model.onnx`` or ``model.pt2``; an
-    AOTInductor package runs on the device it was compiled on (``device``), an ONNX model anywhere."""
+    """Load ``checkpoint`` (a ``model.pt``) in fp32 and write ``out_dir/<name>`` (default
+    :func:`export_file_name`; ``{height}`` and ``{width}`` in ``name`` are the model's image size); an AOTInductor package runs on the device it was compiled on (``device``), an ONNX
+    model anywhere."""
     from fba.model.model_file import load_model
 
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; known: {', '.join(FORMATS)}")
+    check_input(input_dtype, input_norm)
     model, cfg = load_model(checkpoint, device if fmt == "aoti" else "cpu", torch.float32)
     if feature == "full" and model.cross_modal is None:
         raise InputError(f"{checkpoint}: the baseline model (model.cross_modal=false) has no full feature; "
                          "export --feature image")
-    metadata = export_metadata(model, feature, input_dtype, checkpoint, cfg.model)
-    program = export_program(model, feature, input_dtype)
-    path = Path(out_dir) / FORMATS[fmt]
+    metadata = export_metadata(model, feature, input_dtype, checkpoint, cfg.model, input_norm)
+    program = export_program(model, feature, input_dtype, input_norm)
+    height, width = model.backbone.image_size
+    name = (name or export_file_name(fmt, feature, input_dtype, input_norm)).format(height=height, width=width)
+    path = Path(out_dir) / name
     if fmt == "onnx":
         return export_onnx(program, feature, path, metadata)
     return export_aoti(program, path, metadata)
 
 
 def resolve_model_file(path: Path, fmt: str | None = None) -> Path:
-    """``path`` itself, or the export inside the folder ``path`` (``model.onnx`` / ``model.pt2``)."""
+    """``path`` itself, or the export inside the folder ``path``: ``model.onnx`` / ``model.pt2`` if there, else
+    the one ``.onnx`` / ``.pt2`` file it holds (several: the caller names one)."""
     path = Path(path)
     if path.is_dir():
-        names = [FORMATS[fmt]] if fmt else list(FORMATS.values())
-        found = [path / name for name in names if (path / name).is_file()]
+        suffixes = [SUFFIXES[fmt]] if fmt else list(SUFFIXES.values())
+        default = [path / FORMATS[f] for f in ([fmt] if fmt else FORMATS) if (path / FORMATS[f]).is_file()]
+        if default:
+            return default[0]
+        found = sorted(p for p in path.iterdir() if p.suffix in suffixes and p.is_file())
+        if len(found) > 1:
+            raise ExportFileError(f"{path}: {len(found)} exported models in this folder "
+                                  f"({', '.join(p.name for p in found)}); give the file")
         if not found:
-            raise ExportFileError(f"{path}: no exported model in this folder (looked for {', '.join(names)})")
+            raise ExportFileError(f"{path}: no exported model in this folder (no {' or '.join(suffixes)} file)")
         return found[0]
     if not path.is_file():
         raise ExportFileError(f"{path}: exported model not found")
@@ -226,6 +273,72 @@ def _aoti_metadata(path: Path) -> dict[str, str]:
         raise ExportFileError(f"{path}: not a readable AOTInductor package ({type(err).__name__}: {err})") from err
 
 
+# What each consumer feeds, as the export options it needs (``--target``): boxmot crops with OpenCV, converts to
+# RGB, scales to 0..1 and normalises with ImageNet's mean and std, hard-coded; DeepStream's nvtracker scales with
+# one factor and subtracts per-channel offsets, which cannot express CLIP's per-channel std, so its input is the
+# 0..255 float pixels and the graph normalises.
+TARGETS = {
+    "boxmot": {"format": "onnx", "feature": "image", "input_dtype": "float32", "input_norm": "imagenet"},
+    "deepstream": {"format": "onnx", "feature": "image", "input_dtype": "float32", "input_norm": "none"},
+}
+DEFAULTS = {"format": "onnx", "feature": "image", "input_dtype": "uint8", "input_norm": "none"}
+BOXMOT_MODEL_NAME = "fba_reid"  # not a boxmot backbone: boxmot takes the architecture from this sidecar
+BOXMOT_FILE = "fba-reid-{height}x{width}.onnx"  # a name holding none of boxmot's backbone names
+
+
+def export_options(args: argparse.Namespace) -> dict[str, str]:
+    """The format, feature and input of this export: a ``--target`` preset, options given beside it checked
+    against it, the rest the defaults (a uint8 input unless the norm needs float32)."""
+    given = {key: getattr(args, key) for key in DEFAULTS if getattr(args, key, None) is not None}
+    if args.target is None:
+        if given.get("input_norm", "none") != "none" and "input_dtype" not in given:
+            given["input_dtype"] = "float32"
+        return {**DEFAULTS, **given}
+    preset = TARGETS[args.target]
+    for key, value in given.items():
+        if value != preset[key]:
+            option = "--" + key.replace("_", "-")
+            raise UsageError(f"--target {args.target} exports {option} {preset[key]}, not {value}")
+    return dict(preset)
+
+
+def write_boxmot_sidecar(path: Path, image_size: list[int]) -> Path:
+    """``<file>.onnx.metadata.json``, the sidecar boxmot reads before the file name: the image size of the crops
+    it makes, and a model name that is none of its backbones."""
+    sidecar = path.with_name(path.name + ".metadata.json")
+    atomic_write_bytes(sidecar, (json.dumps({
+        "schema_version": 1, "model_name": BOXMOT_MODEL_NAME, "model_kwargs_schema_version": 1,
+        "model_kwargs": {"img_size": [int(image_size[0]), int(image_size[1])]},
+    }, indent=2) + "\n").encode())
+    return sidecar
+
+
+def write_deepstream_config(path: Path, meta: dict) -> Path:
+    """The ReID section of a DeepStream nvtracker config for this export: 0..255 RGB float input, unscaled (the
+    graph normalises), features already L2-normalised."""
+    height, width = meta["image_size"]
+    config = path.with_name(path.stem + ".nvtracker-reid.yml")
+    atomic_write_bytes(config, "\n".join([
+        "# ReID section of an nvtracker (NvDCF / NvDeepSORT) config, written by fba export --target deepstream",
+        "ReID:",
+        "  reidType: 2",
+        f"  reidFeatureSize: {meta['feature_dim']}",
+        "  batchSize: 32",
+        f"  inferDims: [3, {height}, {width}]",
+        "  colorFormat: 0  # RGB",
+        "  inputOrder: 0  # NCHW",
+        "  networkMode: 0  # fp32; 2 (fp16) builds a faster TensorRT engine, check its features first",
+        "  netScaleFactor: 1.0  # the graph scales and normalises the 0..255 pixels itself",
+        "  offsets: [0.0, 0.0, 0.0]",
+        "  addFeatureNormalization: 0  # the features are L2-normalised in the graph",
+        "  keepAspc: 0",
+        f"  onnxFile: {path.name}",
+        f"  modelEngineFile: {path.name}_b32_gpu0_fp32.engine",
+        "",
+    ]).encode())
+    return config
+
+
 def run(args: argparse.Namespace) -> int:
     if args.inspect is not None:
         for key, value in read_metadata(args.inspect).items():
@@ -233,12 +346,22 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if args.checkpoint is None or args.out is None:
         raise UsageError("give --checkpoint model.pt and --out DIR (or --inspect FILE)")
+    options = export_options(args)
+    check_input(options["input_dtype"], options["input_norm"])
     check_output_path(args.out, "--out", folder=True)
-    if args.format == "aoti":
+    if options["format"] == "aoti":
         usable_device(args.device)
     start = time.perf_counter()
-    path = export_model_file(args.checkpoint, args.out, args.format, args.feature, args.input_dtype, args.device)
+    name = BOXMOT_FILE if args.target == "boxmot" else None
+    path = export_model_file(args.checkpoint, args.out, options["format"], options["feature"],
+                             options["input_dtype"], args.device, options["input_norm"], name)
     meta = read_metadata(path)
-    print(f"wrote {path} ({args.format}, {meta['feature']} feature, {meta['feature_dim']} dims, inputs "
-          f"{', '.join(meta['inputs'])}) in {time.perf_counter() - start:.0f} s")
+    extra = ""
+    if args.target == "boxmot":
+        extra = f"; boxmot reads {write_boxmot_sidecar(path, meta['image_size']).name} beside it"
+    elif args.target == "deepstream":
+        extra = f"; nvtracker config {write_deepstream_config(path, meta).name}"
+    print(f"wrote {path} ({options['format']}, {meta['feature']} feature, {meta['feature_dim']} dims, inputs "
+          f"{', '.join(meta['inputs'])}, {meta['image_dtype']} {meta['input_norm']}) in "
+          f"{time.perf_counter() - start:.0f} s{extra}")
     return 0

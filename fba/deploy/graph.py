@@ -2,42 +2,79 @@
 
 :class:`ExportedEmbedder` wraps a loaded :class:`fba.model.FBA` so that a deployed model needs nothing from this
 package: the CLIP normalisation runs inside the graph (``x / 255``, then ``(x - mean) / std``, exactly the
-``ToTensor`` + ``Normalize`` of ``fba embed``), and with the full feature the frozen CLIP text tower runs inside
+``ToTensor`` + ``Normalize`` of ``fba embed``; for ImageNet-normalised input it is folded into the patch
+embedding), and with the full feature the frozen CLIP text tower runs inside
 it too, on CLIP BPE token ids (docs/deployment.md, "Why token ids"). Resizing stays with the caller: it depends
 on the decoder, and the contract is "an H x W RGB crop, bicubic-resized as PIL does".
 """
 from __future__ import annotations
 
+import copy
+
 import torch
 from torch import nn
 
-from fba.data.transforms import ClipNormalise
+from fba.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ClipNormalise
 
 FEATURES = ("image", "full")
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
+# What the images input holds: "none" raw 0..255 pixels (uint8 or float32) normalised in the graph; "imagenet"
+# float32 (x / 255 - ImageNet mean) / ImageNet std, what boxmot and torchreid feed; "clip" float32 already
+# normalised as the model was trained.
+INPUT_NORMS = ("none", "imagenet", "clip")
+
+
+def fold_input_affine(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> nn.Conv2d:
+    """A copy of ``conv`` that takes ``x`` and gives what ``conv`` gives on ``scale * x + shift`` (per input
+    channel): the weights scaled per input channel, the shift summed through the kernel into the bias. Exact for
+    a convolution without padding (every window sees real pixels), as the ViT patch embedding is."""
+    if conv.padding not in ((0, 0), 0, "valid"):
+        raise ValueError(f"cannot fold an input affine into a padded convolution ({conv.padding})")
+    folded = copy.deepcopy(conv)
+    weight = conv.weight.detach().double()
+    shift_term = (weight * shift.double().view(1, -1, 1, 1)).sum(dim=(1, 2, 3))
+    bias = shift_term if conv.bias is None else conv.bias.detach().double() + shift_term
+    folded.weight = nn.Parameter((weight * scale.double().view(1, -1, 1, 1)).to(conv.weight.dtype))
+    folded.bias = nn.Parameter(bias.to(conv.weight.dtype))
+    return folded
+
+
+def imagenet_to_clip() -> tuple[torch.Tensor, torch.Tensor]:
+    """Per channel ``(scale, shift)`` with ``clip = scale * imagenet + shift`` for the same pixels."""
+    clip_mean, clip_std = torch.tensor(CLIP_MEAN, dtype=torch.float64), torch.tensor(CLIP_STD, dtype=torch.float64)
+    mean, std = torch.tensor(IMAGENET_MEAN, dtype=torch.float64), torch.tensor(IMAGENET_STD, dtype=torch.float64)
+    return std / clip_std, (mean - clip_mean) / clip_std
 
 
 class ExportedEmbedder(nn.Module):
     """``forward(images[, fg_tokens, bg_tokens]) -> features``.
 
-    ``images`` [N, 3, H, W] RGB, uint8 (or float32 holding 0..255 for runtimes that only feed float inputs);
+    ``images`` [N, 3, H, W] RGB: uint8 or float32 0..255 pixels (``input_norm="none"``), or float32 already
+    normalised the ImageNet way (``"imagenet"``: torchvision-style trackers) or the CLIP way (``"clip"``);
     ``fg_tokens`` / ``bg_tokens`` [N, 77] int64 CLIP BPE ids of the two captions (full feature only).
     The output is ``FBA.extract``'s: [N, D] image-only, [N, 3D] full, each part L2-normalised.
     """
 
-    def __init__(self, model: nn.Module, feature: str):
+    def __init__(self, model: nn.Module, feature: str, input_norm: str = "none"):
         super().__init__()
         if feature not in FEATURES:
             raise ValueError(f"feature must be one of {FEATURES}, got {feature!r}")
+        if input_norm not in INPUT_NORMS:
+            raise ValueError(f"input_norm must be one of {INPUT_NORMS}, got {input_norm!r}")
         if feature == "full" and model.cross_modal is None:
             raise ValueError("the baseline model (model.cross_modal=false) has no full feature; export --feature image")
+        if input_norm == "imagenet":  # ImageNet to CLIP is an affine per channel: folded, it costs nothing
+            model = copy.deepcopy(model)
+            visual = model.backbone.visual
+            visual.conv1 = fold_input_affine(visual.conv1, *imagenet_to_clip())
         self.model = model
         self.feature = feature
-        self.normalise = ClipNormalise()
+        self.input_norm = input_norm
+        self.normalise = ClipNormalise() if input_norm == "none" else nn.Identity()
 
     def forward(self, images: torch.Tensor, fg_tokens: torch.Tensor | None = None,
                 bg_tokens: torch.Tensor | None = None) -> torch.Tensor:
-        x = self.normalise(images)
+        x = self.normalise(images.float())
         if self.feature == "image":
             return self.model.extract(x)
         return self.model.extract(x, (fg_tokens, bg_tokens))

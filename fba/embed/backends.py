@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from fba.atomic import process_running
+from fba.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from fba.deploy.export import ExportFileError, _aoti_metadata, read_metadata, resolve_model_file
 from fba.errors import UsageError
 
@@ -49,8 +50,17 @@ class ExportedModel:
         return tuple(self.metadata["image_size"])
 
     def inputs(self, images, fg_tokens=None, bg_tokens=None) -> list[torch.Tensor]:
+        """The graph's inputs for uint8 pixels ``images``: cast, or normalised as the export's ``input_norm``
+        says (an export for a tracker that normalises its crops itself)."""
         dtype = torch.uint8 if self.metadata["image_dtype"] == "uint8" else torch.float32
-        tensors = [torch.as_tensor(images).to(dtype)]
+        norm = self.metadata.get("input_norm", "none")
+        pixels = torch.as_tensor(images)
+        if norm == "none":
+            tensors = [pixels.to(dtype)]
+        else:
+            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if norm == "imagenet" else (CLIP_MEAN, CLIP_STD)
+            shape = (1, 3, 1, 1)
+            tensors = [(pixels.float() / 255 - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)]
         if self.feature == "full":
             if fg_tokens is None or bg_tokens is None:
                 raise ValueError(f"{self.path} takes the full feature's inputs: images, fg_tokens and bg_tokens")
