@@ -50,7 +50,8 @@ setup(
         for line in open("requirements.txt")
         if line.strip() and not line.startswith("#")
     ],
-    # boxmot's own tests of an fba export (tests/deploy/test_boxmot.py); ~660 MB with OpenCV, pandas and pyarrow
-    extras_require={"tracker": ["boxmot>=25.0"]},
+    # openvino: the CPU backend of fba embed (59 MB; make setup installs it). tracker: boxmot, for its own tests of
+    # an fba export (tests/deploy/test_boxmot.py; ~660 MB with OpenCV, pandas and pyarrow)
+    extras_require={"openvino": ["openvino>=2025.2"], "tracker": ["boxmot>=25.0"]},
     entry_points={"console_scripts": ["fba=fba.cli:main"]},
 )

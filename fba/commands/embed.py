@@ -14,9 +14,12 @@ HELP = "embed a folder or list of images into a features file"
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, type=Path,
                         help="model.pt written by `fba train` (pytorch backend), or the folder (or file) written by "
-                        "`fba export` (onnxruntime: model.onnx, aoti: model.pt2)")
-    parser.add_argument("--backend", choices=("pytorch", "onnxruntime", "aoti"), default="pytorch",
-                        help="what runs the model (docs/deployment.md); the features file is the same")
+                        "`fba export` (onnxruntime, openvino: model.onnx; aoti: model.pt2)")
+    parser.add_argument("--backend", choices=("pytorch", "onnxruntime", "aoti", "openvino"), default="pytorch",
+                        help="what runs the model (docs/deployment.md); the features file is the same; openvino "
+                        "reads the ONNX export, on the CPU")
+    parser.add_argument("--performance-hint", choices=("latency", "throughput"), default="latency",
+                        help="openvino: latency (one request on all cores) or throughput (parallel streams)")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=Path, metavar="DIR", help="embed every image under DIR (recursive, sorted)")
     source.add_argument("--list", type=Path, metavar="FILE", help="embed the images listed in FILE, one per line")

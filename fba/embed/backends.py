@@ -1,4 +1,4 @@
-"""Serving an exported model: the ``onnxruntime`` and ``aoti`` backends of ``fba embed``.
+"""Serving an exported model: the ``onnxruntime``, ``openvino`` and ``aoti`` backends of ``fba embed``.
 
 Both take what the exported graph takes (uint8 [N, 3, H, W] RGB images resized by the caller, and CLIP token
 ids of the two captions for the full feature) and give float32 features on the host, so ``fba embed`` writes
@@ -30,7 +30,8 @@ from fba.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from fba.deploy.export import ExportFileError, _aoti_metadata, read_metadata, resolve_model_file
 from fba.errors import UsageError
 
-BACKENDS = ("onnxruntime", "aoti")
+BACKENDS = ("onnxruntime", "aoti", "openvino")
+PERFORMANCE_HINTS = ("latency", "throughput")
 EXTRACTION_PREFIX = "fba-aoti-"
 
 
@@ -126,6 +127,62 @@ class OnnxRuntimeModel(ExportedModel):
         return self.session.run(["features"], feeds)[0]
 
 
+class OpenVinoModel(ExportedModel):
+    """OpenVINO on the CPU, reading the ONNX export as it is (OpenVINO converts it at load; no other file).
+
+    ``hint`` is OpenVINO's performance hint: ``latency`` (one request on all cores: a tracker's per-frame call) or
+    ``throughput`` (several streams sharing the cores: bulk embedding); ``threads`` caps the cores it takes.
+    The graph is compiled with its dynamic batch axis; where OpenVINO cannot (2026.4 fails on the full feature's
+    graph in a fusion pass, "Cannot get length of dynamic dimension"), a static graph per batch size is compiled
+    on first use, so ``fba embed`` compiles at most two (its batch size and the last, shorter batch).
+    """
+
+    def __init__(self, path: Path, hint: str = "latency", threads: int | None = None):
+        import openvino as ov
+
+        if hint not in PERFORMANCE_HINTS:
+            raise UsageError(f"--performance-hint {hint}: choose from {', '.join(PERFORMANCE_HINTS)}")
+        path = resolve_model_file(path, "onnx")
+        super().__init__(path, read_metadata(path))
+        self.core = ov.Core()
+        # f32: OpenVINO runs bf16 on AMX CPUs by default, and the features must be fba's
+        self.config = {"PERFORMANCE_HINT": hint.upper(), "INFERENCE_PRECISION_HINT": "f32"}
+        if threads:
+            self.config["INFERENCE_NUM_THREADS"] = int(threads)
+        self.requests: dict[int | None, object] = {}
+        try:
+            self.graph = self.core.read_model(str(path))
+        except Exception as err:  # OpenVINO's RuntimeError carries the reason on its first line
+            raise ExportFileError(f"{path}: OpenVINO cannot read it ({_first_line(err)})") from err
+        self.names = [port.any_name for port in self.graph.inputs]
+        if self.names != self.metadata["inputs"]:
+            raise ExportFileError(f"{path}: the graph's inputs {self.names} are not the metadata's "
+                                  f"{self.metadata['inputs']}")
+        try:
+            self.requests[None] = self.core.compile_model(self.graph, "CPU", self.config).create_infer_request()
+        except Exception as err:
+            if "dynamic dimension" not in str(err):
+                raise ExportFileError(f"{path}: OpenVINO cannot compile it ({_first_line(err)})") from err
+
+    def _request(self, batch: int):
+        request = self.requests.get(None) or self.requests.get(batch)
+        if request is None:
+            graph = self.graph.clone()
+            graph.reshape({port.any_name: [batch, *port.partial_shape[1:]] for port in graph.inputs})
+            request = self.requests[batch] = self.core.compile_model(graph, "CPU", self.config).create_infer_request()
+        return request
+
+    def __call__(self, images, fg_tokens=None, bg_tokens=None) -> np.ndarray:
+        feeds = {name: t.numpy() for name, t in zip(self.names, self.inputs(images, fg_tokens, bg_tokens))}
+        out = self._request(len(images)).infer(feeds)
+        return np.array(out["features"], dtype=np.float32, copy=True)
+
+
+def _first_line(err: BaseException) -> str:
+    lines = [line for line in str(err).splitlines() if line.strip() and not line.startswith("Exception from")]
+    return (lines[0] if lines else str(err).splitlines()[0])[:300]
+
+
 class AOTIModel(ExportedModel):
     """An AOTInductor package loaded on ``device`` (it runs where it was compiled for: CPU or CUDA)."""
 
@@ -189,13 +246,18 @@ def sweep_extractions(root: Path | None = None) -> None:
 
 
 def load_exported(path: Path, backend: str, device: str | torch.device = "cpu",
-                  trust_native_code: bool = False) -> ExportedModel:
+                  trust_native_code: bool = False, performance_hint: str = "latency") -> ExportedModel:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; known: {', '.join(BACKENDS)}")
+    # Ranks sharing a machine share its cores (onnxruntime and OpenVINO ignore OMP_NUM_THREADS, which torchrun sets).
+    local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
+    threads = max(1, (os.cpu_count() or 1) // local) if local > 1 else None
     if backend == "onnxruntime":
-        # Ranks sharing a machine share its cores (onnxruntime ignores OMP_NUM_THREADS, which torchrun sets).
-        local = int(os.environ.get("LOCAL_WORLD_SIZE", "1"))
-        return OnnxRuntimeModel(path, threads=max(1, (os.cpu_count() or 1) // local) if local > 1 else None)
+        return OnnxRuntimeModel(path, threads=threads)
+    if backend == "openvino":
+        if torch.device(device).type != "cpu":
+            raise UsageError(f"--backend openvino runs on the CPU, not {device}; give --device cpu")
+        return OpenVinoModel(path, performance_hint, threads)
     return AOTIModel(path, device, trust_native_code)
 
 

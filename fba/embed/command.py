@@ -132,7 +132,7 @@ def _embed(args: argparse.Namespace, resources: contextlib.ExitStack) -> int:
         root = args.root or args.list.parent
         paths = read_image_list(args.list, root)
     keys = relative_keys(paths, root)
-    device = rank_device(args.device)
+    device = rank_device("cpu" if args.backend == "openvino" and args.device is None else args.device)
     progress = is_main_rank()
     if args.backend == "pytorch":
         model, cfg = load_model(args.model, device, default_dtype(device))
@@ -149,7 +149,8 @@ def _embed(args: argparse.Namespace, resources: contextlib.ExitStack) -> int:
     else:
         from fba.embed.backends import embed_exported, load_exported
 
-        exported = resources.enter_context(load_exported(args.model, args.backend, device, args.trust_native_code))
+        exported = resources.enter_context(load_exported(args.model, args.backend, device, args.trust_native_code,
+                                                         args.performance_hint))
         image_only = exported.feature == "image"
         if args.image_only and not image_only:
             raise UsageError(f"{exported.path} was exported with --feature full; export --feature image "

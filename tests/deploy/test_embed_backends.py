@@ -1,5 +1,7 @@
-"""`fba embed --backend onnxruntime|aoti` writes the features file the PyTorch backend writes."""
+"""`fba embed --backend onnxruntime|openvino|aoti` writes the features file the PyTorch backend writes."""
 from __future__ import annotations
+
+import importlib.util
 
 import numpy as np
 import pytest
@@ -25,6 +27,29 @@ def test_onnxruntime_backend_writes_the_pytorch_file(checkpoint, exported, image
     got = embed(tmp_path, "ort", exported("onnx", "image"), image_folder, "--backend", "onnxruntime")
     assert_same_file(got, want)
     assert got.meta["backend"] == "onnxruntime" and want.meta["backend"] == "pytorch"
+
+
+needs_openvino = pytest.mark.skipif(importlib.util.find_spec("openvino") is None,
+                                    reason="OpenVINO is not installed (pip install openvino)")
+
+
+@needs_openvino
+@pytest.mark.parametrize("hint", ["latency", "throughput"])
+def test_openvino_backend_writes_the_pytorch_file(checkpoint, exported, image_folder, tmp_path, hint):
+    want = embed(tmp_path, "pt", checkpoint, image_folder, "--image-only")
+    got = embed(tmp_path, "ov", exported("onnx", "image"), image_folder, "--backend", "openvino",
+                "--performance-hint", hint)
+    assert_same_file(got, want)
+    assert got.meta["backend"] == "openvino"
+
+
+@needs_openvino
+@pytest.mark.slow
+def test_openvino_full_feature_writes_the_pytorch_file(checkpoint, exported, image_folder, tmp_path):
+    captions = ["--captions", str(image_folder / "captions.jsonl")]
+    want = embed(tmp_path, "pt", checkpoint, image_folder, *captions)
+    assert_same_file(embed(tmp_path, "ov", exported("onnx", "full"), image_folder, "--backend", "openvino",
+                           *captions), want)
 
 
 @pytest.mark.slow

@@ -15,7 +15,7 @@ import signal
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).parent))
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/: the shared _tiny_run
 
 from _tiny_run import tiny_config  # noqa: E402
 from fba.train import trainer as trainer_module  # noqa: E402
