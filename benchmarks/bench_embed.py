@@ -159,8 +159,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         help="default: all on CUDA; eager-autocast and eager-bf16 on the CPU")
     parser.add_argument("--deploy", action="store_true", help="the exported backends beside PyTorch (fp32, image-only)")
-    parser.add_argument("--backends", nargs="+", choices=("pytorch", "onnxruntime", "aoti"),
-                        help="with --deploy (default: all three)")
+    parser.add_argument("--backends", nargs="+", choices=("pytorch", "onnxruntime", "openvino", "aoti"),
+                        help="with --deploy (default: all four)")
     parser.add_argument("--threads", type=int, help="with --deploy: CPU threads of every backend (default: all cores)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))

@@ -343,7 +343,8 @@ class Marks:
 
 def matmul_peak_tflops(device: torch.device, dtype: torch.dtype = torch.bfloat16, size: int | None = None,
                        repeat: int = 20) -> float:
-    """The bf16 dense matmul rate this device reaches in practice (TFLOP/s): the denominator of a fair MFU."""
+    """The dense ``dtype`` matmul rate this device reaches in practice with the threads it has now (TFLOP/s): the
+    denominator of a fair MFU."""
     size = size or (8192 if device.type == "cuda" else 512)
     a = torch.randn(size, size, device=device, dtype=dtype)
     b = torch.randn(size, size, device=device, dtype=dtype)

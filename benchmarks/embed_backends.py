@@ -1,13 +1,16 @@
-"""``bench_embed --deploy``: the exported model under onnxruntime and AOTInductor beside the PyTorch backend.
+"""``bench_embed --deploy``: the exported model under onnxruntime, OpenVINO and AOTInductor beside PyTorch.
 
     python -m benchmarks.bench_embed --deploy            # ViT-B/16 384x128 stride 12, image-only, batches 1 and 32
     python -m benchmarks.bench_embed --deploy --smoke    # the tiny model, 64x32
 
 fp32, image-only, on the device of the run (the CPU here). Each backend gets the same uint8 images: ``pytorch``
-is ``fba embed``'s path (``Embedder.embed`` of the normalised images, fp32 weights), ``onnxruntime`` and ``aoti``
-run the graph of ``fba export`` (normalisation inside). The calls are interleaved (one call of each backend in
-turn), so the machine's noise falls on all of them alike; ``vs_pytorch`` is the throughput ratio to the PyTorch
-row of the same batch. ``setup_s`` is the export (and AOTInductor compile) time.
+is ``fba embed``'s path (``Embedder.embed`` of the normalised images, fp32 weights), ``onnxruntime``,
+``openvino`` (latency hint, fp32) and ``aoti`` run the graph of ``fba export`` (normalisation inside). The calls
+are interleaved (one call of each backend in turn), so the machine's noise falls on all of them alike;
+``vs_pytorch`` is the throughput ratio to the PyTorch row of the same batch; ``gflops`` is what the model's
+FLOP count (:func:`fba.flops.extract_flops`) gives at that rate, and ``of_peak`` its fraction of an fp32 matmul
+peak measured in the same run with the same threads (the machine's limit, not a data sheet's). ``setup_s`` is
+the export (and compile) time.
 """
 from __future__ import annotations
 
@@ -20,18 +23,20 @@ from pathlib import Path
 
 import torch
 
-from benchmarks.common import EmbedShape, build_bench_model, percentile
+from benchmarks.common import EmbedShape, build_bench_model, matmul_peak_tflops, percentile
 from fba.data.transforms import CLIP_MEAN, CLIP_STD
 from fba.deploy.export import export_aoti, export_metadata, export_onnx, export_program
-from fba.embed.backends import AOTIModel, OnnxRuntimeModel
+from fba.embed.backends import AOTIModel, OnnxRuntimeModel, OpenVinoModel
 from fba.embed.embedder import Embedder
+from fba.flops import extract_flops
 
 BENCHMARK_KEY = "embed-deploy"
-BACKENDS = ("pytorch", "onnxruntime", "aoti")
+BACKENDS = ("pytorch", "onnxruntime", "openvino", "aoti")
 DEPLOY = EmbedShape("ViT-B-16", 384, 128, 12, batches=(1, 32), latency_iters=3, throughput_iters=2, warmup=1)
 DEPLOY_SMOKE = EmbedShape("tiny", 64, 32, 12, batches=(1, 32), latency_iters=5, throughput_iters=5, warmup=1,
                           num_classes=16)
-COLUMNS = ("backend", "threads", "batch", "p50_ms", "p99_ms", "img_per_s", "vs_pytorch", "setup_s", "status")
+COLUMNS = ("backend", "threads", "batch", "p50_ms", "p99_ms", "img_per_s", "vs_pytorch", "gflops", "of_peak",
+           "setup_s", "status")
 
 
 def prepare(
@@ -47,6 +52,8 @@ def prepare(
     metadata = export_metadata(model, "image", "uint8")
     if backend == "onnxruntime":
         return OnnxRuntimeModel(export_onnx(program, "image", folder / "model.onnx", metadata), threads=threads)
+    if backend == "openvino":
+        return OpenVinoModel(export_onnx(program, "image", folder / "model.onnx", metadata), "latency", threads)
     return AOTIModel(export_aoti(program, folder / "model.pt2", metadata), device, trust_native_code=True)  # built here
 
 
@@ -55,8 +62,10 @@ def run_backends(shape: EmbedShape, backends: list[str], device: torch.device, t
     default, all cores)."""
     if threads:
         torch.set_num_threads(threads)
-    _, model = build_bench_model(shape, "reference", device)
+    model_cfg, model = build_bench_model(shape, "reference", device)
     model.eval()
+    flops = extract_flops(model_cfg, (shape.height, shape.width), with_captions=False).total
+    peak = matmul_peak_tflops(device, torch.float32) if device.type == "cpu" else None  # fp32, these threads
     most = max(shape.batches)
     images = torch.randint(0, 256, (most, 3, shape.height, shape.width), dtype=torch.uint8)
     calls, setup, failed = {}, {}, {}
@@ -90,8 +99,11 @@ def run_backends(shape: EmbedShape, backends: list[str], device: torch.device, t
                     rows.append(dict(row, status=failed[backend]))
                     continue
                 p50 = statistics.median(times[backend])
+                gflops = flops * batch / (p50 / 1e3) / 1e9
                 rows.append(dict(row, p50_ms=p50, p99_ms=percentile(times[backend], 0.99), img_per_s=batch / (p50 / 1e3),
-                                 iters=len(times[backend]), status="ok"))
+                                 gflops=gflops, of_peak=gflops / (1e3 * peak) if peak else None,
+                                 peak_fp32_gflops=1e3 * peak if peak else None, iters=len(times[backend]),
+                                 status="ok"))
     for row in rows:
         base = next((r for r in rows if r["backend"] == "pytorch" and r["batch"] == row["batch"]), None)
         if base and base.get("img_per_s") and row.get("img_per_s"):

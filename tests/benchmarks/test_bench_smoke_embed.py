@@ -1,7 +1,10 @@
 """Smoke test of benchmarks/bench_embed.py: the tiny model on the CPU prints its table and writes its JSON."""
 from __future__ import annotations
 
+import importlib.util
 import json
+
+import pytest
 
 from benchmarks import bench_embed
 from benchmarks.common import device_slug
@@ -20,13 +23,16 @@ def test_bench_embed_smoke_writes_table_and_json(tmp_path, capsys):
         assert row["status"] == "ok" and 0 < row["p50_ms"] <= row["p99_ms"] and row["img_per_s"] > 0
 
 
-def test_bench_embed_deploy_smoke_puts_onnxruntime_beside_pytorch(tmp_path, capsys):
-    argv = ["--deploy", "--smoke", "--device", "cpu", "--backends", "pytorch", "onnxruntime",
-            "--results-dir", str(tmp_path)]
+def test_bench_embed_deploy_smoke_puts_onnxruntime_and_openvino_beside_pytorch(tmp_path, capsys):
+    backends = ["pytorch", "onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    argv = ["--deploy", "--smoke", "--device", "cpu", "--backends", *backends, "--results-dir", str(tmp_path)]
     assert bench_embed.main(argv) == 0
     assert "vs_pytorch" in capsys.readouterr().out
     entry = json.loads((tmp_path / f"{device_slug('cpu')}.json").read_text())["embed-deploy-smoke"]
     rows = {(r["backend"], r["batch"]): r for r in entry["rows"]}
-    assert set(rows) == {(b, n) for b in ("pytorch", "onnxruntime") for n in (1, 32)}
+    assert set(rows) == {(b, n) for b in backends for n in (1, 32)}
     assert all(r["status"] == "ok" and r["img_per_s"] > 0 for r in rows.values())
     assert rows["pytorch", 32]["vs_pytorch"] == 1.0 and rows["onnxruntime", 32]["vs_pytorch"] > 0
+    for row in rows.values():  # the rate against the fp32 matmul peak of the same run
+        assert row["gflops"] > 0 and row["peak_fp32_gflops"] > 0
+        assert row["of_peak"] == pytest.approx(row["gflops"] / row["peak_fp32_gflops"])
