@@ -26,7 +26,7 @@ test-fast: setup
 	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 # The whole suite as an AVX2-only CPU runs it, on any x86 machine: PyTorch's kernels, oneDNN and MKL capped at
-# AVX2, and fba.precision told the CPU has no native bf16 (docs/reliability.md).
+# AVX2, and fba.utils.precision told the CPU has no native bf16 (docs/reliability.md).
 AVX2_ENV := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 FBA_CPU_BF16=0
 
 test-avx2: setup

@@ -1,4 +1,4 @@
-"""``fba caption``'s LLaVA backend (:class:`fba.captioner.LlavaCaptioner`): images captioned per second.
+"""``fba caption``'s LLaVA backend (:class:`fba.apps.captioner.LlavaCaptioner`): images captioned per second.
 
     python -m benchmarks.bench_captioner --batch-sizes 8,16,32,64     # LLaVA-1.5-7B shapes, dynamic KV cache
     python -m benchmarks.bench_captioner --static-cache --batch-sizes 16,32
@@ -30,7 +30,7 @@ from PIL import Image
 
 from benchmarks.common import benchmark_parser, device_name, format_table, synchronize, write_results
 from benchmarks.llava_shapes import LLAVA15_7B, TINY, LlavaShape, llava_processor, random_llava
-from fba.captioner import ImageRef, LlavaCaptioner
+from fba.apps.captioner import ImageRef, LlavaCaptioner
 
 BENCHMARK_KEY = "captioner"
 IMAGE_SIZE = (64, 128)  # (width, height) of a Market-1501 crop

@@ -17,7 +17,7 @@ through ``torch.compile(mode="reduce-overhead")``, i.e. CUDA graphs on a GPU; CU
 compilation time is a column), ``fast`` (:class:`fba.embed.fast.FastEmbedder`: uint8 pinned images
 normalised on the device, one CUDA graph per batch bucket; eager on the CPU) and ``fast-compiled`` (the same with
 ``extract`` through ``torch.compile`` in the default mode before capture; CUDA only by default). FLOPs from
-:func:`fba.flops.extract_flops`.
+:func:`fba.model.flops.extract_flops`.
 
 ``--deploy`` measures the exported model instead: onnxruntime and AOTInductor beside the PyTorch backend, fp32,
 image-only (``benchmarks.embed_backends``; key ``embed-deploy``).
@@ -39,7 +39,7 @@ from benchmarks.common import (
 from fba.embed.embedder import Embedder
 from fba.embed.fast import FastEmbedder
 from fba.embed.text_bank import TextBank
-from fba.flops import extract_flops, spec_peak_tflops
+from fba.model.flops import extract_flops, spec_peak_tflops
 
 BENCHMARK_KEY = "embed"
 INPUTS = ("image", "captions", "captions-cached")

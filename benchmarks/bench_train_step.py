@@ -29,7 +29,7 @@ of the batch gathered from a ``TextBank`` by index (the real JPEG/DALI input pip
 Time split: marks at section boundaries, CUDA events on a GPU (read once after the timed steps: no host sync in
 the loop) and ``perf_counter`` on the CPU; forward hooks delimit the backbone, text tower and cross-modal module,
 a gradient hook on the backbone's output tokens splits the backward into "everything after the backbone"
-(losses, heads, cross-modal) and the backbone's own. MFU uses :mod:`fba.flops` (model FLOPs, stated in
+(losses, heads, cross-modal) and the backbone's own. MFU uses :mod:`fba.model.flops` (model FLOPs, stated in
 docs/performance.md) against the data-sheet bf16 dense peak and against a bf16 matmul peak measured in the run.
 """
 from __future__ import annotations
@@ -54,7 +54,7 @@ from fba.config import Config, ModelConfig, apply_overrides, validate
 from fba.train.engine_config import plan_engine
 from fba.train.trainer import TrainStep, build_engine, setup_distributed
 from fba.embed.text_bank import TextBank
-from fba.flops import spec_peak_tflops, training_flops
+from fba.model.flops import spec_peak_tflops, training_flops
 from fba.losses import FBALoss
 
 BENCHMARK_KEY = "train_step"

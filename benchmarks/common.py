@@ -37,8 +37,8 @@ from typing import Any, Callable, Iterable, Sequence
 
 import torch
 
-from fba.atomic import atomic_write_bytes
-from fba.precision import performance_flags
+from fba.utils.atomic import atomic_write_bytes
+from fba.utils.precision import performance_flags
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_RESULTS_DIR = REPO_ROOT / "benchmarks" / "results"
@@ -243,7 +243,7 @@ def write_results(
 ) -> Path:
     """Store ``rows`` under the key ``benchmark`` of this device's results file, keeping other benchmarks' keys.
 
-    The file is rewritten atomically (:mod:`fba.atomic`); an unreadable existing file is an error
+    The file is rewritten atomically (:mod:`fba.utils.atomic`); an unreadable existing file is an error
     (it is never silently overwritten).
     """
     path = results_dir(directory) / f"{device_slug(kind)}.json"

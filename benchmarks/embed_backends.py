@@ -8,7 +8,7 @@ is ``fba embed``'s path (``Embedder.embed`` of the normalised images, fp32 weigh
 ``openvino`` (latency hint, fp32) and ``aoti`` run the graph of ``fba export`` (normalisation inside). The calls
 are interleaved (one call of each backend in turn), so the machine's noise falls on all of them alike;
 ``vs_pytorch`` is the throughput ratio to the PyTorch row of the same batch; ``gflops`` is what the model's
-FLOP count (:func:`fba.flops.extract_flops`) gives at that rate, and ``of_peak`` its fraction of an fp32 matmul
+FLOP count (:func:`fba.model.flops.extract_flops`) gives at that rate, and ``of_peak`` its fraction of an fp32 matmul
 peak measured in the same run with the same threads (the machine's limit, not a data sheet's). ``setup_s`` is
 the export (and compile) time.
 """
@@ -28,7 +28,7 @@ from fba.data.transforms import CLIP_MEAN, CLIP_STD
 from fba.deploy.export import export_aoti, export_metadata, export_onnx, export_program
 from fba.embed.backends import AOTIModel, OnnxRuntimeModel, OpenVinoModel
 from fba.embed.embedder import Embedder
-from fba.flops import extract_flops
+from fba.model.flops import extract_flops
 
 BENCHMARK_KEY = "embed-deploy"
 BACKENDS = ("pytorch", "onnxruntime", "openvino", "aoti")

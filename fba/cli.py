@@ -17,9 +17,9 @@ import signal
 import sys
 import threading
 
-from fba.atomic import DiskWriteError
+from fba.utils.atomic import DiskWriteError
 from fba.errors import InputError
-from fba.lifetime import end_with_parent
+from fba.utils.lifetime import end_with_parent
 
 from fba.commands import COMMANDS
 

@@ -97,7 +97,7 @@ class TrainConfig:
     eval_every: int = 10
     checkpoint_every: int = 0  # optimiser steps between checkpoints inside an epoch; 0: at epoch ends only
     log_every: int = 20
-    compile: str = "auto"  # auto (off on CPU, default on GPU: unmeasured) | off | default | max-autotune | ... (fba.compile_modes)
+    compile: str = "auto"  # auto (off on CPU, default on GPU: unmeasured) | off | default | max-autotune | ... (fba.model.compile_modes)
     keep_checkpoints: int = 2  # full (resumable) checkpoints kept besides best_model.pt
     divergence_factor: float = 10.0  # stop when a logged loss exceeds this times the first one (0: never)
     max_skipped_steps: int = 8  # stop when more optimiser steps than this in a row are skipped (0: never)
@@ -115,7 +115,7 @@ class EvalConfig:
 
 @dataclass
 class EmbedConfig:
-    compile: str = "auto"  # torch.compile mode of the embed forward (fba.compile_modes); auto: off on CPU
+    compile: str = "auto"  # torch.compile mode of the embed forward (fba.model.compile_modes); auto: off on CPU
     cuda_graphs: bool = True  # fba.embed.fast: one CUDA graph per batch bucket (CUDA only)
     graph_batches: list = field(default_factory=lambda: [1, 8, 32, 256])  # buckets a short batch is padded up to
 

@@ -7,7 +7,7 @@ see one opaque node with a known output shape instead of tracing into Triton (do
 - fake (meta) implementations give the compiler the outputs' shapes, dtypes and (contiguous) strides;
 - ``register_autograd`` ties them together: the backward op runs from the saved inputs, outputs and lse;
 - FLOP formulas for ``torch.utils.flop_counter``: the matmuls the plain decomposition does (forward QKᵀ and PV
-  per branch; backward twice that, recomputation not counted), as ``fba.flops`` counts attention.
+  per branch; backward twice that, recomputation not counted), as ``fba.model.flops`` counts attention.
 
 ``backend`` picks the kernels inside: ``triton`` (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``),
 ``cuda`` (CUDA C++ forward, Triton backward) or ``reference`` (PyTorch, any device).

@@ -1,6 +1,6 @@
 import pytest
 
-from fba.atomic import atomic_path, atomic_write_bytes
+from fba.utils.atomic import atomic_path, atomic_write_bytes
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path):

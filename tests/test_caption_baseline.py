@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from fba.caption_baseline import bag_of_words, caption_only_metrics
+from fba.apps.caption_baseline import bag_of_words, caption_only_metrics
 from fba.data import Caption, build_dataset
 from fba.data.synthetic import generate, read_attributes
 from fba.data.synthetic.captions import describe

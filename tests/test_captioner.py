@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from benchmarks.llava_shapes import TINY, llava_processor, random_llava
-from fba.captioner import (
+from fba.apps.captioner import (
     LLAVA15_PROMPT,
     LlavaCaptioner,
     build_prompt,

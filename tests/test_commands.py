@@ -46,11 +46,11 @@ def test_literal_choices_are_the_implementations():
     """The command modules name choices and defaults literally (importing their owners would import torch)."""
     import argparse
 
-    from fba import captioner
+    from fba.apps import captioner
     from fba.commands import caption, demo, embed, eval as eval_command, export
     from fba.config import Loader
     from fba.data.synthetic.noise import REALISTIC_LEVEL
-    from fba.demo import DEMO_CONFIG
+    from fba.apps.demo import DEMO_CONFIG
     from fba.deploy.export import DEFAULTS, FORMATS, TARGETS
     from fba.deploy.graph import FEATURES, INPUT_DTYPES, INPUT_NORMS
     from fba.retrieval.metrics import DISTANCES

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fba.compile_modes import CompileModeError, compile_kwargs, maybe_compile, resolve_compile_mode
+from fba.model.compile_modes import CompileModeError, compile_kwargs, maybe_compile, resolve_compile_mode
 from fba.config import load_config
 from fba.errors import InputError
 

@@ -7,8 +7,8 @@ from PIL import Image
 
 import torch
 
-from fba.ablate import ROWS, ablation_table, comparison_table, per_run_table
-from fba.demo import FEATURES, feature_metrics, metrics_table, run_demo
+from fba.apps.ablate import ROWS, ablation_table, comparison_table, per_run_table
+from fba.apps.demo import FEATURES, feature_metrics, metrics_table, run_demo
 from fba.retrieval.features_file import FeatureSet
 from fba.retrieval.metrics import RetrievalMetrics
 
@@ -36,7 +36,7 @@ def test_demo_writes_metrics_and_pictures(tmp_path):
 
 
 def _config():
-    from fba.demo import DEMO_CONFIG
+    from fba.apps.demo import DEMO_CONFIG
 
     return DEMO_CONFIG
 
@@ -54,7 +54,7 @@ def test_metrics_table_puts_the_measured_columns_side_by_side():
 
 def test_feature_metrics_scores_the_three_parts_of_one_embedding_pass(monkeypatch):
     """image, text and full are the column blocks [CLS], [F_f^V, F_f^T] and all three of one full embedding."""
-    import fba.demo as demo
+    import fba.apps.demo as demo
 
     width, n = 4, 6
     rng = torch.Generator().manual_seed(0)
@@ -128,7 +128,7 @@ def test_ablation_rows_follow_table_3_and_table_averages_seeds():
 
 
 def test_ablation_resume_keeps_finished_runs_and_continues_the_rest(tmp_path, monkeypatch):
-    import fba.ablate as ablate
+    import fba.apps.ablate as ablate
 
     monkeypatch.setattr(ablate, "ensure_synthetic", lambda root, *args: root)
     monkeypatch.setattr(ablate, "captions_alone_line", lambda data: "captions alone: -")
@@ -159,7 +159,7 @@ def test_ablation_resume_keeps_finished_runs_and_continues_the_rest(tmp_path, mo
 
 
 def test_ablate_overrides_may_follow_the_seeds(tmp_path, monkeypatch, capsys, cli_error):
-    import fba.ablate as ablate
+    import fba.apps.ablate as ablate
     from fba.cli import main
 
     calls = []

@@ -1,4 +1,4 @@
-"""fba.flops against torch's FlopCounterMode on the tiny model (SDPA on its math path: every matmul is seen)."""
+"""fba.model.flops against torch's FlopCounterMode on the tiny model (SDPA on its math path: every matmul is seen)."""
 from __future__ import annotations
 
 import warnings
@@ -9,7 +9,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
 from fba.config import ModelConfig
-from fba.flops import extract_flops, spec_peak_tflops, training_flops
+from fba.model.flops import extract_flops, spec_peak_tflops, training_flops
 from fba.model import build_model, tokenize
 
 IMAGE_SIZE = (64, 32)  # 5 x 2 patches at stride 12

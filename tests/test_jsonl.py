@@ -1,6 +1,6 @@
 import pytest
 
-from fba.jsonl import parse_object
+from fba.utils.jsonl import parse_object
 
 
 class RecordError(ValueError):

@@ -6,15 +6,15 @@ from test_import_graph import import_graph
 
 # Lowest first. A module belongs to the layer of the longest prefix that names it.
 LAYERS: list[tuple[str, tuple[str, ...]]] = [
-    ("utilities", ("fba", "fba.errors", "fba.atomic", "fba.jsonl", "fba.safe_load", "fba.precision", "fba.lifetime", "fba._C")),
+    ("utilities", ("fba", "fba.errors", "fba.utils", "fba._C")),
     ("config", ("fba.config",)),
     ("distributed", ("fba.distributed",)),
-    ("parts", ("fba.data", "fba.model", "fba.kernels", "fba.losses", "fba.flops", "fba.compile_modes")),
+    ("parts", ("fba.data", "fba.model", "fba.kernels", "fba.losses")),
     ("retrieval", ("fba.retrieval",)),
     ("deployment", ("fba.deploy",)),
     ("embedding", ("fba.embed", "fba.retrieval.eval_set", "fba.retrieval.command")),
     ("training", ("fba.train",)),
-    ("apps", ("fba.captioner", "fba.caption_baseline", "fba.viz", "fba.demo", "fba.ablate")),
+    ("apps", ("fba.apps",)),
     ("commands", ("fba.commands", "fba.cli")),
 ]
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fba import precision
+from fba.utils import precision
 from fba.train.trainer import resolve_precision
 
 AVX2_ONLY = "processor\t: 0\nflags\t\t: fpu sse2 avx avx2 fma avx512f\n"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fba import viz
+from fba.apps import viz
 
 
 @pytest.fixture()

@@ -37,6 +37,6 @@ def _seed_or_override(text: str) -> int | str:
 
 
 def run(args: argparse.Namespace) -> int | None:
-    from fba.ablate import run as run_ablate
+    from fba.apps.ablate import run as run_ablate
 
     return run_ablate(args)

@@ -35,6 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int | None:
-    from fba.captioner import run as run_caption
+    from fba.apps.captioner import run as run_caption
 
     return run_caption(args)

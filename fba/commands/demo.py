@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic.yaml"  # fba.demo.DEMO_CONFIG
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic.yaml"  # fba.apps.demo.DEMO_CONFIG
 REALISTIC_LEVEL = 1.0  # fba.data.synthetic.noise.REALISTIC_LEVEL
 HELP = "the main job: synthetic data, train the tiny FBA, evaluate, draw the pictures"
 
@@ -22,6 +22,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int | None:
-    from fba.demo import run as run_demo
+    from fba.apps.demo import run as run_demo
 
     return run_demo(args)

@@ -14,10 +14,10 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
-from fba.atomic import atomic_path
+from fba.utils.atomic import atomic_path
 from fba.data.datasets import SPLITS, Item, ReIDDataset, relabel
 from fba.errors import InputError
-from fba.jsonl import parse_object
+from fba.utils.jsonl import parse_object
 
 FG_PROMPT = "Describe the appearance of persons in the image, focusing on their appearance, attire and accessories."
 BG_PROMPT = (

@@ -24,7 +24,7 @@ from torchvision.transforms import InterpolationMode
 from fba.data.datasets import Item
 from fba.data.sampler import PKSampler, SamplerEpochs
 from fba.errors import InputError
-from fba.lifetime import WorkerEndsWithParent
+from fba.utils.lifetime import WorkerEndsWithParent
 
 if TYPE_CHECKING:
     from fba.config import Config

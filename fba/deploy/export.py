@@ -25,7 +25,7 @@ from torch import nn
 
 import fba
 from fba import kernels
-from fba.atomic import atomic_path, atomic_write_bytes, check_output_path
+from fba.utils.atomic import atomic_path, atomic_write_bytes, check_output_path
 from fba.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from fba.deploy.graph import INPUT_DTYPES, INPUT_NORMS, ExportedEmbedder
 from fba.distributed import usable_device

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fba.atomic import process_running
+from fba.utils.atomic import process_running
 from fba.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from fba.deploy.export import ExportFileError, _aoti_metadata, read_metadata, resolve_model_file
 from fba.errors import UsageError
@@ -273,7 +273,7 @@ def embed_exported(
     from torch.utils.data import DataLoader
 
     from fba.data.transforms import ImageDataset, build_eval_uint8_transform, collate_batch
-    from fba.lifetime import WorkerEndsWithParent
+    from fba.utils.lifetime import WorkerEndsWithParent
     from fba.model.text import tokenize
 
     if (captions is not None) != (model.feature == "full"):

@@ -19,7 +19,7 @@ import torch
 
 from fba.config import Config
 from fba.data.captions import CaptionError, CaptionStore
-from fba.atomic import check_output_path
+from fba.utils.atomic import check_output_path
 from fba.distributed import is_main_rank, launch_world_size, rank_device
 from fba.data.loaders import Loaders
 from fba.embed import shards

@@ -26,7 +26,7 @@ from typing import Callable, Sequence
 import torch
 from torch import nn
 
-from fba.compile_modes import maybe_compile, resolve_compile_mode
+from fba.model.compile_modes import maybe_compile, resolve_compile_mode
 from fba.config import EmbedConfig
 from fba.data.transforms import ClipNormalise
 from fba.embed.embedder import Embedder

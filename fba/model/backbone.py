@@ -16,7 +16,7 @@ from open_clip.transformer import QuickGELU, VisionTransformer
 from safetensors.torch import load_file
 from torch import nn
 
-from fba.safe_load import is_torchscript, read_torchscript_tensors, safe_torch_load
+from fba.utils.safe_load import is_torchscript, read_torchscript_tensors, safe_torch_load
 
 __all__ = [
     "ARCHS",

@@ -1,6 +1,6 @@
 """``model.pt``: the trained model as one file that ``fba eval``, ``fba embed`` and ``fba export`` load without
 DeepSpeed: the bare module's fp32 weights, its config, the number of classes and the image size, read with
-:func:`fba.safe_load.safe_torch_load` (no code is unpickled)."""
+:func:`fba.utils.safe_load.safe_torch_load` (no code is unpickled)."""
 from __future__ import annotations
 
 import warnings
@@ -9,12 +9,12 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fba.atomic import atomic_path
+from fba.utils.atomic import atomic_path
 from fba.config import Config, ConfigError, config_from_dict
 from fba.distributed import world
 from fba.errors import InputError
 from fba.model.fba import build_model
-from fba.safe_load import safe_torch_load
+from fba.utils.safe_load import safe_torch_load
 
 MODEL_FORMAT = "fba-model/1"
 

@@ -20,7 +20,7 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm import tqdm
 
-from fba.atomic import atomic_path
+from fba.utils.atomic import atomic_path
 
 from .backbone import ClipArch, ClipCheckpoint, load_tower
 

@@ -21,7 +21,7 @@ import numpy as np
 from safetensors import safe_open
 from safetensors.numpy import save as save_safetensors
 
-from fba.atomic import atomic_write_bytes
+from fba.utils.atomic import atomic_write_bytes
 from fba.errors import InputError
 from fba.retrieval.metrics import as_numpy
 

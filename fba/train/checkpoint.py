@@ -25,10 +25,10 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from fba.atomic import atomic_write_bytes, disk_write_error, fsync_path
+from fba.utils.atomic import atomic_write_bytes, disk_write_error, fsync_path
 from fba.distributed import world
 from fba.errors import InputError
-from fba.safe_load import safe_torch_load
+from fba.utils.safe_load import safe_torch_load
 
 LATEST = "latest"
 FINAL_EVALUATION = "final_evaluation.json"
@@ -215,7 +215,7 @@ class SafeCheckpointEngine:
 
     DeepSpeed reads every file of a checkpoint (module, ZeRO optimiser shards, client state) through
     ``engine.checkpoint_engine.load``, a full unpickling ``torch.load`` that imports any global a file names;
-    this wrapper replaces that one call by :func:`fba.safe_load.safe_torch_load` and passes everything else
+    this wrapper replaces that one call by :func:`fba.utils.safe_load.safe_torch_load` and passes everything else
     (saving, commits) through.
     """
 

@@ -14,8 +14,8 @@ from pathlib import Path
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from fba.atomic import atomic_write_bytes
-from fba.jsonl import parse_object
+from fba.utils.atomic import atomic_write_bytes
+from fba.utils.jsonl import parse_object
 
 METRICS_FILE = "metrics.jsonl"
 

@@ -66,7 +66,7 @@ def _alive(pid: int) -> bool:
 
 def sweep_partial_files(output_dir: Path) -> list[Path]:
     """Remove what a killed writer left in ``output_dir`` and its checkpoints folder: temporaries of
-    :func:`fba.atomic.atomic_path` whose process is gone and unpublished checkpoint folders. Returns them."""
+    :func:`fba.utils.atomic.atomic_path` whose process is gone and unpublished checkpoint folders. Returns them."""
     removed = []
     for folder in (output_dir, output_dir / "checkpoints"):
         if not folder.is_dir():

@@ -4,7 +4,7 @@ Launch: one process (``fba train -c ...``, the distributed environment is filled
 one node or several nodes (``torchrun --nproc_per_node 8 -m fba.cli train -c ...`` or
 ``deepspeed --module fba.cli train -c ...``: they set RANK, WORLD_SIZE, LOCAL_RANK, MASTER_*). The engine
 (``fba.train.engine_config``: ``train.engine_mode``, ``train.zero_stage``) runs with ``train.precision``: bf16
-where the device has it (on a CPU only with native bf16, ``fba.precision``), fp16 with dynamic loss scaling on
+where the device has it (on a CPU only with native bf16, ``fba.utils.precision``), fp16 with dynamic loss scaling on
 GPUs without bf16, or fp32. On the CPU the backend is gloo, the optimiser torch's Adam (multi-tensor), and
 DeepSpeed's shared-memory collective (a 100 s C++ build) is switched off.
 
@@ -52,7 +52,7 @@ import torch.distributed as dist
 import yaml
 
 from fba.config import Config, ConfigError, load_config
-from fba.compile_modes import compile_kwargs, resolve_compile_mode
+from fba.model.compile_modes import compile_kwargs, resolve_compile_mode
 from fba.data.datasets import ReIDDataset
 from fba.data.loaders import Loaders, load_data
 from fba.data.sampler import PKBatchError
@@ -77,7 +77,7 @@ from fba.losses import FBALoss
 from fba.retrieval.metrics import RetrievalMetrics
 from fba.model import build_model
 from fba.model.heads import sync_batchnorm
-from fba.precision import auto_cpu_precision
+from fba.utils.precision import auto_cpu_precision
 
 
 

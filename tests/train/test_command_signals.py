@@ -98,10 +98,10 @@ def _wait_for_work(proc: subprocess.Popen, command: str, out: Path) -> list[int]
 # (the temporary of a features file; the first appended caption line), a moment too short to hit from outside.
 MID_WRITE = """
 import os, signal, sys
-import fba.atomic
+import fba.utils.atomic
 from fba.cli import main
 
-fsync_path, fsync, raised = fba.atomic.fsync_path, os.fsync, []
+fsync_path, fsync, raised = fba.utils.atomic.fsync_path, os.fsync, []
 
 def signalled_once():
     if not raised:
@@ -117,7 +117,7 @@ def fsync_signalled(fd):
     signalled_once()
     fsync(fd)
 
-fba.atomic.fsync_path = fsync_path_signalled
+fba.utils.atomic.fsync_path = fsync_path_signalled
 if {caption}:
     os.fsync = fsync_signalled
 sys.argv = ["fba", *{args!r}]
@@ -162,7 +162,7 @@ def test_a_signal_at_any_moment_exits_on_one_line_and_leaves_nothing(embed_job, 
     assert _children_gone(children) == [], "child processes outlived the command"
     left = sorted(p.name for p in tmp_path.iterdir())
     if command == "caption" and moment != "start-up":  # the output itself: complete lines, which a rerun continues
-        from fba.captioner import resume
+        from fba.apps.captioner import resume
 
         assert left == ["captions.jsonl"] and 1 <= len(resume(out)) < 1200
     else:
@@ -173,7 +173,7 @@ def test_a_signal_at_any_moment_exits_on_one_line_and_leaves_nothing(embed_job, 
                                            (signal.SIGKILL, "torchrun")])
 def test_a_sharded_embed_leaves_no_process_of_the_run(embed_job, tmp_path, signum, target):
     """torchrun passes SIGTERM on to its ranks; when a rank dies, torchrun stops the others; when torchrun itself
-    is SIGKILLed, each rank sees its launcher gone and unwinds (fba.lifetime) instead of finishing the job
+    is SIGKILLed, each rank sees its launcher gone and unwinds (fba.utils.lifetime) instead of finishing the job
     unwatched. DataLoader workers end with their rank in every case."""
     out = tmp_path / "features.safetensors"
     env = dict(os.environ, OMP_NUM_THREADS="1")

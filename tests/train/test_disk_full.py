@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from fba.atomic import DiskWriteError, atomic_write_bytes
+from fba.utils.atomic import DiskWriteError, atomic_write_bytes
 from fba.train import checkpoint as ckpt
 
 
@@ -57,7 +57,7 @@ def test_real_file_size_limit_in_a_subprocess(tmp_path):
     target = tmp_path / "big.bin"
     code = ("import resource, signal, sys\nsignal.signal(signal.SIGXFSZ, signal.SIG_IGN)\n"
             "resource.setrlimit(resource.RLIMIT_FSIZE, (65536, 65536))\n"
-            "from fba.atomic import atomic_write_bytes\n"
+            "from fba.utils.atomic import atomic_write_bytes\n"
             f"atomic_write_bytes({str(target)!r}, bytes(1 << 20))\n")
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])})

@@ -14,7 +14,7 @@ import torch
 from fba.config import load_config
 from fba.train import checkpoint as ckpt
 from fba.model import model_file
-from fba.safe_load import UnsafeFileError, read_torchscript_tensors, safe_torch_load
+from fba.utils.safe_load import UnsafeFileError, read_torchscript_tensors, safe_torch_load
 
 
 class _WritesMarker:

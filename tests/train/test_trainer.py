@@ -45,7 +45,7 @@ def test_one_epoch_lowers_the_loss_and_writes_everything(tiny_root, tmp_path):
     model, saved_cfg = load_model(result.model_path)
     assert saved_cfg.to_dict()["data"] == cfg.to_dict()["data"] and not model.training
 
-    from fba.viz import save_loss_curves
+    from fba.apps.viz import save_loss_curves
 
     assert save_loss_curves(tmp_path / "curves.png", result.metrics_path).stat().st_size > 0
 

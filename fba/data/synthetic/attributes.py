@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from fba.errors import InputError
-from fba.jsonl import parse_object
+from fba.utils.jsonl import parse_object
 
 COLOURS: dict[str, tuple[int, int, int]] = {
     "red": (200, 35, 35), "blue": (35, 65, 190), "green": (40, 150, 50), "yellow": (225, 205, 45),

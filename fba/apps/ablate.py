@@ -4,7 +4,7 @@ Rows: the baseline (backbone CLS, L_ID + L_Tri), + cross-modal (fg branch, L_ID^
 (bg branch, L_div), + differential pooling (the full FBA). Each row is one ``fba train`` run per training
 seed with the ablation switches set, all on the same data set, whose captions carry a vision-language
 model's mistakes (``--caption-noise``, realistic by default). Every trained model is measured with the three
-features of :data:`fba.demo.FEATURES` (image part, caption part, full), so a cross-modal row's full feature
+features of :data:`fba.apps.demo.FEATURES` (image part, caption part, full), so a cross-modal row's full feature
 can be compared with its own caption part as well as with the baseline's image feature: a gain of the full
 feature over the baseline that the caption part alone already has is the captions', not the fusion's. The
 tables are Markdown, ready for ``docs/results.md``.
@@ -18,13 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from fba.atomic import atomic_write_bytes
-from fba.caption_baseline import caption_only_metrics
+from fba.utils.atomic import atomic_write_bytes
+from fba.apps.caption_baseline import caption_only_metrics
 from fba.config import load_config
 from fba.data import CaptionStore, build_dataset
 from fba.data.loaders import load_data
 from fba.data.synthetic.noise import REALISTIC_LEVEL
-from fba.demo import FEATURES, ensure_synthetic, feature_metrics, headline
+from fba.apps.demo import FEATURES, ensure_synthetic, feature_metrics, headline
 from fba.model.model_file import load_model
 from fba.train.trainer import train
 from fba.errors import UsageError
@@ -98,7 +98,7 @@ def per_run_table(results: list[dict]) -> str:
 
 
 def captions_alone_line(data: Path) -> str:
-    """The model-free reference of the data set: its fg captions' bag of words (:mod:`fba.caption_baseline`)."""
+    """The model-free reference of the data set: its fg captions' bag of words (:mod:`fba.apps.caption_baseline`)."""
     result = headline(caption_only_metrics(build_dataset("synthetic", data), CaptionStore.load(data / "captions.jsonl")))
     return f"Captions alone (fg bag of words, no model) on this data set: mAP {result['mAP']:.1f}, R-1 {result['R1']:.1f}."
 

@@ -21,8 +21,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from fba import viz
-from fba.caption_baseline import caption_only_metrics
+from fba.apps import viz
+from fba.apps.caption_baseline import caption_only_metrics
 from fba.config import Config, load_config
 from fba.data.loaders import load_data
 from fba.data.synthetic import generate
@@ -38,7 +38,7 @@ from fba.retrieval.metrics import RetrievalMetrics, pairwise_distance
 from fba.model import build_model, select_feature
 from fba.model.text import TextFeatures
 
-DEMO_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "synthetic.yaml"
+DEMO_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "synthetic.yaml"
 
 # What each measured feature is (docs/model.md, "Retrieval feature"; docs/results.md says what each row shows).
 FEATURES = {

@@ -11,7 +11,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
-from fba.jsonl import parse_object
+from fba.utils.jsonl import parse_object
 from fba.retrieval.metrics import protocol_keep
 
 CORRECT = (40, 180, 60)

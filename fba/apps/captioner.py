@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Protocol
 
 from tqdm import tqdm
 
-from fba.atomic import DiskWriteError, disk_write_error
+from fba.utils.atomic import DiskWriteError, disk_write_error
 from fba.data.captions import (
     BG_PROMPT, FG_PROMPT, Caption, CaptionError, CaptionStore, caption_line, parse_caption_line,
 )
@@ -104,7 +104,7 @@ def caption_images(
     """Caption ``images`` batch by batch, appending one line per image to ``out``; returns the count written.
 
     The file is written unbuffered, so a failed write (a full disk) leaves nothing to flush on close: it is one
-    :class:`~fba.atomic.DiskWriteError`, and a cut-off last line is mended by the next run's :func:`resume`."""
+    :class:`~fba.utils.atomic.DiskWriteError`, and a cut-off last line is mended by the next run's :func:`resume`."""
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     out.parent.mkdir(parents=True, exist_ok=True)
