@@ -4,6 +4,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from fba.commands.arguments import at_least
+
 HELP = "export a model.pt to ONNX or an AOTInductor package for serving"
 
 
@@ -23,6 +25,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--target", choices=["boxmot", "deepstream"],
                         help="export what this consumer loads as it is: boxmot (fba-reid-HxW.onnx, ImageNet input, "
                         "and the sidecar boxmot reads), deepstream (0..255 float input and an nvtracker ReID config)")
+    parser.add_argument("--quantize", choices=["int8"], help="int8: static post-training quantization of the "
+                        "ONNX image export (onnxruntime QDQ; runs on onnxruntime and OpenVINO), calibrated on "
+                        "--calibration")
+    parser.add_argument("--calibration", type=Path, metavar="DIR",
+                        help="with --quantize: a folder of crops, e.g. a data set's training split")
+    parser.add_argument("--calibration-images", type=at_least(16), default=300, metavar="N",
+                        help="with --quantize: how many of --calibration's images, spread over it (default 300)")
     parser.add_argument("--device", default="cpu", help="aoti: compile for this device (cpu, cuda); onnx: ignored")
     parser.add_argument("--inspect", type=Path, metavar="FILE", help="print the metadata of an exported model and exit")
 

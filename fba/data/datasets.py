@@ -29,6 +29,7 @@ Item = tuple[str, int, int]
 SPLITS = ("train", "query", "gallery")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png")
 OCCLUDED_REID_EXTENSIONS = IMAGE_EXTENSIONS + (".tif", ".tiff")
+EMBED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")  # a folder of crops to embed
 
 _MARKET_NAME = re.compile(r"(-?\d+)_c(\d+)")
 # What int() takes, checked before calling it; str.isdigit() also passes "²", on which int() raises.

@@ -71,12 +71,13 @@ def check_input(input_dtype: str, input_norm: str) -> None:
                          "0..255 pixels (--input-norm none)")
 
 
-def export_file_name(fmt: str, feature: str, input_dtype: str, input_norm: str) -> str:
+def export_file_name(fmt: str, feature: str, input_dtype: str, input_norm: str, quantized: bool = False) -> str:
     """``model.onnx`` / ``model.pt2`` for the default export (uint8 pixels, image feature); another variant is
-    named by what differs (``model-full.onnx``, ``model-imagenet.onnx``, ``model-full-float32.pt2``), so exports
-    into one folder never overwrite each other."""
+    named by what differs (``model-full.onnx``, ``model-imagenet.onnx``, ``model-int8.onnx``), so exports into one
+    folder never overwrite each other."""
     tags = [feature] if feature != "image" else []
     tags += [input_norm] if input_norm != "none" else ([input_dtype] if input_dtype != "uint8" else [])
+    tags += ["int8"] if quantized else []
     return "model" + "".join(f"-{tag}" for tag in tags) + SUFFIXES[fmt]
 
 
@@ -339,6 +340,20 @@ def write_deepstream_config(path: Path, meta: dict) -> Path:
     return config
 
 
+def _check_quantize(args: argparse.Namespace, options: dict[str, str]) -> list[Path]:
+    """int8 is an ONNX export of the image feature, calibrated on ``--calibration``'s images."""
+    if options["format"] != "onnx":
+        raise UsageError("--quantize int8 writes an ONNX model (--format onnx); onnxruntime and OpenVINO run it")
+    if options["feature"] != "image":
+        raise UsageError("--quantize int8 quantizes the image feature (--feature image); the full feature's text "
+                         "tower stays fp32")
+    if args.calibration is None:
+        raise UsageError("--quantize int8 needs --calibration DIR: a few hundred crops of a training split")
+    from fba.deploy.quantize import pick_calibration_images
+
+    return pick_calibration_images(args.calibration, args.calibration_images)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.inspect is not None:
         for key, value in read_metadata(args.inspect).items():
@@ -352,9 +367,23 @@ def run(args: argparse.Namespace) -> int:
     if options["format"] == "aoti":
         usable_device(args.device)
     start = time.perf_counter()
-    name = BOXMOT_FILE if args.target == "boxmot" else None
-    path = export_model_file(args.checkpoint, args.out, options["format"], options["feature"],
-                             options["input_dtype"], args.device, options["input_norm"], name)
+    quantized = args.quantize == "int8"
+    if quantized:
+        calibration = _check_quantize(args, options)
+    name = BOXMOT_FILE.replace(".onnx", "-int8.onnx" if quantized else ".onnx") if args.target == "boxmot" else \
+        export_file_name(options["format"], options["feature"], options["input_dtype"], options["input_norm"], quantized)
+    if quantized:
+        from fba.deploy.quantize import calibration_batches, quantize_int8
+
+        with tempfile.TemporaryDirectory() as work:
+            fp32 = export_model_file(args.checkpoint, Path(work), "onnx", "image", options["input_dtype"],
+                                     input_norm=options["input_norm"], name=name)
+            meta = read_metadata(fp32)
+            batches = calibration_batches(calibration, meta["image_size"], options["input_dtype"], options["input_norm"])
+            path = quantize_int8(fp32, Path(args.out) / fp32.name, batches)
+    else:
+        path = export_model_file(args.checkpoint, args.out, options["format"], options["feature"],
+                                 options["input_dtype"], args.device, options["input_norm"], name)
     meta = read_metadata(path)
     extra = ""
     if args.target == "boxmot":
@@ -362,6 +391,7 @@ def run(args: argparse.Namespace) -> int:
     elif args.target == "deepstream":
         extra = f"; nvtracker config {write_deepstream_config(path, meta).name}"
     print(f"wrote {path} ({options['format']}, {meta['feature']} feature, {meta['feature_dim']} dims, inputs "
-          f"{', '.join(meta['inputs'])}, {meta['image_dtype']} {meta['input_norm']}) in "
+          f"{', '.join(meta['inputs'])}, {meta['image_dtype']} {meta['input_norm']}"
+          f"{', int8 from ' + str(len(calibration)) + ' calibration images' if quantized else ''}) in "
           f"{time.perf_counter() - start:.0f} s{extra}")
     return 0

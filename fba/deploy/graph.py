@@ -24,6 +24,16 @@ INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
 INPUT_NORMS = ("none", "imagenet", "clip")
 
 
+def graph_images(pixels: torch.Tensor, input_dtype: str, input_norm: str) -> torch.Tensor:
+    """uint8 RGB pixels [N, 3, H, W] as an export with ``input_dtype`` / ``input_norm`` takes them: cast, or
+    normalised as a tracker would (the one copy, for the runtimes and for calibration)."""
+    if input_norm == "none":
+        return pixels.to(INPUT_DTYPES[input_dtype])
+    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if input_norm == "imagenet" else (CLIP_MEAN, CLIP_STD)
+    shape = (1, 3, 1, 1)
+    return (pixels.float() / 255 - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+
+
 def fold_input_affine(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> nn.Conv2d:
     """A copy of ``conv`` that takes ``x`` and gives what ``conv`` gives on ``scale * x + shift`` (per input
     channel): the weights scaled per input channel, the shift summed through the kernel into the bias. Exact for

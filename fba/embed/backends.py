@@ -26,8 +26,8 @@ import torch
 from tqdm import tqdm
 
 from fba.utils.atomic import process_running
-from fba.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from fba.deploy.export import ExportFileError, _aoti_metadata, read_metadata, resolve_model_file
+from fba.deploy.graph import graph_images
 from fba.errors import UsageError
 
 BACKENDS = ("onnxruntime", "aoti", "openvino")
@@ -53,15 +53,8 @@ class ExportedModel:
     def inputs(self, images, fg_tokens=None, bg_tokens=None) -> list[torch.Tensor]:
         """The graph's inputs for uint8 pixels ``images``: cast, or normalised as the export's ``input_norm``
         says (an export for a tracker that normalises its crops itself)."""
-        dtype = torch.uint8 if self.metadata["image_dtype"] == "uint8" else torch.float32
-        norm = self.metadata.get("input_norm", "none")
-        pixels = torch.as_tensor(images)
-        if norm == "none":
-            tensors = [pixels.to(dtype)]
-        else:
-            mean, std = (IMAGENET_MEAN, IMAGENET_STD) if norm == "imagenet" else (CLIP_MEAN, CLIP_STD)
-            shape = (1, 3, 1, 1)
-            tensors = [(pixels.float() / 255 - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)]
+        tensors = [graph_images(torch.as_tensor(images), self.metadata["image_dtype"],
+                                self.metadata.get("input_norm", "none"))]
         if self.feature == "full":
             if fg_tokens is None or bg_tokens is None:
                 raise ValueError(f"{self.path} takes the full feature's inputs: images, fg_tokens and bg_tokens")

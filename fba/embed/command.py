@@ -19,6 +19,7 @@ import torch
 
 from fba.config import Config
 from fba.data.captions import CaptionError, CaptionStore
+from fba.data.datasets import EMBED_EXTENSIONS
 from fba.utils.atomic import check_output_path
 from fba.distributed import is_main_rank, launch_world_size, rank_device
 from fba.data.loaders import Loaders
@@ -30,7 +31,6 @@ from fba.retrieval.features_file import SUFFIXES, save_features
 from fba.embed.text_bank import TextBank
 from fba.errors import InputError, UsageError
 
-EMBED_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp")
 
 
 class ImageListError(InputError):
