@@ -13,7 +13,6 @@ compiled, decoding and resizing included, with this process's threads).
 """
 from __future__ import annotations
 
-import argparse
 import importlib.util
 import sys
 import tempfile
