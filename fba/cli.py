@@ -44,16 +44,49 @@ def _raise_terminated(signum: int, frame) -> None:
     raise Terminated
 
 
+def _shutting_down(raise_it):
+    """A handler for a process that is the command: it is shutting down from here on, so multiprocessing's helper
+    threads (the resource sharer, queue feeders) drop the errors of workers stopped under them instead of printing
+    tracebacks after the command's one line; then ``raise_it`` unwinds the command. Python ignores an exception
+    raised inside a ``__del__`` or a finaliser ("Exception ignored in ..."), so a signal that lands there would be
+    lost and the command would run on: there the signal is sent again a moment later instead."""
+    def handler(signum: int, frame) -> None:
+        util = sys.modules.get("multiprocessing.util")  # not imported yet: no helper thread runs either
+        if util is not None:
+            util._exiting = True
+        if _in_finaliser(frame):
+            threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
+            return
+        raise_it(signum, frame)
+
+    return handler
+
+
+def _in_finaliser(frame) -> bool:
+    while frame is not None:
+        code = frame.f_code
+        if code.co_name == "__del__" or code.co_filename.endswith("weakref.py"):
+            return True
+        frame = frame.f_back
+    return False
+
+
 @contextlib.contextmanager
-def _sigterm_unwinds():
+def _signals_unwind(program: bool):
+    """SIGTERM raises :class:`Terminated` (SIGINT raises KeyboardInterrupt as always) where the command is."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.signal(signal.SIGTERM, _raise_terminated)
+    handlers = {signal.SIGTERM: _raise_terminated}
+    if program:
+        handlers = {signal.SIGTERM: _shutting_down(_raise_terminated),
+                    signal.SIGINT: _shutting_down(signal.default_int_handler)}
+    previous = {signum: signal.signal(signum, handler) for signum, handler in handlers.items()}
     try:
         yield
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -66,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return 0 if argv else 2
     name, rest = argv[0], argv[1:]
-    with _sigterm_unwinds():
+    with _signals_unwind(program):
         if program and "LOCAL_RANK" in os.environ:  # a rank of torchrun or deepspeed: it ends with its launcher
             end_with_parent(os.getppid())
         try:

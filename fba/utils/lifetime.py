@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import threading
 import time
 
@@ -29,7 +30,9 @@ def end_with_parent(parent: int, signum: int = signal.SIGTERM, poll_s: float = P
 
 
 class WorkerEndsWithParent:
-    """A DataLoader ``worker_init_fn``: the worker ends (SIGKILL) when the process that built the loader is gone.
+    """A DataLoader ``worker_init_fn``: the worker ends (SIGKILL) when the process that built the loader is gone,
+    and its resource-sharer thread (which hands batches' file descriptors to the parent) stays quiet when the
+    parent stops reading mid-handover, as a parent stopped by a signal does: its one line is the last word.
     A class, not a closure, so spawned workers can unpickle it."""
 
     def __init__(self) -> None:
@@ -37,3 +40,15 @@ class WorkerEndsWithParent:
 
     def __call__(self, worker_id: int) -> None:
         end_with_parent(self.parent, signal.SIGKILL)
+        sys.excepthook = _quiet_on_a_lost_reader(sys.excepthook)
+
+
+def _quiet_on_a_lost_reader(hook):
+    """The worker's excepthook, silent for the connection errors of a reader that went away (a worker's own
+    errors reach the parent through the DataLoader, not through this hook)."""
+
+    def excepthook(kind, value, traceback) -> None:
+        if not issubclass(kind, (ConnectionError, EOFError)):
+            hook(kind, value, traceback)
+
+    return excepthook
