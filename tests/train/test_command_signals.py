@@ -45,11 +45,18 @@ def embed_job(tmp_path_factory) -> dict:
             "root": root, "config": config}
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _children_gone(pids: list[int], within_s: float = 15.0) -> list[int]:
     deadline = time.monotonic() + within_s
     alive = pids
     while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        alive = [p for p in alive if _alive(p)]
         time.sleep(0.2)
     return alive
 
@@ -169,40 +176,62 @@ def test_a_signal_at_any_moment_exits_on_one_line_and_leaves_nothing(embed_job, 
         assert left == [], "a temporary or a partial output was left"
 
 
-@pytest.mark.parametrize("signum,target", [(signal.SIGTERM, "torchrun"), (signal.SIGKILL, "rank 1"),
-                                           (signal.SIGKILL, "torchrun")])
-def test_a_sharded_embed_leaves_no_process_of_the_run(embed_job, tmp_path, signum, target):
-    """torchrun passes SIGTERM on to its ranks; when a rank dies, torchrun stops the others; when torchrun itself
-    is SIGKILLed, each rank sees its launcher gone and unwinds (fba.utils.lifetime) instead of finishing the job
-    unwatched. DataLoader workers end with their rank in every case."""
-    out = tmp_path / "features.safetensors"
+@pytest.mark.parametrize("moment,signum,target", [
+    ("start-up", signal.SIGINT, "torchrun"), ("mid-run", signal.SIGTERM, "torchrun"),
+    ("mid-run", signal.SIGKILL, "rank 1"), ("mid-run", signal.SIGKILL, "torchrun"), ("mid-write", signal.SIGTERM, "ranks"),
+])
+def test_a_sharded_embed_leaves_no_process_of_the_run(embed_job, tmp_path, moment, signum, target):
+    """torchrun passes SIGINT/SIGTERM on to its ranks; when a rank dies, torchrun stops the others; when torchrun
+    itself is SIGKILLed, each rank sees its launcher gone and unwinds (fba.utils.lifetime) instead of finishing the
+    job unwatched; a rank signalled while writing its shard removes the temporary. DataLoader workers end with
+    their rank in every case."""
+    out = tmp_path / "out" / "features.safetensors"
     env = dict(os.environ, OMP_NUM_THREADS="1")
+    args = ["--model", str(embed_job["model"]), "--images", str(embed_job["images"]), "--image-only", "--out",
+            str(out), "--device", "cpu", "--batch-size", "2", "--num-workers", "2"]
+    if moment == "mid-write":  # each rank signals itself between writing its shard's bytes and their fsync
+        script = tmp_path / "signalled.py"
+        script.write_text(MID_WRITE.format(signum=int(signum), caption=False, args=["embed", *args]))
+        program = [str(script)]
+    else:
+        program = ["-m", "fba.cli", "embed", *args]
     log = (tmp_path / "log").open("w")  # a file: the ranks inherit it, and a pipe would wait for them
     proc = subprocess.Popen([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2",
-                             "-m", "fba.cli", "embed", "--model", str(embed_job["model"]), "--images",
-                             str(embed_job["images"]), "--image-only", "--out", str(out), "--device", "cpu",
-                             "--batch-size", "2", "--num-workers", "2"], stdout=log, stderr=log, env=env)
-    run: list[psutil.Process] = []
+                             *program], stdout=log, stderr=log, env=env)
+    seen: dict[int, psutil.Process] = {}
+
+    def look() -> list[psutil.Process]:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            seen.update({c.pid: c for c in psutil.Process(proc.pid).children(recursive=True)})
+        return list(seen.values())
+
     try:
         deadline = time.monotonic() + 180
-        while len(run) < 6 and proc.poll() is None and time.monotonic() < deadline:  # 2 ranks, 2 workers each
-            run = psutil.Process(proc.pid).children(recursive=True)
-            time.sleep(0.1)
-        assert len(run) >= 6, f"the ranks' workers never started (exit {proc.poll()})"
-        ranks = [p for p in run if p.ppid() == proc.pid]
-        if target == "torchrun":
+        if moment == "start-up":
+            time.sleep(1.0)  # torchrun is starting its ranks, which are importing
+            look()
             proc.send_signal(signum)
-        else:
-            next(p for p in ranks if p.environ().get("RANK") == "1").send_signal(signum)
-        proc.wait(timeout=120)
-        assert _children_gone([p.pid for p in run], within_s=15) == [], "processes of the run outlived it"
+        elif moment == "mid-run":
+            while len(look()) < 6 and proc.poll() is None and time.monotonic() < deadline:  # 2 ranks, 2 workers each
+                time.sleep(0.1)
+            assert len(seen) >= 6, f"the ranks' workers never started (exit {proc.poll()})"
+            if target == "torchrun":
+                proc.send_signal(signum)
+            else:
+                next(p for p in look() if p.ppid() == proc.pid and p.environ().get("RANK") == "1").send_signal(signum)
+        while proc.poll() is None and time.monotonic() < deadline:
+            look()
+            time.sleep(0.05)
+        assert _children_gone(list(seen), within_s=15) == [], "processes of the run outlived it"
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        for child in run:
+        for child in seen.values():
             with contextlib.suppress(psutil.NoSuchProcess):
                 child.kill()
         log.close()
-    assert proc.returncode != 0
-    assert not out.exists(), "the ranks went on without their launcher: " + (tmp_path / "log").read_text()[-2000:]
+    text = (tmp_path / "log").read_text()
+    assert proc.returncode != 0, text[-2000:]
+    assert not out.exists(), "the ranks went on without their launcher: " + text[-2000:]
+    assert not [p for p in tmp_path.rglob("*.tmp")], "a temporary was left"
