@@ -24,6 +24,7 @@ batches in flight with PIL and raises :class:`ImageReadError` naming the bad one
 from __future__ import annotations
 
 import math
+import os
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING
@@ -48,6 +49,22 @@ except ImportError as err:  # pragma: no cover - depends on the installation
 
 if TYPE_CHECKING:
     from fba.config import Config
+
+
+def _leave_inherited_pipelines_alone() -> None:
+    """In a forked child (a DataLoader worker of a later torch loader) the parent's pipelines are copies without
+    their threads: freeing one there (its last reference dropped, or the garbage collector) shuts its executor down
+    and waits on those threads forever (a worker hung in its first seconds). The child never runs a pipeline, so
+    it keeps every inherited one alive until it exits."""
+    import gc
+
+    from nvidia.dali.pipeline import Pipeline
+
+    _INHERITED.extend(o for o in gc.get_objects() if issubclass(type(o), Pipeline))
+
+
+_INHERITED: list = []
+os.register_at_fork(after_in_child=_leave_inherited_pipelines_alone)
 
 PIXEL_MEAN = [255.0 * m for m in CLIP_MEAN]
 PIXEL_STD = [255.0 * s for s in CLIP_STD]
