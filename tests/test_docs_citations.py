@@ -16,7 +16,8 @@ TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".txt", ".toml", ".cfg", ".json"
 # machines, budgets); "session" alone is a runtime's word (onnxruntime, pytest) and stays allowed.
 # Matched over the whole text, so a phrase broken across lines is found too.
 OUTSIDE = re.compile(r"(?-i:\bSPEC\b)|design\s+card|\bissues?\s?#?\d+|\bthe\s+issue\b|(this|next|that)\s+session\b|"
-                     r"session\s+that\s+built|was\s+lent|GPU\s+lent|device[-\s]+time\s+budget|device\s+budget",
+                     r"session\s+that\s+built|was\s+lent|GPU\s+lent|the\s+lent\b|device[-\s]+time\s+budget|device\s+budget|"
+                     r"\(budget;",
                      re.IGNORECASE)
 
 
