@@ -75,3 +75,18 @@ def tiny_config(root: Path, output_dir: Path, *overrides: str) -> Config:
         "train.precision=fp32",  # the same arithmetic on every CPU kind; tests of a bf16 mode ask for it
     ]
     return load_config(None, base + list(overrides))
+
+
+def untrained_model_file(root: Path, base: Path, num_classes: int) -> Path:
+    """``base/model.pt``: the tiny model of :func:`tiny_config` on ``root``, random weights, exported as training
+    exports it (for commands that take a model.pt where what it learnt does not matter)."""
+    import warnings
+
+    from fba.model import build_model
+    from fba.model.model_file import export_model
+
+    cfg = tiny_config(root, base / "run")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "model.pretrained is not set"
+        model = build_model(cfg.model, num_classes, (64, 32))
+    return export_model(model, base / "model.pt", cfg, num_classes, (64, 32))

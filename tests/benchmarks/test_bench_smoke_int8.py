@@ -3,23 +3,15 @@ from __future__ import annotations
 
 import importlib.util
 import json
-import warnings
 
-from _tiny_run import make_tiny_dataset, tiny_config
+from _tiny_run import make_tiny_dataset, untrained_model_file
 from benchmarks import int8_accuracy
 from benchmarks.common import device_slug
 
 
 def test_int8_accuracy_smoke_scores_fp32_and_int8(tmp_path):
-    from fba.model import build_model
-    from fba.model.model_file import export_model
-
     root = make_tiny_dataset(tmp_path / "data", train_ids=8, test_ids=6)
-    cfg = tiny_config(root, tmp_path / "run")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model(cfg.model, 8, (64, 32))
-    checkpoint = export_model(model, tmp_path / "model.pt", cfg, 8, (64, 32))
+    checkpoint = untrained_model_file(root, tmp_path, 8)
     assert int8_accuracy.main(["--smoke", "--model", str(checkpoint), "--results-dir", str(tmp_path)]) == 0
     rows = json.loads((tmp_path / f"{device_slug('cpu')}.json").read_text())["int8-accuracy-smoke"]["rows"]
     backends = {(r["backend"], r["precision"]) for r in rows}

@@ -2,15 +2,13 @@
 and exit status 2 (docs/reliability.md, "Exit codes")."""
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from _tiny_run import make_tiny_dataset, tiny_config
-from fba.model import model_file
+from _tiny_run import make_tiny_dataset, untrained_model_file
 
 TINY = ["model.arch=tiny", "model.stride=16", "model.cross_layers=1", "data.height=64", "data.width=32",
         "data.num_workers=0", "data.loader=torch", "train.precision=fp32", "solver.epochs=1",
@@ -20,15 +18,9 @@ TINY = ["model.arch=tiny", "model.stride=16", "model.cross_layers=1", "data.heig
 @pytest.fixture(scope="module")
 def world(tmp_path_factory) -> dict[str, Path]:
     """A tiny data set, an exported (untrained) tiny model.pt and its config file."""
-    from fba.model import build_model
-
     base = tmp_path_factory.mktemp("bad_input")
     root = make_tiny_dataset(base / "data", train_ids=4, test_ids=2)
-    cfg = tiny_config(root, base / "run")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model(cfg.model, 4, (64, 32))
-    model_path = model_file.export_model(model, base / "model.pt", cfg, 4, (64, 32))
+    model_path = untrained_model_file(root, base, 4)
     config = base / "tiny.yaml"
     config.write_text(f"data:\n  root: {root}\n")
     return {"base": base, "root": root, "model": model_path, "config": config}

@@ -11,28 +11,20 @@ import signal
 import subprocess
 import sys
 import time
-import warnings
 from pathlib import Path
 
 import psutil
 import pytest
 
-from _tiny_run import make_tiny_dataset, tiny_config
-from fba.model import model_file
+from _tiny_run import make_tiny_dataset, untrained_model_file
 
 
 @pytest.fixture(scope="module")
 def embed_job(tmp_path_factory) -> dict:
     """An untrained tiny model.pt, a folder of 1,200 crops and a data set of 1,200 test images: enough work to be
     signalled mid-run."""
-    from fba.model import build_model
-
     base = tmp_path_factory.mktemp("signals")
     root = make_tiny_dataset(base / "data", train_ids=4, test_ids=400)
-    cfg = tiny_config(root, base / "run")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        model = build_model(cfg.model, 4, (64, 32))
     images = base / "images"
     images.mkdir()
     sources = sorted((root / "bounding_box_train").iterdir())
@@ -41,7 +33,7 @@ def embed_job(tmp_path_factory) -> dict:
     config = base / "eval.yaml"
     config.write_text(f"data:\n  dataset: synthetic\n  root: {root}\n  height: 64\n  width: 32\n"
                       "  eval_batch_size: 2\n  num_workers: 2\n  loader: torch\n")  # small batches: a slow run
-    return {"model": model_file.export_model(model, base / "model.pt", cfg, 4, (64, 32)), "images": images, "base": base,
+    return {"model": untrained_model_file(root, base, 4), "images": images, "base": base,
             "root": root, "config": config}
 
 
