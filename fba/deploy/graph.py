@@ -29,9 +29,10 @@ def graph_images(pixels: torch.Tensor, input_dtype: str, input_norm: str) -> tor
     normalised as a tracker would (the one copy, for the runtimes and for calibration)."""
     if input_norm == "none":
         return pixels.to(INPUT_DTYPES[input_dtype])
-    mean, std = (IMAGENET_MEAN, IMAGENET_STD) if input_norm == "imagenet" else (CLIP_MEAN, CLIP_STD)
+    if input_norm == "clip":
+        return ClipNormalise()(pixels)
     shape = (1, 3, 1, 1)
-    return (pixels.float() / 255 - torch.tensor(mean).view(shape)) / torch.tensor(std).view(shape)
+    return (pixels.float() / 255 - torch.tensor(IMAGENET_MEAN).view(shape)) / torch.tensor(IMAGENET_STD).view(shape)
 
 
 def fold_input_affine(conv: nn.Conv2d, scale: torch.Tensor, shift: torch.Tensor) -> nn.Conv2d:
