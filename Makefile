@@ -14,7 +14,7 @@ $(STAMP): setup.py requirements.txt pyproject.toml $(wildcard csrc/cpu/*.cpp csr
 	$(PY) -m pip install -q --upgrade pip
 	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
 	$(PY) -m pip install -q pybind11 setuptools wheel
-	$(PY) -m pip install -q --no-build-isolation -e ".[openvino]"
+	$(PY) -m pip install -q --no-build-isolation -e ".[openvino,serve]"
 	$(PY) -c "import fba, fba.kernels, fba._C"
 	touch $(STAMP)
 

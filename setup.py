@@ -52,6 +52,12 @@ setup(
     ],
     # openvino: the CPU backend of fba embed (59 MB; make setup installs it). tracker: boxmot, for its own tests of
     # an fba export (tests/deploy/test_boxmot.py; ~660 MB with OpenCV, pandas and pyarrow)
-    extras_require={"openvino": ["openvino>=2025.2"], "tracker": ["boxmot>=25.0"]},
+    extras_require={
+        "openvino": ["openvino>=2025.2"],
+        "tracker": ["boxmot>=25.0"],
+        # fba serve: Triton Inference Server and its Python backend ship in nvidia-pytriton, which pins numpy<2
+        # (the backend stub is built against NumPy 1.x; docs/serving.md)
+        "serve": ["nvidia-pytriton>=0.7", "tritonclient[grpc,http]>=2.50"],
+    },
     entry_points={"console_scripts": ["fba=fba.cli:main"]},
 )

@@ -47,13 +47,15 @@ def test_literal_choices_are_the_implementations():
     import argparse
 
     from fba.apps import captioner
-    from fba.commands import caption, demo, embed, eval as eval_command, export
+    from fba.commands import caption, demo, embed, eval as eval_command, export, serve
     from fba.config import Loader
     from fba.data.synthetic.noise import REALISTIC_LEVEL
     from fba.apps.demo import DEMO_CONFIG
     from fba.deploy.export import DEFAULTS, FORMATS, TARGETS
     from fba.deploy.graph import FEATURES, INPUT_DTYPES, INPUT_NORMS
     from fba.retrieval.metrics import DISTANCES
+    from fba.serve.model import FEATURES as SERVED_FEATURES, SERVE_BACKENDS
+    from fba.serve.repository import Batching
 
     def options(module) -> dict[str, argparse.Action]:
         parser = argparse.ArgumentParser()
@@ -74,4 +76,9 @@ def test_literal_choices_are_the_implementations():
     assert tuple(exporting["input_norm"].choices) == tuple(INPUT_NORMS)
     assert list(exporting["target"].choices) == list(TARGETS)
     assert all(exporting[key].default is None for key in DEFAULTS)  # None: not given, so a --target may set it
+    serving = options(serve)
+    assert tuple(serving["backend"].choices) == SERVE_BACKENDS
+    assert tuple(serving["feature"].choices) == SERVED_FEATURES
+    assert (serving["max_batch"].default, serving["max_queue_delay_us"].default, serving["max_queue_size"].default) == (
+        Batching.max_batch, Batching.max_queue_delay_us, Batching.max_queue_size)
     assert demo.DEMO_CONFIG == DEMO_CONFIG and demo.REALISTIC_LEVEL == REALISTIC_LEVEL

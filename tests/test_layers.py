@@ -13,6 +13,7 @@ LAYERS: list[tuple[str, tuple[str, ...]]] = [
     ("retrieval", ("fba.retrieval",)),
     ("deployment", ("fba.deploy",)),
     ("embedding", ("fba.embed", "fba.retrieval.eval_set", "fba.retrieval.command")),
+    ("serving", ("fba.serve",)),
     ("training", ("fba.train",)),
     ("apps", ("fba.apps",)),
     ("commands", ("fba.commands", "fba.cli")),

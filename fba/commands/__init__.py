@@ -4,4 +4,4 @@
 """
 from __future__ import annotations
 
-COMMANDS = ("synth", "caption", "train", "eval", "embed", "export", "demo", "ablate")
+COMMANDS = ("synth", "caption", "train", "eval", "embed", "export", "serve", "demo", "ablate")

@@ -5,7 +5,7 @@ from pathlib import Path
 
 import pytest
 
-from _deploy_models import make_checkpoint
+from _deploy_models import make_checkpoint, make_crop_folder
 from fba.cli import main
 
 
@@ -32,20 +32,4 @@ def exported(checkpoint, tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def image_folder(tmp_path_factory) -> Path:
-    """11 JPEG crops of another size than the model's (so the resize runs) in two sub-folders, and their captions."""
-    import json
-
-    import numpy as np
-    from PIL import Image
-
-    root = tmp_path_factory.mktemp("crops")
-    rng = np.random.default_rng(0)
-    records = []
-    for i in range(11):
-        name = f"{'cam1' if i % 2 else 'cam2'}/{i:03d}.jpg"
-        (root / name).parent.mkdir(exist_ok=True)
-        Image.fromarray(rng.integers(0, 256, (70 + i, 35, 3), dtype=np.uint8)).save(root / name, quality=90)
-        records.append({"image": name, "fg": f"a person in a shirt of colour {i} with a bag",
-                        "bg": f"a street with {i} parked cars and a tree"})
-    (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    return root
+    return make_crop_folder(tmp_path_factory.mktemp("crops"))

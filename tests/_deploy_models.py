@@ -60,3 +60,23 @@ def pytorch_features(checkpoint: Path, images: torch.Tensor, captions: tuple[lis
     normalised = T.Normalize(CLIP_MEAN, CLIP_STD)(images.float().div(255))
     text = None if captions is None else tuple(tokenize(c) for c in captions)
     return Embedder(model, "cpu").embed(normalised, text)
+
+
+def make_crop_folder(root: Path) -> Path:
+    """11 JPEG crops of another size than the model's (so the resize runs) in two sub-folders of ``root``, and
+    their captions (``root/captions.jsonl``)."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    records = []
+    for i in range(11):
+        name = f"{'cam1' if i % 2 else 'cam2'}/{i:03d}.jpg"
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (70 + i, 35, 3), dtype=np.uint8)).save(root / name, quality=90)
+        records.append({"image": name, "fg": f"a person in a shirt of colour {i} with a bag",
+                        "bg": f"a street with {i} parked cars and a tree"})
+    (root / "captions.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    return root
