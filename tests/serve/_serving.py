@@ -1,57 +1,42 @@
-"""A real ``fba serve`` on 127.0.0.1 with free ports, started as a user starts it and stopped by its pid."""
+"""A real ``fba serve`` on 127.0.0.1 with free ports (:func:`benchmarks.bench_serve.launch`: started as a user
+starts it, stopped by its pid), its metrics, and the processes below it."""
 from __future__ import annotations
 
 import os
-import socket
-import subprocess
-import sys
-import threading
-import time
+import urllib.request
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
-from fba.serve.server import Ports, check_triton
-
-READY_S = 240
-
-
-def free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    try:
-        for s in sockets:
-            s.bind(("127.0.0.1", 0))
-        return [s.getsockname()[1] for s in sockets]
-    finally:
-        for s in sockets:
-            s.close()
+from benchmarks.bench_serve import Launched, launch
+from fba.serve.server import check_triton
 
 
 @dataclass
 class Serving:
-    process: subprocess.Popen
-    ports: Ports
+    launched: Launched
     tmpdir: Path
-    log: list[str] = field(default_factory=list)
+
+    @property
+    def process(self):
+        return self.launched.process
 
     @property
     def http(self) -> str:
-        return f"{self.ports.host}:{self.ports.http}"
+        return self.launched.http
 
     @property
     def grpc(self) -> str:
-        return f"{self.ports.host}:{self.ports.grpc}"
+        return self.launched.grpc
 
     def text(self) -> str:
-        return "".join(self.log)
+        return "".join(self.launched.log)
 
     def metrics(self) -> dict[str, float]:
         """Triton's /metrics as ``{series with labels: value}``."""
-        import urllib.request
-
-        with urllib.request.urlopen(f"http://{self.ports.host}:{self.ports.metrics}/metrics", timeout=10) as answer:
+        with urllib.request.urlopen(f"http://{self.launched.metrics}/metrics", timeout=10) as answer:
             lines = answer.read().decode().splitlines()
         return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line and line[0] != "#"}
 
@@ -76,31 +61,11 @@ def descendants(pid: int) -> set[int]:
 
 @contextmanager
 def fba_serve(tmp_path: Path, *args: str):
-    """``fba serve ARGS`` until it says ready; stopped (SIGTERM, then SIGKILL) by pid however the test ends."""
+    """``fba serve ARGS`` with its own TMPDIR (so a test can see what it leaves there), until it says ready."""
     problem = check_triton()
     if problem:
         pytest.skip(f"Triton cannot start here: {problem}")
-    http, grpc, metrics = free_ports(3)
     tmpdir = tmp_path / "tmp"
     tmpdir.mkdir(exist_ok=True)
-    env = dict(os.environ, TMPDIR=str(tmpdir), PYTHONUNBUFFERED="1")
-    command = [sys.executable, "-m", "fba.cli", "serve", *args, "--host", "127.0.0.1", "--http-port", str(http),
-               "--grpc-port", str(grpc), "--metrics-port", str(metrics)]
-    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-    serving = Serving(process, Ports("127.0.0.1", http, grpc, metrics), tmpdir)
-    threading.Thread(target=lambda: serving.log.extend(iter(process.stdout.readline, "")), daemon=True).start()
-    try:
-        deadline = time.monotonic() + READY_S
-        while "ready (" not in serving.text():
-            assert process.poll() is None, f"fba serve exited with {process.returncode}:\n{serving.text()}"
-            assert time.monotonic() < deadline, f"fba serve not ready in {READY_S} s:\n{serving.text()}"
-            time.sleep(0.2)
-        yield serving
-    finally:
-        if process.poll() is None:
-            process.terminate()
-            try:
-                process.wait(timeout=60)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
+    with launch(list(args), env=dict(os.environ, TMPDIR=str(tmpdir)), ready_s=240) as launched:
+        yield Serving(launched, tmpdir)

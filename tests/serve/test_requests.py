@@ -144,3 +144,24 @@ def test_the_repository_config_states_the_contract_and_the_bounded_queue(served_
                  'max_queue_size: 5 timeout_action: REJECT', 'default_timeout_microseconds: 2000',
                  'count: 2 kind: KIND_CPU', '{ key: "fba_max_pixels" value: { string_value: "999" } }']:
         assert line in config, line
+
+
+def test_deployment_docs_triton_repository_has_the_served_models_inputs_and_output():
+    """docs/deployment.md's model repository (an ONNX export on Triton's onnxruntime backend) takes and gives what
+    ``fba serve`` does for the paper's model: the same names, types and dims."""
+    from pathlib import Path
+
+    from fba.config import DataConfig
+    from fba.model.backbone import ARCHS
+
+    text = (Path(__file__).resolve().parents[2] / "docs" / "deployment.md").read_text()
+    block = text[text.index('name: "fba_reid"\nplatform: "onnxruntime_onnx"'):]
+    block = block[:block.index("```")]
+    height, width = DataConfig().height, DataConfig().width
+    served = model_config(ServeSpec(model="model.pt"), {"image_size": [height, width],
+                                                        "feature_dim": ARCHS["ViT-B-16"].vision.width},
+                          Batching(), threads=1, max_pixels=1)
+    documented = re.findall(r'name: "(\w+)", data_type: (\w+), dims: \[ ([\d, ]+) \]', block)
+    generated = re.findall(r'name: "(\w+)" data_type: (\w+) dims: \[ ([\d, ]+) \]', served)
+    assert documented == [g for g in generated if g[0] in ("images", "features")], (documented, generated)
+    assert 'name: "fba_reid"' in served and "max_batch_size:" in block

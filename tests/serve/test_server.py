@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import threading
 import time
@@ -265,3 +266,33 @@ def _zombie(pid: int) -> bool:
             return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
     except OSError:
         return False
+
+
+def test_the_written_repository_serves_on_a_plain_tritonserver(files, tmp_path):
+    """``fba serve --write-repository`` gives the repository a Triton deployment runs: started here with no
+    ``fba serve`` around it, it answers with ``fba embed``'s features."""
+    from fba.serve.server import Ports, TritonServer, check_triton
+    from benchmarks.bench_serve import free_ports
+
+    checkpoint, crops, want = files
+    assert main(["serve", "--model", str(checkpoint), "--write-repository", str(tmp_path / "models")]) == 0
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in (tmp_path / "models").rglob("*") if p.is_file()) == [
+        "models/fba_reid/1/model.py", "models/fba_reid/config.pbtxt"]
+    if check_triton():
+        pytest.skip(f"Triton cannot start here: {check_triton()}")
+    ports = Ports("127.0.0.1", *free_ports(3))
+    server = TritonServer(ports)
+    try:
+        shutil.copytree(tmp_path / "models", server.repository)
+        server.start()
+        deadline = time.monotonic() + 240
+        while not server.ready():
+            assert server.running() and time.monotonic() < deadline
+            time.sleep(0.2)
+        client = http.InferenceServerClient(f"127.0.0.1:{ports.http}")
+        got = client.infer(MODEL, [array_input(http, "images", resized(crops)[:4], "UINT8")]).as_numpy("features")
+        np.testing.assert_allclose(got, want.features[:4], atol=1e-5, rtol=0)
+        client.close()
+    finally:
+        assert server.stop() == 0
+    assert not server.workspace.exists()
