@@ -59,11 +59,15 @@ def is_torchscript(path: Path) -> bool:
 
 
 def _numpy_array_globals() -> list:
-    """What a pickled NumPy array names (the RNG files of earlier versions held ``np.random.get_state()``)."""
+    """What a pickled NumPy array names (the RNG files of earlier versions held ``np.random.get_state()``). NumPy 2
+    pickles ``numpy._core.multiarray._reconstruct`` and NumPy 1 ``numpy.core.multiarray._reconstruct``; a file
+    written under either loads under either."""
     import numpy as np
 
-    multiarray = getattr(np, "_core", None) or np.core
-    return [multiarray.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+    core = np._core if int(np.__version__.split(".")[0]) >= 2 else np.core
+    reconstruct = core.multiarray._reconstruct
+    names = [(reconstruct, f"{package}.multiarray._reconstruct") for package in ("numpy._core", "numpy.core")]
+    return [*names, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
 
 
 def safe_torch_load(
