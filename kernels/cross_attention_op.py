@@ -9,8 +9,10 @@ see one opaque node with a known output shape instead of tracing into Triton (do
 - FLOP formulas for ``torch.utils.flop_counter``: the matmuls the plain decomposition does (forward QKᵀ and PV
   per branch; backward twice that, recomputation not counted), as ``fba.model.flops`` counts attention.
 
-``backend`` picks the kernels inside: ``triton`` (CUDA tensors, or CPU tensors under ``TRITON_INTERPRET=1``),
-``cuda`` (CUDA C++ forward, Triton backward) or ``reference`` (PyTorch, any device).
+The ops route by device (``torch.library``'s ``register_kernel``): CUDA tensors run Triton, CPU tensors the PyTorch
+kernels. ``backend`` overrides that choice where a test or a benchmark asks: ``cuda`` (the CUDA C++ forward,
+Triton backward), ``reference`` (the PyTorch kernels on CUDA tensors too), ``triton`` on CPU tensors (Triton's
+interpreter, ``TRITON_INTERPRET=1``).
 """
 from __future__ import annotations
 
@@ -28,25 +30,48 @@ def _unit_last(t: Tensor) -> Tensor:
     return t if t.stride(-1) == 1 else t.contiguous()
 
 
+def _check_backend(op: str, backend: str) -> None:
+    if backend not in cross_attention.OP_BACKENDS:
+        raise ValueError(f"fba::{op}: unknown backend {backend!r}; known: {', '.join(cross_attention.OP_BACKENDS)}")
+
+
+def _cpu_kernel(op: str, backend: str) -> str:
+    """What runs for tensors off CUDA: the PyTorch kernels, or Triton's interpreter when the tests ask for it."""
+    _check_backend(op, backend)
+    if backend == "cuda":
+        raise ValueError(f"fba::{op}: backend 'cuda' needs CUDA tensors")
+    return backend
+
+
 @torch.library.custom_op("fba::cross_attention_with_stats", mutates_args=())
 def cross_attention_with_stats(
     q: Tensor, k_f: Tensor, v_f: Tensor, k_b: Tensor, v_b: Tensor, valid_f: Tensor, valid_b: Tensor,
     row_start: int, backend: str, stats_grad: bool,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """o_f, o_b [B,H,Nq,d] (q's dtype), stats [B,3,M] fp32, lse [2,B,H,Nq] fp32. ``stats_grad`` is read by the
-    backward only: whether it adds the stats' term."""
+    backward only: whether it adds the stats' term. This is the kernel of every device without its own (the CPU):
+    the PyTorch kernels, or Triton's interpreter for ``backend="triton"``."""
+    if _cpu_kernel("cross_attention_with_stats", backend) == "triton":
+        from . import cross_attention_triton
+
+        return cross_attention_triton.forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
+    return cross_attention.reference_forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
+
+
+@cross_attention_with_stats.register_kernel("cuda")
+def _forward_cuda(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start, backend, stats_grad):
+    """CUDA tensors: Triton (the default), the CUDA C++ forward for ``backend="cuda"``, or the PyTorch kernels for
+    ``backend="reference"`` (a test's override)."""
+    _check_backend("cross_attention_with_stats", backend)
     if backend == "reference":
         return cross_attention.reference_forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
     if backend == "cuda":
         from . import cross_attention_cuda
 
         return cross_attention_cuda.forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
-    if backend == "triton":
-        from . import cross_attention_triton
+    from . import cross_attention_triton
 
-        return cross_attention_triton.forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
-    raise ValueError(f"fba::cross_attention_with_stats: unknown backend {backend!r}; "
-                     f"known: {', '.join(cross_attention.OP_BACKENDS)}")
+    return cross_attention_triton.forward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, row_start)
 
 
 @cross_attention_with_stats.register_fake
@@ -64,14 +89,26 @@ def cross_attention_with_stats_backward(
     o_f: Tensor, o_b: Tensor, lse: Tensor, do_f: Tensor, do_b: Tensor, dstats: Tensor | None,
     row_start: int, backend: str,
 ) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
-    """(dq, dk_f, dv_f, dk_b, dv_b), contiguous, in the inputs' dtypes; ``dstats`` None: the stats' term is 0."""
+    """(dq, dk_f, dv_f, dk_b, dv_b), contiguous, in the inputs' dtypes; ``dstats`` None: the stats' term is 0.
+    Off CUDA: the PyTorch kernels, or Triton's interpreter for ``backend="triton"``."""
+    if _cpu_kernel("cross_attention_with_stats_backward", backend) == "triton":
+        return _triton_backward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse, do_f, do_b, dstats, row_start)
+    return cross_attention.reference_backward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, lse, do_f, do_b, dstats,
+                                              row_start)
+
+
+@cross_attention_with_stats_backward.register_kernel("cuda")
+def _backward_cuda(q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse, do_f, do_b, dstats, row_start, backend):
+    """CUDA tensors: the Triton backward (for the CUDA C++ forward too), or the PyTorch kernels for
+    ``backend="reference"``."""
+    _check_backend("cross_attention_with_stats_backward", backend)
     if backend == "reference":
-        return cross_attention.reference_backward(
-            q, k_f, v_f, k_b, v_b, valid_f, valid_b, lse, do_f, do_b, dstats, row_start
-        )
-    if backend not in cross_attention.FUSED_BACKENDS:
-        raise ValueError(f"fba::cross_attention_with_stats_backward: unknown backend {backend!r}; "
-                         f"known: {', '.join(cross_attention.OP_BACKENDS)}")
+        return cross_attention.reference_backward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, lse, do_f, do_b, dstats,
+                                                  row_start)
+    return _triton_backward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse, do_f, do_b, dstats, row_start)
+
+
+def _triton_backward(q, k_f, v_f, k_b, v_b, valid_f, valid_b, o_f, o_b, lse, do_f, do_b, dstats, row_start):
     from . import cross_attention_triton
 
     return tuple(cross_attention_triton.backward(

@@ -295,16 +295,24 @@ def test_flop_counter_counts_the_op_as_the_decomposition(device):
     assert flops(lambda *a: cross_attention_op.fused(*a, backend="reference")) == want
 
 
-def test_the_top_level_kernels_name_is_fba_kernels_itself():
+def test_the_top_level_kernels_name_is_hugging_faces_or_fba_kernels_itself():
     """With the checkout's root on sys.path this folder is importable as ``kernels`` too (transformers imports that
-    name to probe for Hugging Face's package): it must give fba.kernels itself, not a 2nd copy whose custom ops
-    replace the first ones and leave fba.kernels calling a dropped dispatcher entry. A subprocess: the bug would
-    break every later op call of this test process."""
+    name for Hugging Face's package of that name): it must give Hugging Face's package where one is installed
+    (transformers imports names from it), else fba.kernels itself, never a 2nd copy whose custom ops replace the
+    first ones and leave fba.kernels calling a dropped dispatcher entry. A subprocess: the bug would break every
+    later op call of this test process."""
     code = """
-import importlib, sys, torch
+import importlib, importlib.machinery, os, sys, torch
 import fba.kernels as fk
 op = fk.cross_attention_op.cross_attention_with_stats
-assert importlib.import_module("kernels") is fk, sys.modules["kernels"]
+root = os.getcwd()
+theirs = importlib.machinery.PathFinder.find_spec("kernels", [p for p in sys.path if os.path.abspath(p or ".") != root])
+top = importlib.import_module("kernels")
+if theirs is None:
+    assert top is fk, sys.modules["kernels"]
+else:
+    assert top is not fk and os.path.dirname(top.__file__) != os.path.join(root, "kernels"), top
+    import transformers.integrations.hub_kernels  # imports names from Hugging Face's kernels
 try:
     importlib.import_module("kernels.cross_attention_op")
 except ImportError:
