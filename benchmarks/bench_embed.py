@@ -32,6 +32,7 @@ from typing import Iterator
 
 import torch
 
+from benchmarks import embed_backends
 from benchmarks.common import (
     EmbedShape, benchmark_parser, build_bench_model, device_name, format_table, free_memory, matmul_peak_tflops,
     measure, percentile, record_rows, resolve_kernel, synthetic_captions, time_loop,
@@ -159,8 +160,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", choices=list(VARIANTS),
                         help="default: all on CUDA; eager-autocast and eager-bf16 on the CPU")
     parser.add_argument("--deploy", action="store_true", help="the exported backends beside PyTorch (fp32, image-only)")
-    parser.add_argument("--backends", nargs="+", choices=("pytorch", "onnxruntime", "openvino", "aoti"),
-                        help="with --deploy (default: all four)")
+    parser.add_argument("--backends", nargs="+", choices=embed_backends.BACKENDS, help="with --deploy (default: all)")
     parser.add_argument("--threads", type=int, help="with --deploy: CPU threads of every backend (default: all cores)")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
@@ -181,12 +181,11 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def main_deploy(args, device: torch.device) -> int:
-    from benchmarks import embed_backends
-
     shape = embed_backends.DEPLOY_SMOKE if args.smoke else embed_backends.DEPLOY
     backends = args.backends or list(embed_backends.BACKENDS)
     key = embed_backends.BENCHMARK_KEY + ("-smoke" if args.smoke else "")
-    config = {"shape": asdict(shape), "backends": backends, "precision": "fp32", "input": "image",
+    config = {"shape": asdict(shape), "backends": backends, "precision": "fp32 (int8 where the backend says)",
+              "input": "image",
               "timing": "host wall clock per call, uint8 images in, float32 features out; backends interleaved"}
     rows, path = record_rows(key, [embed_backends.run_backends(shape, backends, device, args.threads)],
                              kind=device.type, config=config, directory=args.results_dir, append=args.append,

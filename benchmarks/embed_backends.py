@@ -5,7 +5,9 @@
 
 fp32, image-only, on the device of the run (the CPU here). Each backend gets the same uint8 images: ``pytorch``
 is ``fba embed``'s path (``Embedder.embed`` of the normalised images, fp32 weights), ``onnxruntime``,
-``openvino`` (latency hint, fp32) and ``aoti`` run the graph of ``fba export`` (normalisation inside). The calls
+``openvino`` (latency hint, fp32) and ``aoti`` run the graph of ``fba export`` (normalisation inside);
+``onnxruntime-int8`` and ``openvino-int8`` run ``fba export --quantize int8``'s graph (calibrated here on random
+crops: the speed does not depend on the ranges). The calls
 are interleaved (one call of each backend in turn), so the machine's noise falls on all of them alike;
 ``vs_pytorch`` is the throughput ratio to the PyTorch row of the same batch; ``gflops`` is what the model's
 FLOP count (:func:`fba.model.flops.extract_flops`) gives at that rate, and ``of_peak`` its fraction of an fp32 matmul
@@ -31,7 +33,8 @@ from fba.embed.embedder import Embedder
 from fba.model.flops import extract_flops
 
 BENCHMARK_KEY = "embed-deploy"
-BACKENDS = ("pytorch", "onnxruntime", "openvino", "aoti")
+BACKENDS = ("pytorch", "onnxruntime", "openvino", "aoti", "onnxruntime-int8", "openvino-int8")
+CALIBRATION_IMAGES = 16  # the int8 rows' ranges: speed does not depend on what they were calibrated on
 DEPLOY = EmbedShape("ViT-B-16", 384, 128, 12, batches=(1, 32), latency_iters=3, throughput_iters=2, warmup=1)
 DEPLOY_SMOKE = EmbedShape("tiny", 64, 32, 12, batches=(1, 32), latency_iters=5, throughput_iters=5, warmup=1,
                           num_classes=16)
@@ -50,6 +53,18 @@ def prepare(
         return lambda images: embedder.embed((images.float() / 255 - mean) / std)
     program = export_program(model, "image")
     metadata = export_metadata(model, "image", "uint8")
+    if backend.endswith("-int8"):
+        from fba.deploy.quantize import quantize_int8
+
+        height, width = model.backbone.image_size
+        calibration = torch.randint(0, 256, (CALIBRATION_IMAGES, 3, height, width), dtype=torch.uint8,
+                                    generator=torch.Generator().manual_seed(1))
+        batches = iter([calibration[i:i + 8].numpy() for i in range(0, CALIBRATION_IMAGES, 8)])
+        fp32 = export_onnx(program, "image", folder / "model.onnx", metadata)
+        int8 = quantize_int8(fp32, folder / "model-int8.onnx", batches)
+        if backend == "onnxruntime-int8":
+            return OnnxRuntimeModel(int8, threads=threads)
+        return OpenVinoModel(int8, "latency", threads)
     if backend == "onnxruntime":
         return OnnxRuntimeModel(export_onnx(program, "image", folder / "model.onnx", metadata), threads=threads)
     if backend == "openvino":

@@ -24,7 +24,8 @@ def test_bench_embed_smoke_writes_table_and_json(tmp_path, capsys):
 
 
 def test_bench_embed_deploy_smoke_puts_onnxruntime_and_openvino_beside_pytorch(tmp_path, capsys):
-    backends = ["pytorch", "onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+    backends = ["pytorch", "onnxruntime", "onnxruntime-int8"]
+    backends += ["openvino"] if importlib.util.find_spec("openvino") else []
     argv = ["--deploy", "--smoke", "--device", "cpu", "--backends", *backends, "--results-dir", str(tmp_path)]
     assert bench_embed.main(argv) == 0
     assert "vs_pytorch" in capsys.readouterr().out
