@@ -55,6 +55,8 @@ setup(
     extras_require={
         "openvino": ["openvino>=2025.2"],
         "tracker": ["boxmot>=25.0"],
+        # fba export --quantize int8 --quantizer nncf: OpenVINO's post-training quantization (with scipy, sklearn)
+        "nncf": ["nncf>=3.0"],
         # fba serve: Triton Inference Server and its Python backend ship in nvidia-pytriton, which pins numpy<2
         # (the backend stub is built against NumPy 1.x; docs/serving.md)
         "serve": ["nvidia-pytriton>=0.7", "tritonclient[grpc,http]>=2.50"],

@@ -4,9 +4,9 @@
     python -m benchmarks.int8_accuracy --model model.pt --calibration-images 300 --threads 2
 
 The model's own data set (from its config): ``fba export`` writes the fp32 ONNX image export and the int8 one
-(``--quantize int8``, calibrated on ``--calibration-images`` crops spread over the training split); then the
-query and gallery are embedded by PyTorch (``fba embed``'s path), onnxruntime fp32, onnxruntime int8 and, when
-installed, OpenVINO fp32 and int8, and each is scored the way ``fba eval`` scores (cosine, Market protocol).
+(``--quantize int8``, calibrated on ``--calibration-images`` crops spread over the training split, by onnxruntime's
+quantizer and, when installed, NNCF's: precision ``int8`` and ``int8-nncf``); then the query and gallery are
+embedded by PyTorch (``fba embed``'s path), onnxruntime fp32 and int8 and, when installed, OpenVINO fp32 and int8, and each is scored the way ``fba eval`` scores (cosine, Market protocol).
 Rows: mAP and Rank-1 (percent), their change against PyTorch, the cosine of each row to PyTorch's (min and
 mean), and the embedding rate of the whole test set (img/s: one pass at batch 32 after the model is loaded and
 compiled, decoding and resizing included, with this process's threads).
@@ -79,10 +79,16 @@ def main(argv: list[str] | None = None) -> int:
         assert fba(["export", "--checkpoint", str(args.model), "--out", str(out)]) == 0
         assert fba(["export", "--checkpoint", str(args.model), "--out", str(out), "--quantize", "int8",
                     "--calibration", str(train_folder), "--calibration-images", str(args.calibration_images)]) == 0
-        cases = [("pytorch", args.model, "fp32"), ("onnxruntime", out / "model.onnx", "fp32"),
-                 ("onnxruntime", out / "model-int8.onnx", "int8")]
-        if importlib.util.find_spec("openvino"):
-            cases += [("openvino", out / "model.onnx", "fp32"), ("openvino", out / "model-int8.onnx", "int8")]
+        int8 = {"int8": out / "model-int8.onnx"}
+        if importlib.util.find_spec("nncf"):
+            assert fba(["export", "--checkpoint", str(args.model), "--out", str(out), "--quantize", "int8",
+                        "--quantizer", "nncf", "--calibration", str(train_folder), "--calibration-images",
+                        str(args.calibration_images)]) == 0
+            int8["int8-nncf"] = out / "model-int8-nncf.onnx"
+        runtimes = ["onnxruntime"] + (["openvino"] if importlib.util.find_spec("openvino") else [])
+        cases = [("pytorch", args.model, "fp32")]
+        for runtime in runtimes:
+            cases += [(runtime, out / "model.onnx", "fp32"), *((runtime, path, name) for name, path in int8.items())]
         reference = None
         for backend, path, precision in cases:
             paths = {name: [Path(p) for p, _, _ in items] for name, items in splits.items()}

@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quantize", choices=["int8"], help="int8: static post-training quantization of the "
                         "ONNX image export (onnxruntime QDQ; runs on onnxruntime and OpenVINO), calibrated on "
                         "--calibration")
+    parser.add_argument("--quantizer", choices=["onnxruntime", "nncf"], default="onnxruntime",
+                        help="with --quantize: onnxruntime's static quantization (default) or OpenVINO's NNCF (the "
+                        "nncf extra); both write a QDQ ONNX model (docs/deployment.md compares them)")
     parser.add_argument("--calibration", type=Path, metavar="DIR",
                         help="with --quantize: a folder of crops, e.g. a data set's training split")
     parser.add_argument("--calibration-images", type=at_least(16), default=300, metavar="N",

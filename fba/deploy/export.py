@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import shutil
 import tempfile
@@ -349,6 +350,8 @@ def _check_quantize(args: argparse.Namespace, options: dict[str, str]) -> list[P
                          "tower stays fp32")
     if args.calibration is None:
         raise UsageError("--quantize int8 needs --calibration DIR: a few hundred crops of a training split")
+    if args.quantizer == "nncf" and importlib.util.find_spec("nncf") is None:
+        raise UsageError("--quantizer nncf needs NNCF: pip install -e '.[nncf]' (or --quantizer onnxruntime)")
     from fba.deploy.quantize import pick_calibration_images
 
     return pick_calibration_images(args.calibration, args.calibration_images)
@@ -372,6 +375,8 @@ def run(args: argparse.Namespace) -> int:
         calibration = _check_quantize(args, options)
     name = BOXMOT_FILE.replace(".onnx", "-int8.onnx" if quantized else ".onnx") if args.target == "boxmot" else \
         export_file_name(options["format"], options["feature"], options["input_dtype"], options["input_norm"], quantized)
+    if quantized and args.quantizer != "onnxruntime":  # the two quantizers' files side by side
+        name = name.replace("-int8.onnx", f"-int8-{args.quantizer}.onnx")
     if quantized:
         from fba.deploy.quantize import calibration_batches, quantize_int8
 
@@ -380,7 +385,7 @@ def run(args: argparse.Namespace) -> int:
                                      input_norm=options["input_norm"], name=name)
             meta = read_metadata(fp32)
             batches = calibration_batches(calibration, meta["image_size"], options["input_dtype"], options["input_norm"])
-            path = quantize_int8(fp32, Path(args.out) / fp32.name, batches)
+            path = quantize_int8(fp32, Path(args.out) / fp32.name, batches, quantizer=args.quantizer)
     else:
         path = export_model_file(args.checkpoint, args.out, options["format"], options["feature"],
                                  options["input_dtype"], args.device, options["input_norm"], name)

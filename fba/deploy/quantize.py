@@ -55,33 +55,61 @@ def pick_calibration_images(folder: Path, count: int) -> list[Path]:
     return found[::step][:count]
 
 
-def quantize_int8(fp32_model: Path, out: Path, batches: Iterator[np.ndarray], input_name: str = "images") -> Path:
+QUANTIZERS = ("onnxruntime", "nncf")
+
+
+def quantize_int8(fp32_model: Path, out: Path, batches: Iterator[np.ndarray], input_name: str = "images",
+                  quantizer: str = "onnxruntime") -> Path:
     """Write the int8 QDQ model of ``fp32_model`` to ``out`` (a temporary beside it, then renamed), calibrated on
-    ``batches``; the fp32 model's metadata is carried over with ``quantized`` set."""
+    ``batches``; the fp32 model's metadata is carried over with ``quantized`` set (and the quantizer named)."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
-    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from fba.utils.atomic import atomic_path
+
+    if quantizer not in QUANTIZERS:
+        raise ValueError(f"unknown quantizer {quantizer!r}; known: {', '.join(QUANTIZERS)}")
+    with tempfile.TemporaryDirectory() as work, atomic_path(out) as tmp:
+        quantized = Path(work) / "int8.onnx"
+        (_onnxruntime if quantizer == "onnxruntime" else _nncf)(fp32_model, quantized, batches, input_name, Path(work))
+        proto = onnx.load(str(quantized))
+        source = {p.key: p.value for p in onnx.load(str(fp32_model), load_external_data=False).metadata_props}
+        source["fba.quantized"] = '"int8"'
+        source["fba.quantizer"] = f'"{quantizer}"'
+        del proto.metadata_props[:]
+        for key, value in source.items():
+            proto.metadata_props.add(key=key, value=value)
+        onnx.save_model(proto, str(tmp))
+    return out
+
+
+def _onnxruntime(fp32_model: Path, out: Path, batches: Iterator[np.ndarray], input_name: str, work: Path) -> None:
+    from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
 
     class Reader(CalibrationDataReader):
         def get_next(self):
             batch = next(batches, None)
             return None if batch is None else {input_name: batch}
 
-    with tempfile.TemporaryDirectory() as work, atomic_path(out) as tmp:
-        prepared = Path(work) / "prepared.onnx"
-        quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=True)
-        quantize_static(str(prepared), str(Path(work) / "int8.onnx"), Reader(), quant_format=QuantFormat.QDQ,
-                        op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=True,
-                        activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, calibrate_method=CalibrationMethod.MinMax,
-                        extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
-        proto = onnx.load(str(Path(work) / "int8.onnx"))
-        source = {p.key: p.value for p in onnx.load(str(fp32_model), load_external_data=False).metadata_props}
-        source["fba.quantized"] = '"int8"'
-        del proto.metadata_props[:]
-        for key, value in source.items():
-            proto.metadata_props.add(key=key, value=value)
-        onnx.save_model(proto, str(tmp))
-    return out
+    prepared = work / "prepared.onnx"
+    quant_pre_process(str(fp32_model), str(prepared), skip_symbolic_shape=True)
+    quantize_static(str(prepared), str(out), Reader(), quant_format=QuantFormat.QDQ,
+                    op_types_to_quantize=QUANTIZED_OPS, per_channel=True, reduce_range=True,
+                    activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax,
+                    extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
+
+
+def _nncf(fp32_model: Path, out: Path, batches: Iterator[np.ndarray], input_name: str, work: Path) -> None:
+    """OpenVINO's NNCF on the ONNX graph: its transformer scheme (LayerNorm, softmax and GELU stay float, the
+    matrix products int8), and the overflow fix for CPUs without VNNI (7-bit weights where it is needed)."""
+    import nncf
+    import onnx
+
+    calibration = list(batches)
+    dataset = nncf.Dataset(calibration, lambda batch: {input_name: batch})
+    quantized = nncf.quantize(onnx.load(str(fp32_model)), dataset, subset_size=len(calibration),
+                              model_type=nncf.ModelType.TRANSFORMER,
+                              advanced_parameters=nncf.AdvancedQuantizationParameters(
+                                  overflow_fix=nncf.OverflowFix.ENABLE))
+    onnx.save_model(quantized, str(out))

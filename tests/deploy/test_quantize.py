@@ -25,14 +25,20 @@ def embed(model, folder, out, *extra):
     return load_features(out).features
 
 
-def test_int8_export_runs_on_onnxruntime_and_openvino_close_to_fp32(checkpoint, crops, tmp_path):
+NNCF = pytest.mark.skipif(importlib.util.find_spec("nncf") is None, reason="NNCF is not installed (the nncf extra)")
+
+
+@pytest.mark.parametrize("quantizer,name", [("onnxruntime", "model-int8.onnx"),
+                                            pytest.param("nncf", "model-int8-nncf.onnx", marks=NNCF)])
+def test_int8_export_runs_on_onnxruntime_and_openvino_close_to_fp32(checkpoint, crops, tmp_path, quantizer, name):
     import onnx
 
     out = tmp_path / "deploy"
-    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--quantize", "int8",
-                 "--calibration", str(crops / "bounding_box_train"), "--calibration-images", "64"]) == 0
-    path = out / "model-int8.onnx"
+    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--quantize", "int8", "--quantizer",
+                 quantizer, "--calibration", str(crops / "bounding_box_train"), "--calibration-images", "64"]) == 0
+    path = out / name
     assert read_metadata(path)["quantized"] == "int8" and read_metadata(path)["image_dtype"] == "uint8"
+    assert read_metadata(path)["quantizer"] == quantizer
     graph = onnx.load(str(path)).graph
     ops = {node.op_type for node in graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
