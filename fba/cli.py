@@ -47,14 +47,16 @@ def _raise_terminated(signum: int, frame) -> None:
 def _shutting_down(raise_it):
     """A handler for a process that is the command: it is shutting down from here on, so multiprocessing's helper
     threads (the resource sharer, queue feeders) drop the errors of workers stopped under them instead of printing
-    tracebacks after the command's one line; then ``raise_it`` unwinds the command. Python ignores an exception
-    raised inside a ``__del__`` or a finaliser ("Exception ignored in ..."), so a signal that lands there would be
-    lost and the command would run on: there the signal is sent again a moment later instead."""
+    tracebacks after the command's one line; then ``raise_it`` unwinds the command. Some places drop an exception
+    raised in them, so a signal that lands there would be lost and the command would run on: Python ignores one in
+    a ``__del__`` or a finaliser ("Exception ignored in ..."), and an extension module's C initialisation may clear
+    it (torch's does, around its NumPy import: SIGINT 0.4 s into ``import torch`` was lost and ``fba embed`` ran
+    to the end). There the signal is sent again a moment later instead."""
     def handler(signum: int, frame) -> None:
         util = sys.modules.get("multiprocessing.util")  # not imported yet: no helper thread runs either
         if util is not None:
             util._exiting = True
-        if _in_finaliser(frame):
+        if _drops_exceptions(frame):
             threading.Timer(0.01, os.kill, (os.getpid(), signum)).start()
             return
         raise_it(signum, frame)
@@ -62,10 +64,13 @@ def _shutting_down(raise_it):
     return handler
 
 
-def _in_finaliser(frame) -> bool:
+def _drops_exceptions(frame) -> bool:
+    """Whether ``frame`` runs inside a finaliser or an extension module's initialisation."""
     while frame is not None:
         code = frame.f_code
         if code.co_name == "__del__" or code.co_filename.endswith("weakref.py"):
+            return True
+        if code.co_name == "create_module" and "_bootstrap_external" in code.co_filename:
             return True
         frame = frame.f_back
     return False
