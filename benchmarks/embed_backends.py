@@ -1,6 +1,6 @@
 """``bench_embed --deploy``: the exported model under onnxruntime, OpenVINO and AOTInductor beside PyTorch.
 
-    python -m benchmarks.bench_embed --deploy            # ViT-B/16 384x128 stride 12, image-only, batches 1 and 32
+    python -m benchmarks.bench_embed --deploy            # ViT-B/16 384x128 stride 12, image-only, batches 1, 8, 32
     python -m benchmarks.bench_embed --deploy --smoke    # the tiny model, 64x32
 
 fp32, image-only, on the device of the run (the CPU here). Each backend gets the same uint8 images: ``pytorch``
@@ -35,7 +35,7 @@ from fba.model.flops import extract_flops
 BENCHMARK_KEY = "embed-deploy"
 BACKENDS = ("pytorch", "onnxruntime", "openvino", "aoti", "onnxruntime-int8", "openvino-int8")
 CALIBRATION_IMAGES = 16  # the int8 rows' ranges: speed does not depend on what they were calibrated on
-DEPLOY = EmbedShape("ViT-B-16", 384, 128, 12, batches=(1, 32), latency_iters=3, throughput_iters=2, warmup=1)
+DEPLOY = EmbedShape("ViT-B-16", 384, 128, 12, batches=(1, 8, 32), latency_iters=3, throughput_iters=2, warmup=1)
 DEPLOY_SMOKE = EmbedShape("tiny", 64, 32, 12, batches=(1, 32), latency_iters=5, throughput_iters=5, warmup=1,
                           num_classes=16)
 COLUMNS = ("backend", "threads", "batch", "p50_ms", "p99_ms", "img_per_s", "vs_pytorch", "gflops", "of_peak",
