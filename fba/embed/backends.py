@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from fba.utils.atomic import process_running
+from fba.utils.atomic import remove_orphans
 from fba.deploy.export import ExportFileError, _aoti_metadata, read_metadata, resolve_model_file
 from fba.deploy.graph import graph_images
 from fba.errors import UsageError
@@ -193,7 +193,7 @@ class AOTIModel(ExportedModel):
         if compiled_for != self.device.type:
             raise UsageError(f"{path}: compiled for {compiled_for}, asked to run on {self.device}; "
                              f"use --device {compiled_for}")
-        sweep_extractions()
+        remove_orphans(Path(tempfile.gettempdir()), EXTRACTION_PREFIX)
         self.extraction = Path(tempfile.mkdtemp(prefix=f"{EXTRACTION_PREFIX}{os.getpid()}-"))
         self._remove_extraction = weakref.finalize(self, shutil.rmtree, self.extraction, ignore_errors=True)
         try:
@@ -228,14 +228,6 @@ def _temporary_folder(folder: Path) -> Iterator[None]:
             del os.environ["TMPDIR"]
         else:
             os.environ["TMPDIR"] = earlier
-
-
-def sweep_extractions(root: Path | None = None) -> None:
-    """Remove the extraction folders of AOTInductor loads whose process no longer runs."""
-    for folder in Path(root or tempfile.gettempdir()).glob(f"{EXTRACTION_PREFIX}*-*"):
-        pid = folder.name[len(EXTRACTION_PREFIX):].split("-", 1)[0]
-        if folder.is_dir() and pid.isdigit() and not process_running(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True)
 
 
 def load_exported(path: Path, backend: str, device: str | torch.device = "cpu",

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fba.errors import UsageError
-from fba.utils.atomic import process_running
+from fba.utils.atomic import remove_orphans
 
 PREFIX = "fba-serve-"
 SHM_ROOT = Path("/dev/shm")
@@ -91,14 +91,6 @@ def _libpython() -> Path:
     return Path(sysconfig.get_config_var("LIBDIR") or "") / (sysconfig.get_config_var("LDLIBRARY") or "libpython.so")
 
 
-def sweep(root: Path | None = None, shm: Path = SHM_ROOT) -> None:
-    """Remove the workspaces and shared-memory regions of ``fba serve`` processes that no longer run."""
-    for folder in [*Path(root or tempfile.gettempdir()).glob(f"{PREFIX}*-*"), *shm.glob(f"{PREFIX}*-*")]:
-        pid = folder.name[len(PREFIX):].split("-", 1)[0]
-        if pid.isdigit() and not process_running(int(pid)):
-            shutil.rmtree(folder, ignore_errors=True) if folder.is_dir() else folder.unlink(missing_ok=True)
-
-
 def _die_with_parent() -> None:
     libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
@@ -111,7 +103,8 @@ class TritonServer:
         problem = check_triton()
         if problem:
             raise ServerStartError(f"cannot start Triton: {problem}")
-        sweep()
+        for folder in (Path(tempfile.gettempdir()), SHM_ROOT):  # what servers killed outright left
+            remove_orphans(folder, PREFIX)
         self.ports = ports
         self.exit_timeout_s = exit_timeout_s
         self.log_info = log_info

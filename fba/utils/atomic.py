@@ -97,6 +97,18 @@ def sweep_stale_temporaries(path: Path) -> None:
             tmp.unlink(missing_ok=True)
 
 
+def remove_orphans(folder: Path, prefix: str) -> None:
+    """Remove the entries of ``folder`` named ``<prefix><pid>-...`` whose process no longer runs: what a process
+    killed outright (SIGKILL, ``os._exit``) left of the temporaries it names after itself."""
+    for entry in Path(folder).glob(f"{prefix}*-*"):
+        pid = entry.name[len(prefix):].split("-", 1)[0]
+        if pid.isdigit() and not process_running(int(pid)):
+            if entry.is_dir():
+                shutil.rmtree(entry, ignore_errors=True)
+            else:
+                entry.unlink(missing_ok=True)
+
+
 def process_running(pid: int) -> bool:
     """Whether ``pid`` names a live process (one of another user counts as live)."""
     try:
