@@ -22,6 +22,7 @@ from fba.embed.embedder import Embedder, default_dtype
 from fba.embed.fast import FastEmbedder
 from fba.errors import UsageError
 from fba.model.model_file import load_model
+from fba.model.text import tokenize
 
 SERVE_BACKENDS = ("pytorch", "onnxruntime", "aoti", "openvino")
 FEATURES = ("image", "full")
@@ -81,9 +82,11 @@ def describe(spec: ServeSpec) -> dict:
 class ServedModel:
     """``model(images uint8 [N,3,H,W], fg_tokens, bg_tokens) -> float32 [N, D]`` for one :class:`ServeSpec`."""
 
-    def __init__(self, spec: ServeSpec):
+    def __init__(self, spec: ServeSpec, contract: dict | None = None):
+        """``contract``: :func:`describe`'s, when the caller has it already (the server's configuration carries
+        it), so the model file is read and hashed once."""
         self.spec = spec
-        self.contract = describe(spec)
+        self.contract = contract or describe(spec)
         self.image_size = tuple(self.contract["image_size"])
         self.device = torch.device(spec.device)
         self.exported = None
@@ -117,8 +120,7 @@ class ServedModel:
             images = torch.zeros((rows, 3, height, width), dtype=torch.uint8)
             tokens = None
             if self.spec.feature == "full":
-                tokens = torch.zeros((rows, 77), dtype=torch.int64)
-                tokens[:, 0], tokens[:, 1] = 49406, 49407  # SOS, EOT: an empty caption
+                tokens = tokenize([""] * rows)  # empty captions: SOS, EOT
             self(images, tokens, tokens)
         return list(self.spec.batches)
 

@@ -59,7 +59,8 @@ class TritonPythonModel:
         self.limits = Limits(max_rows=int(config["max_batch_size"]),
                              max_pixels=int(config["parameters"]["fba_max_pixels"]["string_value"]))
         torch.set_num_threads(int(config["parameters"]["fba_threads"]["string_value"]))
-        self.model = ServedModel(ServeSpec(**spec))
+        contract = json.loads(config["parameters"]["fba_contract"]["string_value"])
+        self.model = ServedModel(ServeSpec(**spec), contract)
         self.feature = self.model.spec.feature
         self.metrics = Metrics(args["model_name"])
         self.model.warm()
