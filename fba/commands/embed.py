@@ -5,21 +5,15 @@ import argparse
 import typing
 from pathlib import Path
 
-from fba.commands.arguments import at_least
+from fba.commands.arguments import add_model_runtime, at_least
 from fba.config import Loader
 
 HELP = "embed a folder or list of images into a features file"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path,
-                        help="model.pt written by `fba train` (pytorch backend), or the folder (or file) written by "
-                        "`fba export` (onnxruntime, openvino: model.onnx; aoti: model.pt2)")
-    parser.add_argument("--backend", choices=("pytorch", "onnxruntime", "aoti", "openvino"), default="pytorch",
-                        help="what runs the model (docs/deployment.md); the features file is the same; openvino "
-                        "reads the ONNX export, on the CPU")
-    parser.add_argument("--performance-hint", choices=("latency", "throughput"), default="latency",
-                        help="openvino: latency (one request on all cores) or throughput (parallel streams)")
+    add_model_runtime(parser, "what runs the model (docs/deployment.md); the features file is the same; openvino "
+                      "reads the ONNX export, on the CPU")
     source = parser.add_mutually_exclusive_group(required=True)
     source.add_argument("--images", type=Path, metavar="DIR", help="embed every image under DIR (recursive, sorted)")
     source.add_argument("--list", type=Path, metavar="FILE", help="embed the images listed in FILE, one per line")
@@ -32,8 +26,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=at_least(0), default=2)
     parser.add_argument("--loader", choices=typing.get_args(Loader), default=None,
                         help="image decoding: dali, torch or auto (DALI on a GPU); default: the model's data.loader")
-    parser.add_argument("--trust-native-code", action="store_true",
-                        help="aoti: load the .pt2 package, whose native code runs as it loads (only one you trust)")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available; under "
                         "torchrun each rank takes cuda:LOCAL_RANK)")
 

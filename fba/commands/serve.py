@@ -4,17 +4,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from fba.commands.arguments import at_least
+from fba.commands.arguments import add_model_runtime, at_least
 
 HELP = "serve a model over HTTP and gRPC (Triton Inference Server), batching concurrent requests"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, type=Path,
-                        help="model.pt written by `fba train` (pytorch backend), or the folder (or file) written by "
-                        "`fba export` (onnxruntime, openvino: model.onnx; aoti: model.pt2)")
-    parser.add_argument("--backend", choices=("pytorch", "onnxruntime", "aoti", "openvino"), default="pytorch",
-                        help="what runs the model; the features are fba embed's (docs/serving.md)")
+    add_model_runtime(parser, "what runs the model; the features are fba embed's (docs/serving.md)")
     parser.add_argument("--feature", choices=("image", "full"), default="image",
                         help="image: post-BN CLS (images only); full: also the two captions, as text or token ids")
     parser.add_argument("--device", default=None, help="cuda, cuda:1, cpu (default: cuda when available)")
@@ -39,10 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seconds SIGTERM/SIGINT waits for requests in flight before the server exits")
     parser.add_argument("--ready-timeout", type=at_least(1), default=600,
                         help="seconds to wait for the model to load and warm up")
-    parser.add_argument("--performance-hint", choices=("latency", "throughput"), default="latency",
-                        help="openvino: latency (one request on all cores) or throughput (parallel streams)")
-    parser.add_argument("--trust-native-code", action="store_true",
-                        help="aoti: load the .pt2 package, whose native code runs as it loads (only one you trust)")
     parser.add_argument("--write-repository", type=Path, metavar="DIR",
                         help="write the Triton model repository to DIR and exit (for a full Triton deployment)")
     parser.add_argument("--verbose", action="store_true", help="Triton's info log (model load, endpoints)")
