@@ -1,5 +1,5 @@
 """A real ``fba serve`` on 127.0.0.1 with free ports (:func:`benchmarks.bench_serve.launch`: started as a user
-starts it, stopped by its pid), its metrics, and the processes below it."""
+starts it, stopped by its pid), and its metrics."""
 from __future__ import annotations
 
 import os
@@ -39,24 +39,6 @@ class Serving:
         with urllib.request.urlopen(f"http://{self.launched.metrics}/metrics", timeout=10) as answer:
             lines = answer.read().decode().splitlines()
         return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line and line[0] != "#"}
-
-
-def descendants(pid: int) -> set[int]:
-    """Every process below ``pid`` now (from /proc)."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError, ValueError):
-                continue
-            children.setdefault(parent, []).append(int(entry.name))
-    found, stack = set(), [pid]
-    while stack:
-        for child in children.get(stack.pop(), []):
-            found.add(child)
-            stack.append(child)
-    return found
 
 
 @contextmanager

@@ -13,10 +13,12 @@ import time
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
+import psutil
 import pytest
 
 from _deploy_models import make_checkpoint, make_crop_folder
-from _serving import descendants, fba_serve
+from _processes import alive
+from _serving import fba_serve
 from fba.cli import main
 from fba.model.text import tokenize
 from fba.retrieval.features_file import load_features
@@ -219,7 +221,7 @@ def test_sigterm_under_load_drains_exits_0_and_leaves_nothing(files, tmp_path):
     images = resized(crops)[:2]
     with fba_serve(tmp_path, "--model", str(checkpoint), "--drain-timeout", "5") as serving:
         pid = serving.process.pid
-        seen = descendants(pid)
+        seen = [child.pid for child in psutil.Process(pid).children(recursive=True)]
         assert len(seen) >= 2, seen  # tritonserver and its backend stub
         outcomes: list[tuple[float, str]] = []  # (when the request was sent, what came back)
         stop = threading.Event()
@@ -257,18 +259,10 @@ def test_sigterm_under_load_drains_exits_0_and_leaves_nothing(files, tmp_path):
     late = [o for started, o in outcomes if started >= sent and o != "ok"]
     assert all(any(r in o for r in refused) for o in late), set(late)
     assert "draining" in serving.text() and "stopped" in serving.text()
-    alive = [p for p in seen if os.path.exists(f"/proc/{p}") and not _zombie(p)]
-    assert alive == [], alive
+    left = [p for p in seen if alive(p)]
+    assert left == [], left
     assert list(serving.tmpdir.glob("fba-serve-*")) == []
     assert [p for p in os.listdir("/dev/shm") if p.startswith(f"fba-serve-{pid}-")] == []
-
-
-def _zombie(pid: int) -> bool:
-    try:
-        with open(f"/proc/{pid}/stat") as handle:
-            return handle.read().rsplit(")", 1)[1].split()[0] == "Z"
-    except OSError:
-        return False
 
 
 def test_the_written_repository_serves_on_a_plain_tritonserver(files, tmp_path):

@@ -16,6 +16,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from _processes import alive
 from _tiny_run import make_tiny_dataset, untrained_model_file
 
 
@@ -37,20 +38,13 @@ def embed_job(tmp_path_factory) -> dict:
             "root": root, "config": config}
 
 
-def _alive(pid: int) -> bool:
-    try:
-        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
-    except psutil.NoSuchProcess:
-        return False
-
-
 def _children_gone(pids: list[int], within_s: float = 15.0) -> list[int]:
     deadline = time.monotonic() + within_s
-    alive = pids
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if _alive(p)]
+    running = pids
+    while running and time.monotonic() < deadline:
+        running = [p for p in running if alive(p)]
         time.sleep(0.2)
-    return alive
+    return running
 
 
 @pytest.fixture(scope="module")
