@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
 
-.PHONY: setup test test-fast test-avx2 demo bench gpu-wheels gpu-suite clean
+.PHONY: setup setup-tracker test test-fast test-avx2 test-tracker bench-tracking demo bench gpu-wheels gpu-suite clean
 
 setup: $(STAMP)
 
@@ -17,6 +17,32 @@ $(STAMP): setup.py requirements.txt pyproject.toml $(wildcard csrc/cpu/*.cpp csr
 	$(PY) -m pip install -q --no-build-isolation -e ".[openvino,serve]"
 	$(PY) -c "import fba, fba.kernels, fba._C"
 	touch $(STAMP)
+
+# boxmot needs NumPy 2 and fba serve's Triton backend NumPy 1, so the tracker extra has its own environment:
+# .venv-tracker, for boxmot's tests of an export and the tracking benchmark (docs/deployment.md).
+TRACKER_VENV := .venv-tracker
+TRACKER_PY := $(TRACKER_VENV)/bin/python
+TRACKER_STAMP := $(TRACKER_VENV)/.installed
+
+setup-tracker: $(TRACKER_STAMP)
+
+$(TRACKER_STAMP): setup.py requirements.txt pyproject.toml $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h)
+	test -x $(TRACKER_PY) || $(PYTHON) -m venv $(TRACKER_VENV)
+	$(TRACKER_PY) -m pip install -q --upgrade pip
+	$(TRACKER_PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(TRACKER_PY) -m pip install -q pybind11 setuptools wheel
+	$(TRACKER_PY) -m pip install -q --no-build-isolation -e ".[tracker]"
+	$(TRACKER_PY) -c "import fba, fba._C, boxmot, motmetrics"
+	touch $(TRACKER_STAMP)
+
+# boxmot's own tests of an export (skipped in make test, whose environment has no boxmot)
+test-tracker: $(TRACKER_STAMP)
+	$(TRACKER_PY) -m pytest -q tests/deploy/test_boxmot.py tests/benchmarks/test_bench_tracking.py $(PYTEST_ARGS)
+
+# Does the model help a tracker? (docs/deployment.md#does-the-model-help-a-tracker)
+MODEL ?= runs/demo/train/model.pt
+bench-tracking: $(TRACKER_STAMP)
+	$(TRACKER_PY) -m benchmarks.bench_tracking --model $(MODEL)
 
 # make test: the whole suite (CI). make test-fast: without the `slow` tests, for the edit-test loop.
 test: setup

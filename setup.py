@@ -50,11 +50,12 @@ setup(
         for line in open("requirements.txt")
         if line.strip() and not line.startswith("#")
     ],
-    # openvino: the CPU backend of fba embed (59 MB; make setup installs it). tracker: boxmot, for its own tests of
-    # an fba export (tests/deploy/test_boxmot.py; ~660 MB with OpenCV, pandas and pyarrow)
+    # openvino: the CPU backend of fba embed (59 MB; make setup installs it). tracker: boxmot and motmetrics, for
+    # boxmot's own tests of an fba export and the tracking benchmark (~660 MB with OpenCV, pandas and pyarrow); it
+    # needs NumPy 2 and serve NumPy 1, so make setup-tracker gives it its own environment, .venv-tracker
     extras_require={
         "openvino": ["openvino>=2025.2"],
-        "tracker": ["boxmot>=25.0"],
+        "tracker": ["boxmot>=25.0", "motmetrics>=1.4"],
         # fba export --quantize int8 --quantizer nncf: OpenVINO's post-training quantization (with scipy, sklearn)
         "nncf": ["nncf>=3.0"],
         # fba serve: Triton Inference Server and its Python backend ship in nvidia-pytriton, which pins numpy<2
