@@ -51,7 +51,8 @@ def test_literal_choices_are_the_implementations():
     from fba.config import Loader
     from fba.data.synthetic.noise import REALISTIC_LEVEL
     from fba.apps.demo import DEMO_CONFIG
-    from fba.deploy.export import DEFAULTS, FORMATS, TARGETS
+    from fba.deploy.export import FORMATS
+    from fba.deploy.targets import DEFAULTS, TARGETS
     from fba.deploy.graph import FEATURES, INPUT_DTYPES, INPUT_NORMS
     from fba.retrieval.metrics import DISTANCES
     from fba.serve.model import FEATURES as SERVED_FEATURES, SERVE_BACKENDS

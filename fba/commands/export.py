@@ -22,9 +22,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="what the images hold: none (default) 0..255 pixels, normalised in the graph; imagenet "
                         "(x/255 - ImageNet mean)/std, as torchvision-style trackers feed (float32, folded into the "
                         "patch embedding); clip CLIP-normalised (float32)")
-    parser.add_argument("--target", choices=["boxmot", "deepstream"],
+    parser.add_argument("--target", choices=["boxmot", "deepstream", "triton"],
                         help="export what this consumer loads as it is: boxmot (fba-reid-HxW.onnx, ImageNet input, "
-                        "and the sidecar boxmot reads), deepstream (0..255 float input and an nvtracker ReID config)")
+                        "and the sidecar boxmot reads), deepstream (0..255 float input and an nvtracker ReID config), "
+                        "triton (a model repository for Triton's onnxruntime backend: fba_reid/config.pbtxt and "
+                        "fba_reid/1/model.onnx, the inputs and output of fba serve)")
     parser.add_argument("--quantize", choices=["int8"], help="int8: static post-training quantization of the "
                         "ONNX image export (onnxruntime QDQ; runs on onnxruntime and OpenVINO), calibrated on "
                         "--calibration")

@@ -26,9 +26,10 @@ from torch import nn
 
 import fba
 from fba import kernels
-from fba.utils.atomic import atomic_path, atomic_write_bytes, check_output_path
+from fba.utils.atomic import atomic_path, check_output_path
 from fba.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
 from fba.deploy.graph import INPUT_DTYPES, INPUT_NORMS, ExportedEmbedder
+from fba.deploy.targets import export_options, target_file_name, write_consumer_files
 from fba.distributed import usable_device
 from fba.errors import InputError, UsageError
 
@@ -110,6 +111,7 @@ def export_metadata(
         "input_mean": list(IMAGENET_MEAN) if input_norm == "imagenet" else None,
         "input_std": list(IMAGENET_STD) if input_norm == "imagenet" else None,
         "text_tokens": None if text is None else f"CLIP BPE ids, int64 [N, {text}], open_clip's tokenizer",
+        "text_length": text,
         "arch": None if model_cfg is None else model_cfg.arch,
         "stride": None if model_cfg is None else model_cfg.stride,
         "fba_version": fba.__version__,
@@ -275,72 +277,6 @@ def _aoti_metadata(path: Path) -> dict[str, str]:
         raise ExportFileError(f"{path}: not a readable AOTInductor package ({type(err).__name__}: {err})") from err
 
 
-# What each consumer feeds, as the export options it needs (``--target``): boxmot crops with OpenCV, converts to
-# RGB, scales to 0..1 and normalises with ImageNet's mean and std, hard-coded; DeepStream's nvtracker scales with
-# one factor and subtracts per-channel offsets, which cannot express CLIP's per-channel std, so its input is the
-# 0..255 float pixels and the graph normalises.
-TARGETS = {
-    "boxmot": {"format": "onnx", "feature": "image", "input_dtype": "float32", "input_norm": "imagenet"},
-    "deepstream": {"format": "onnx", "feature": "image", "input_dtype": "float32", "input_norm": "none"},
-}
-DEFAULTS = {"format": "onnx", "feature": "image", "input_dtype": "uint8", "input_norm": "none"}
-BOXMOT_MODEL_NAME = "fba_reid"  # not a boxmot backbone: boxmot takes the architecture from this sidecar
-BOXMOT_FILE = "fba-reid-{height}x{width}.onnx"  # a name holding none of boxmot's backbone names
-
-
-def export_options(args: argparse.Namespace) -> dict[str, str]:
-    """The format, feature and input of this export: a ``--target`` preset, options given beside it checked
-    against it, the rest the defaults (a uint8 input unless the norm needs float32)."""
-    given = {key: getattr(args, key) for key in DEFAULTS if getattr(args, key, None) is not None}
-    if args.target is None:
-        if given.get("input_norm", "none") != "none" and "input_dtype" not in given:
-            given["input_dtype"] = "float32"
-        return {**DEFAULTS, **given}
-    preset = TARGETS[args.target]
-    for key, value in given.items():
-        if value != preset[key]:
-            option = "--" + key.replace("_", "-")
-            raise UsageError(f"--target {args.target} exports {option} {preset[key]}, not {value}")
-    return dict(preset)
-
-
-def write_boxmot_sidecar(path: Path, image_size: list[int]) -> Path:
-    """``<file>.onnx.metadata.json``, the sidecar boxmot reads before the file name: the image size of the crops
-    it makes, and a model name that is none of its backbones."""
-    sidecar = path.with_name(path.name + ".metadata.json")
-    atomic_write_bytes(sidecar, (json.dumps({
-        "schema_version": 1, "model_name": BOXMOT_MODEL_NAME, "model_kwargs_schema_version": 1,
-        "model_kwargs": {"img_size": [int(image_size[0]), int(image_size[1])]},
-    }, indent=2) + "\n").encode())
-    return sidecar
-
-
-def write_deepstream_config(path: Path, meta: dict) -> Path:
-    """The ReID section of a DeepStream nvtracker config for this export: 0..255 RGB float input, unscaled (the
-    graph normalises), features already L2-normalised."""
-    height, width = meta["image_size"]
-    config = path.with_name(path.stem + ".nvtracker-reid.yml")
-    atomic_write_bytes(config, "\n".join([
-        "# ReID section of an nvtracker (NvDCF / NvDeepSORT) config, written by fba export --target deepstream",
-        "ReID:",
-        "  reidType: 2",
-        f"  reidFeatureSize: {meta['feature_dim']}",
-        "  batchSize: 32",
-        f"  inferDims: [3, {height}, {width}]",
-        "  colorFormat: 0  # RGB",
-        "  inputOrder: 0  # NCHW",
-        "  networkMode: 0  # fp32; 2 (fp16) builds a faster TensorRT engine, check its features first",
-        "  netScaleFactor: 1.0  # the graph scales and normalises the 0..255 pixels itself",
-        "  offsets: [0.0, 0.0, 0.0]",
-        "  addFeatureNormalization: 0  # the features are L2-normalised in the graph",
-        "  keepAspc: 0",
-        f"  onnxFile: {path.name}",
-        f"  modelEngineFile: {path.name}_b32_gpu0_fp32.engine",
-        "",
-    ]).encode())
-    return config
-
-
 def _check_quantize(args: argparse.Namespace, options: dict[str, str]) -> list[Path]:
     """int8 is an ONNX export of the image feature, calibrated on ``--calibration``'s images."""
     if options["format"] != "onnx":
@@ -373,10 +309,11 @@ def run(args: argparse.Namespace) -> int:
     quantized = args.quantize == "int8"
     if quantized:
         calibration = _check_quantize(args, options)
-    name = BOXMOT_FILE.replace(".onnx", "-int8.onnx" if quantized else ".onnx") if args.target == "boxmot" else \
-        export_file_name(options["format"], options["feature"], options["input_dtype"], options["input_norm"], quantized)
+    name = export_file_name(options["format"], options["feature"], options["input_dtype"], options["input_norm"],
+                            quantized)
     if quantized and args.quantizer != "onnxruntime":  # the two quantizers' files side by side
         name = name.replace("-int8.onnx", f"-int8-{args.quantizer}.onnx")
+    name = target_file_name(args.target, options["feature"], name, quantized, args.quantizer)
     if quantized:
         from fba.deploy.quantize import calibration_batches, quantize_int8
 
@@ -385,16 +322,12 @@ def run(args: argparse.Namespace) -> int:
                                      input_norm=options["input_norm"], name=name)
             meta = read_metadata(fp32)
             batches = calibration_batches(calibration, meta["image_size"], options["input_dtype"], options["input_norm"])
-            path = quantize_int8(fp32, Path(args.out) / fp32.name, batches, quantizer=args.quantizer)
+            path = quantize_int8(fp32, Path(args.out) / fp32.relative_to(work), batches, quantizer=args.quantizer)
     else:
         path = export_model_file(args.checkpoint, args.out, options["format"], options["feature"],
                                  options["input_dtype"], args.device, options["input_norm"], name)
     meta = read_metadata(path)
-    extra = ""
-    if args.target == "boxmot":
-        extra = f"; boxmot reads {write_boxmot_sidecar(path, meta['image_size']).name} beside it"
-    elif args.target == "deepstream":
-        extra = f"; nvtracker config {write_deepstream_config(path, meta).name}"
+    extra = write_consumer_files(args.target, path, meta)
     print(f"wrote {path} ({options['format']}, {meta['feature']} feature, {meta['feature_dim']} dims, inputs "
           f"{', '.join(meta['inputs'])}, {meta['image_dtype']} {meta['input_norm']}"
           f"{', int8 from ' + str(len(calibration)) + ' calibration images' if quantized else ''}) in "
