@@ -162,6 +162,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--deploy", action="store_true", help="the exported backends beside PyTorch (fp32, image-only)")
     parser.add_argument("--backends", nargs="+", choices=embed_backends.BACKENDS, help="with --deploy (default: all)")
     parser.add_argument("--threads", type=int, help="with --deploy: CPU threads of every backend (default: all cores)")
+    parser.add_argument("--inputs", nargs="+", choices=INPUTS, default=["image"],
+                        help="with --deploy: image (default); captions and captions-cached add the full feature")
     args = parser.parse_args(argv)
     device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if args.deploy:
@@ -183,15 +185,17 @@ def main(argv: list[str] | None = None) -> int:
 def main_deploy(args, device: torch.device) -> int:
     shape = embed_backends.DEPLOY_SMOKE if args.smoke else embed_backends.DEPLOY
     backends = args.backends or list(embed_backends.BACKENDS)
-    key = embed_backends.BENCHMARK_KEY + ("-smoke" if args.smoke else "")
+    captions = args.inputs != ["image"]  # the full-feature rows have their own key: a run of its own
+    key = embed_backends.BENCHMARK_KEY + ("-captions" if captions else "") + ("-smoke" if args.smoke else "")
     config = {"shape": asdict(shape), "backends": backends, "precision": "fp32 (int8 where the backend says)",
-              "input": "image",
+              "inputs": args.inputs,
               "timing": "host wall clock per call, uint8 images in, float32 features out; backends interleaved"}
-    rows, path = record_rows(key, [embed_backends.run_backends(shape, backends, device, args.threads)],
+    rows, path = record_rows(key, [embed_backends.run_backends(shape, backends, device, args.threads,
+                                                               tuple(args.inputs))],
                              kind=device.type, config=config, directory=args.results_dir, append=args.append,
                              show=lambda group: "")
     print(f"FBA embedding backends on {device_name(device.type)}: {shape.arch} {shape.height}x{shape.width} "
-          f"stride {shape.stride}, fp32, image-only")
+          f"stride {shape.stride}, fp32, {', '.join(args.inputs)}")
     print(format_table(rows, embed_backends.COLUMNS))
     print(f"\nwrote {path} [{key}]")
     return 0 if all(r.get("status") == "ok" for r in rows) else 1

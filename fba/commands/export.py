@@ -16,6 +16,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "variants are named by what differs (model-full.onnx, model-imagenet.onnx)")
     parser.add_argument("--feature", choices=("image", "full"),
                         help="image (default): images in, post-BN CLS out; full: also the two captions' CLIP token ids")
+    parser.add_argument("--caption-input", choices=["tokens", "states"], default="tokens",
+                        help="with --feature full: tokens (default) the captions' CLIP token ids, the text tower in "
+                        "the graph; states the tower's outputs, the tower written beside it (model-text.onnx) for "
+                        "callers that encode each caption once and embed many images with it (ONNX)")
     parser.add_argument("--input-dtype", choices=["uint8", "float32"],
                         help="dtype of the images input: uint8 (default) or float32 (for runtimes that feed floats)")
     parser.add_argument("--input-norm", choices=["none", "imagenet", "clip"],

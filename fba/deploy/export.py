@@ -28,7 +28,7 @@ import fba
 from fba import kernels
 from fba.utils.atomic import atomic_path, check_output_path
 from fba.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD
-from fba.deploy.graph import INPUT_DTYPES, INPUT_NORMS, ExportedEmbedder
+from fba.deploy.graph import INPUT_DTYPES, INPUT_NORMS, ExportedEmbedder, ExportedStatesEmbedder, ExportedTextTower
 from fba.deploy.targets import export_options, target_file_name, write_consumer_files
 from fba.distributed import usable_device
 from fba.errors import InputError, UsageError
@@ -43,6 +43,7 @@ NORMALISATION = {
     "clip": "the input is (x / 255 - mean) / std already",
 }
 MAX_BATCH = 4096
+TEXT_TOWER_FILE = "model-text.onnx"  # beside a states export (--caption-input states)
 OPSET = 18
 
 
@@ -58,8 +59,12 @@ def file_sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def input_names(feature: str) -> list[str]:
-    return ["images"] if feature == "image" else ["images", "fg_tokens", "bg_tokens"]
+def input_names(feature: str, caption_input: str = "tokens") -> list[str]:
+    if feature == "image":
+        return ["images"]
+    if caption_input == "states":
+        return ["images", "fg_states", "fg_eot", "bg_states", "bg_eot"]
+    return ["images", "fg_tokens", "bg_tokens"]
 
 
 def check_input(input_dtype: str, input_norm: str) -> None:
@@ -73,11 +78,13 @@ def check_input(input_dtype: str, input_norm: str) -> None:
                          "0..255 pixels (--input-norm none)")
 
 
-def export_file_name(fmt: str, feature: str, input_dtype: str, input_norm: str, quantized: bool = False) -> str:
+def export_file_name(fmt: str, feature: str, input_dtype: str, input_norm: str, quantized: bool = False,
+                     caption_input: str = "tokens") -> str:
     """``model.onnx`` / ``model.pt2`` for the default export (uint8 pixels, image feature); another variant is
     named by what differs (``model-full.onnx``, ``model-imagenet.onnx``, ``model-int8.onnx``), so exports into one
     folder never overwrite each other."""
     tags = [feature] if feature != "image" else []
+    tags += ["states"] if feature == "full" and caption_input == "states" else []
     tags += [input_norm] if input_norm != "none" else ([input_dtype] if input_dtype != "uint8" else [])
     tags += ["int8"] if quantized else []
     return "model" + "".join(f"-{tag}" for tag in tags) + SUFFIXES[fmt]
@@ -85,7 +92,7 @@ def export_file_name(fmt: str, feature: str, input_dtype: str, input_norm: str, 
 
 def export_metadata(
     model: nn.Module, feature: str, input_dtype: str, checkpoint: Path | None = None, model_cfg=None,
-    input_norm: str = "none",
+    input_norm: str = "none", caption_input: str = "tokens",
 ) -> dict[str, str]:
     """The contract of an exported model, as string -> string (what ONNX ``metadata_props`` and AOTInductor's
     package metadata hold); values are JSON."""
@@ -96,7 +103,8 @@ def export_metadata(
         "feature": feature,
         "feature_dim": model.feature_dim(feature == "full"),
         "feature_parts": ["cls"] if feature == "image" else ["cls", "fg_img", "fg_txt"],
-        "inputs": input_names(feature),
+        "inputs": input_names(feature, caption_input),
+        "caption_input": caption_input if feature == "full" else None,
         "outputs": ["features"],
         "image_size": [int(height), int(width)],
         "image_layout": "NCHW",
@@ -112,6 +120,8 @@ def export_metadata(
         "input_std": list(IMAGENET_STD) if input_norm == "imagenet" else None,
         "text_tokens": None if text is None else f"CLIP BPE ids, int64 [N, {text}], open_clip's tokenizer",
         "text_length": text,
+        "text_width": model.text_encoder.embed_dim if feature == "full" and caption_input == "states" else None,
+        "text_tower": TEXT_TOWER_FILE if feature == "full" and caption_input == "states" else None,
         "arch": None if model_cfg is None else model_cfg.arch,
         "stride": None if model_cfg is None else model_cfg.stride,
         "fba_version": fba.__version__,
@@ -124,7 +134,7 @@ def export_metadata(
 
 
 def example_inputs(model: nn.Module, feature: str, input_dtype: str, batch: int = 2,
-                   input_norm: str = "none") -> tuple[torch.Tensor, ...]:
+                   input_norm: str = "none", caption_input: str = "tokens") -> tuple[torch.Tensor, ...]:
     height, width = model.backbone.image_size
     generator = torch.Generator().manual_seed(0)
     images = torch.randint(0, 256, (batch, 3, height, width), generator=generator).to(INPUT_DTYPES[input_dtype])
@@ -135,14 +145,21 @@ def example_inputs(model: nn.Module, feature: str, input_dtype: str, batch: int 
     # Distinct fg and bg captions: identical ones make the pooling mask 0/0 (docs/deployment.md, "Exactness").
     tokens = model.text_encoder.tokenize([f"a person in a red shirt, number {i}" for i in range(batch)])
     background = model.text_encoder.tokenize([f"a street with a parked car and a tree {i}" for i in range(batch)])
+    if caption_input == "states":
+        with torch.no_grad():
+            fg, bg = model.text_encoder(tokens), model.text_encoder(background)
+        return images, fg.states, fg.eot, bg.states, bg.eot
     return images, tokens, background
 
 
-def export_program(model: nn.Module, feature: str, input_dtype: str = "uint8",
-                   input_norm: str = "none") -> torch.export.ExportedProgram:
+def export_program(model: nn.Module, feature: str, input_dtype: str = "uint8", input_norm: str = "none",
+                   caption_input: str = "tokens") -> torch.export.ExportedProgram:
     """``torch.export`` of the wrapped model, batch axis dynamic (1..4096), the reference attention traced."""
-    wrapper = ExportedEmbedder(model, feature, input_norm).eval()
-    args = example_inputs(model, feature, input_dtype, input_norm=input_norm)
+    if feature == "full" and caption_input == "states":
+        wrapper = ExportedStatesEmbedder(model, input_norm).eval()
+    else:
+        wrapper = ExportedEmbedder(model, feature, input_norm).eval()
+    args = example_inputs(model, feature, input_dtype, input_norm=input_norm, caption_input=caption_input)
     batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
     dynamic = tuple({0: batch} for _ in args)
     device = next(model.parameters()).device
@@ -151,15 +168,16 @@ def export_program(model: nn.Module, feature: str, input_dtype: str = "uint8",
         return torch.export.export(wrapper.to(device), args, dynamic_shapes=dynamic, strict=False)
 
 
-def export_onnx(program: torch.export.ExportedProgram, feature: str, path: Path, metadata: dict[str, str]) -> Path:
-    """Write the ONNX model (opset 18, weights inline) with ``metadata`` in its ``metadata_props``."""
+def export_onnx(program: torch.export.ExportedProgram, path: Path, metadata: dict[str, str]) -> Path:
+    """Write the ONNX model (opset 18, weights inline) with ``metadata`` in its ``metadata_props``; the graph's
+    inputs and outputs are named as the metadata says."""
     import onnx
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         onnx_program = torch.onnx.export(
-            program, input_names=input_names(feature), output_names=["features"], opset_version=OPSET,
-            dynamo=True, optimize=True, verbose=False,
+            program, input_names=json.loads(metadata["fba.inputs"]), output_names=json.loads(metadata["fba.outputs"]),
+            opset_version=OPSET, dynamo=True, optimize=True, verbose=False,
         )
     proto = onnx_program.model_proto
     del proto.metadata_props[:]
@@ -171,6 +189,20 @@ def export_onnx(program: torch.export.ExportedProgram, feature: str, path: Path,
     with atomic_path(path) as tmp:
         onnx.save_model(proto, str(tmp))
     return path
+
+
+def export_text_tower(model: nn.Module, path: Path, checkpoint: Path | None = None) -> Path:
+    """``model-text.onnx`` beside a states export: tokens [N, 77] int64 in, the frozen tower's ``states``
+    [N, 77, E] float32 and ``eot`` [N] int64 out, run once per caption by the backends."""
+    tokens = model.text_encoder.tokenize(["a person in a red shirt", "a street with a parked car and a tree"])
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    with torch.no_grad():
+        program = torch.export.export(ExportedTextTower(model).eval(), (tokens,), dynamic_shapes=({0: batch},),
+                                      strict=False)
+    fields = {"format": EXPORT_FORMAT, "role": "text_tower", "inputs": ["tokens"], "outputs": ["states", "eot"],
+              "text_length": model.text_encoder.context_length, "text_width": model.text_encoder.embed_dim,
+              "checkpoint_sha256": None if checkpoint is None else file_sha256(checkpoint)}
+    return export_onnx(program, path, {f"fba.{k}": json.dumps(v) for k, v in fields.items() if v is not None})
 
 
 def export_aoti(program: torch.export.ExportedProgram, path: Path, metadata: dict[str, str]) -> Path:
@@ -187,7 +219,7 @@ def export_aoti(program: torch.export.ExportedProgram, path: Path, metadata: dic
 
 def export_model_file(
     checkpoint: Path, out_dir: Path, fmt: str, feature: str, input_dtype: str = "uint8", device: str = "cpu",
-    input_norm: str = "none", name: str | None = None,
+    input_norm: str = "none", name: str | None = None, caption_input: str = "tokens",
 ) -> Path:
     """Load ``checkpoint`` (a ``model.pt``) in fp32 and write ``out_dir/<name>`` (default
     :func:`export_file_name`; ``{height}`` and ``{width}`` in ``name`` are the model's image size); an AOTInductor package runs on the device it was compiled on (``device``), an ONNX
@@ -201,14 +233,19 @@ def export_model_file(
     if feature == "full" and model.cross_modal is None:
         raise InputError(f"{checkpoint}: the baseline model (model.cross_modal=false) has no full feature; "
                          "export --feature image")
-    metadata = export_metadata(model, feature, input_dtype, checkpoint, cfg.model, input_norm)
-    program = export_program(model, feature, input_dtype, input_norm)
+    states = feature == "full" and caption_input == "states"
+    if states and fmt != "onnx":
+        raise UsageError("--caption-input states writes an ONNX model (--format onnx)")
+    metadata = export_metadata(model, feature, input_dtype, checkpoint, cfg.model, input_norm, caption_input)
+    program = export_program(model, feature, input_dtype, input_norm, caption_input)
     height, width = model.backbone.image_size
-    name = (name or export_file_name(fmt, feature, input_dtype, input_norm)).format(height=height, width=width)
-    path = Path(out_dir) / name
-    if fmt == "onnx":
-        return export_onnx(program, feature, path, metadata)
-    return export_aoti(program, path, metadata)
+    name = name or export_file_name(fmt, feature, input_dtype, input_norm, caption_input=caption_input)
+    path = Path(out_dir) / name.format(height=height, width=width)
+    if fmt == "aoti":
+        return export_aoti(program, path, metadata)
+    if states:
+        export_text_tower(model, path.with_name(TEXT_TOWER_FILE), checkpoint)
+    return export_onnx(program, path, metadata)
 
 
 def resolve_model_file(path: Path, fmt: str | None = None) -> Path:
@@ -309,8 +346,12 @@ def run(args: argparse.Namespace) -> int:
     quantized = args.quantize == "int8"
     if quantized:
         calibration = _check_quantize(args, options)
+    caption_input = getattr(args, "caption_input", "tokens")
+    if caption_input == "states" and (options["feature"] != "full" or args.target or quantized):
+        raise UsageError("--caption-input states is an input of the full feature's graph (--feature full), with no "
+                         "--target or --quantize")
     name = export_file_name(options["format"], options["feature"], options["input_dtype"], options["input_norm"],
-                            quantized)
+                            quantized, caption_input)
     if quantized and args.quantizer != "onnxruntime":  # the two quantizers' files side by side
         name = name.replace("-int8.onnx", f"-int8-{args.quantizer}.onnx")
     name = target_file_name(args.target, options["feature"], name, quantized, args.quantizer)
@@ -325,7 +366,7 @@ def run(args: argparse.Namespace) -> int:
             path = quantize_int8(fp32, Path(args.out) / fp32.relative_to(work), batches, quantizer=args.quantizer)
     else:
         path = export_model_file(args.checkpoint, args.out, options["format"], options["feature"],
-                                 options["input_dtype"], args.device, options["input_norm"], name)
+                                 options["input_dtype"], args.device, options["input_norm"], name, caption_input)
     meta = read_metadata(path)
     extra = write_consumer_files(args.target, path, meta)
     print(f"wrote {path} ({options['format']}, {meta['feature']} feature, {meta['feature_dim']} dims, inputs "

@@ -4,7 +4,9 @@
 package: the CLIP normalisation runs inside the graph (``x / 255``, then ``(x - mean) / std``, exactly the
 ``ToTensor`` + ``Normalize`` of ``fba embed``; for ImageNet-normalised input it is folded into the patch
 embedding), and with the full feature the frozen CLIP text tower runs inside
-it too, on CLIP BPE token ids (docs/deployment.md, "Why token ids"). Resizing stays with the caller: it depends
+it too, on CLIP BPE token ids; :class:`ExportedStatesEmbedder` takes the tower's outputs instead, the tower
+exported alone (:class:`ExportedTextTower`) for callers that reuse captions (docs/deployment.md, "Captions as
+token ids, or as the text tower's outputs"). Resizing stays with the caller: it depends
 on the decoder, and the contract is "an H x W RGB crop, bicubic-resized as PIL does".
 """
 from __future__ import annotations
@@ -15,8 +17,13 @@ import torch
 from torch import nn
 
 from fba.data.transforms import CLIP_MEAN, CLIP_STD, IMAGENET_MEAN, IMAGENET_STD, ClipNormalise
+from fba.model.text import TextFeatures
 
 FEATURES = ("image", "full")
+# How the full feature's graph takes the captions: "tokens" CLIP BPE ids, the frozen text tower in the graph;
+# "states" the tower's outputs (hidden states and EOT positions), the tower exported alone beside it, so a caller
+# runs it once per caption and the image graph once per image (a tracker: one caption per track, every frame).
+CAPTION_INPUTS = ("tokens", "states")
 INPUT_DTYPES = {"uint8": torch.uint8, "float32": torch.float32}
 # What the images input holds: "none" raw 0..255 pixels (uint8 or float32) normalised in the graph; "imagenet"
 # float32 (x / 255 - ImageNet mean) / ImageNet std, what boxmot and torchreid feed; "clip" float32 already
@@ -89,3 +96,29 @@ class ExportedEmbedder(nn.Module):
         if self.feature == "image":
             return self.model.extract(x)
         return self.model.extract(x, (fg_tokens, bg_tokens))
+
+
+class ExportedStatesEmbedder(ExportedEmbedder):
+    """``forward(images, fg_states, fg_eot, bg_states, bg_eot) -> features``: the full feature with the captions
+    as the frozen tower's outputs (``states`` [N, 77, E] float32, ``eot`` [N] int64, what
+    :class:`ExportedTextTower` gives), so the graph holds no text tower."""
+
+    def __init__(self, model: nn.Module, input_norm: str = "none"):
+        super().__init__(model, "full", input_norm)
+
+    def forward(self, images: torch.Tensor, fg_states: torch.Tensor, fg_eot: torch.Tensor, bg_states: torch.Tensor,
+                bg_eot: torch.Tensor) -> torch.Tensor:
+        captions = (TextFeatures.from_eot(fg_states, fg_eot), TextFeatures.from_eot(bg_states, bg_eot))
+        return self.model.extract(self.normalise(images.float()), captions)
+
+
+class ExportedTextTower(nn.Module):
+    """``forward(tokens) -> (states, eot)``: the frozen CLIP text tower alone, for a states export."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.text_encoder = model.text_encoder
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        text = self.text_encoder(tokens)
+        return text.states, text.eot

@@ -17,6 +17,7 @@ import os
 import shutil
 import tempfile
 import weakref
+from collections import OrderedDict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -35,12 +36,59 @@ PERFORMANCE_HINTS = ("latency", "throughput")
 EXTRACTION_PREFIX = "fba-aoti-"
 
 
+class CaptionStates:
+    """The text tower of a states export (``model-text.onnx`` beside it) behind a cache of the captions it has
+    encoded: each distinct caption runs through the tower once, however many images are embedded with it (a
+    tracker's per-track caption, every frame; a camera's background caption, every crop). ``run(tokens)`` is the
+    runtime's call of the tower graph, ``(states, eot)`` as arrays; ``size`` bounds the cache (a ViT-B/16
+    caption's states are 77 x 512 float32, 158 kB)."""
+
+    def __init__(self, run, size: int = 256):
+        self.run = run
+        self.size = size
+        self.cache: OrderedDict[bytes, tuple[np.ndarray, np.ndarray]] = OrderedDict()
+        self.encoded = 0  # captions run through the tower
+
+    def __call__(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rows = tokens.numpy()
+        keys = [row.tobytes() for row in rows]
+        missing = list(dict.fromkeys(k for k in keys if k not in self.cache))
+        if missing:
+            index = {k: i for i, k in enumerate(keys)}
+            states, eot = self.run(rows[[index[k] for k in missing]])
+            self.encoded += len(missing)
+            for i, key in enumerate(missing):
+                self.cache[key] = (np.asarray(states[i], np.float32), np.asarray(eot[i], np.int64))
+        for key in keys:
+            self.cache.move_to_end(key)
+        found = [self.cache[k] for k in keys]
+        while len(self.cache) > max(self.size, len(set(keys))):
+            self.cache.popitem(last=False)
+        return torch.from_numpy(np.stack([f[0] for f in found])), torch.from_numpy(np.stack([f[1] for f in found]))
+
+
 class ExportedModel:
-    """An exported model ready to run: ``model(images, fg_tokens, bg_tokens) -> float32 [N, D]``."""
+    """An exported model ready to run: ``model(images, fg_tokens, bg_tokens) -> float32 [N, D]``.
+
+    A states export (``fba export --caption-input states``) takes the same token ids: a subclass sets
+    ``self.captions`` (:class:`CaptionStates` over the tower file beside the model) and the tokens become the
+    tower's outputs here."""
 
     def __init__(self, path: Path, metadata: dict):
         self.path = path
         self.metadata = metadata
+        self.captions: CaptionStates | None = None
+
+    @property
+    def takes_states(self) -> bool:
+        return self.metadata.get("caption_input") == "states"
+
+    def text_tower_file(self) -> Path:
+        tower = self.path.with_name(self.metadata["text_tower"])
+        if not tower.is_file():
+            raise ExportFileError(f"{self.path}: takes the captions as text-tower states, but the tower "
+                                  f"{tower.name} is not beside it (fba export --caption-input states writes both)")
+        return tower
 
     @property
     def feature(self) -> str:
@@ -58,7 +106,11 @@ class ExportedModel:
         if self.feature == "full":
             if fg_tokens is None or bg_tokens is None:
                 raise ValueError(f"{self.path} takes the full feature's inputs: images, fg_tokens and bg_tokens")
-            tensors += [torch.as_tensor(fg_tokens, dtype=torch.int64), torch.as_tensor(bg_tokens, dtype=torch.int64)]
+            fg, bg = torch.as_tensor(fg_tokens, dtype=torch.int64), torch.as_tensor(bg_tokens, dtype=torch.int64)
+            if self.takes_states:
+                (fg_states, bg_states), (fg_eot, bg_eot) = zip(self.captions(fg), self.captions(bg))
+                return tensors + [fg_states, fg_eot, bg_states, bg_eot]
+            tensors += [fg, bg]
         return tensors
 
     def __call__(self, images, fg_tokens=None, bg_tokens=None) -> np.ndarray:
@@ -95,6 +147,9 @@ class OnnxRuntimeModel(ExportedModel):
             raise ExportFileError(f"{path}: onnxruntime cannot load it ({str(err).splitlines()[0][:300]})") from err
         self.names = [i.name for i in self.session.get_inputs()]
         self._check_graph()
+        if self.takes_states:
+            tower = ort.InferenceSession(str(self.text_tower_file()), options, providers=chosen)
+            self.captions = CaptionStates(lambda tokens: tower.run(["states", "eot"], {"tokens": tokens}))
 
     def _check_graph(self) -> None:
         """The graph against its own fba metadata, so a mismatch is one line at load, not onnxruntime's
@@ -156,6 +211,14 @@ class OpenVinoModel(ExportedModel):
         except Exception as err:
             if "dynamic dimension" not in str(err):
                 raise ExportFileError(f"{path}: OpenVINO cannot compile it ({_first_line(err)})") from err
+        if self.takes_states:
+            tower = self.core.compile_model(str(self.text_tower_file()), "CPU", self.config).create_infer_request()
+
+            def run(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+                out = tower.infer({"tokens": tokens})
+                return np.array(out["states"], copy=True), np.array(out["eot"], copy=True)
+
+            self.captions = CaptionStates(run)
 
     def _request(self, batch: int):
         request = self.requests.get(None) or self.requests.get(batch)

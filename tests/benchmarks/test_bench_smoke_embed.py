@@ -37,3 +37,21 @@ def test_bench_embed_deploy_smoke_puts_onnxruntime_and_openvino_beside_pytorch(t
     for row in rows.values():  # the rate against the fp32 matmul peak of the same run
         assert row["gflops"] > 0 and row["peak_fp32_gflops"] > 0
         assert row["of_peak"] == pytest.approx(row["gflops"] / row["peak_fp32_gflops"])
+
+
+def test_bench_embed_deploy_smoke_prices_the_captions(tmp_path):
+    argv = ["--deploy", "--smoke", "--device", "cpu", "--backends", "pytorch", "onnxruntime",
+            "--inputs", "image", "captions-cached", "--results-dir", str(tmp_path)]
+    assert bench_embed.main(argv) == 0
+    rows = json.loads((tmp_path / f"{device_slug('cpu')}.json").read_text())["embed-deploy-captions-smoke"]["rows"]
+    cases = {(r["backend"], r["input"], r["batch"]): r for r in rows}
+    assert set(cases) == {(b, i, n) for b in ("pytorch", "onnxruntime") for i in ("image", "captions-cached")
+                          for n in (1, 32)}
+    for (backend, input, batch), row in cases.items():
+        assert row["status"] == "ok"
+        if input == "image":
+            assert "captions_cost" not in row
+        else:  # the full feature does more work than the image alone: the captions cost time
+            image = cases[backend, "image", batch]
+            assert row["captions_cost"] == pytest.approx(image["img_per_s"] / row["img_per_s"] - 1)
+            assert row["gflops"] / row["img_per_s"] > image["gflops"] / image["img_per_s"]  # FLOP per image
