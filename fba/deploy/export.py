@@ -369,6 +369,8 @@ def run(args: argparse.Namespace) -> int:
                                  options["input_dtype"], args.device, options["input_norm"], name, caption_input)
     meta = read_metadata(path)
     extra = write_consumer_files(args.target, path, meta)
+    if caption_input == "states":
+        extra += f"; the text tower {meta['text_tower']} beside it"
     print(f"wrote {path} ({options['format']}, {meta['feature']} feature, {meta['feature_dim']} dims, inputs "
           f"{', '.join(meta['inputs'])}, {meta['image_dtype']} {meta['input_norm']}"
           f"{', int8 from ' + str(len(calibration)) + ' calibration images' if quantized else ''}) in "
