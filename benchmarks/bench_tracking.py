@@ -1,5 +1,5 @@
-"""Does the fba model help a tracker? boxmot's BoT-SORT on synthetic sequences, motion only and with the fba
-export as its ReID model, scored by ID switches and IDF1 (motmetrics).
+"""Does the fba model help a tracker? boxmot's BoT-SORT, Deep OC-SORT and StrongSORT on synthetic sequences,
+motion only and with the fba export as their ReID model, scored by ID switches and IDF1 (motmetrics).
 
     make setup-tracker     # .venv-tracker: boxmot and motmetrics (they need NumPy 2; fba serve NumPy 1)
     .venv-tracker/bin/python -m benchmarks.bench_tracking --model runs/demo/train/model.pt

@@ -49,7 +49,8 @@ def _shutting_down(raise_it):
     threads (the resource sharer, queue feeders) drop the errors of workers stopped under them instead of printing
     tracebacks after the command's one line; then ``raise_it`` unwinds the command. Some places drop an exception
     raised in them, so a signal that lands there would be lost and the command would run on: Python ignores one in
-    a ``__del__`` or a finaliser ("Exception ignored in ..."), and an extension module's C initialisation may clear
+    a ``__del__``, a finaliser or importlib's module-lock weakref callback ("Exception ignored in ..."; seen for
+    SIGTERM at the start of ``fba embed``), and an extension module's C initialisation may clear
     it (torch's does, around its NumPy import: SIGINT 0.4 s into ``import torch`` was lost and ``fba embed`` ran
     to the end). There the signal is sent again a moment later instead."""
     def handler(signum: int, frame) -> None:
@@ -65,13 +66,16 @@ def _shutting_down(raise_it):
 
 
 def _drops_exceptions(frame) -> bool:
-    """Whether ``frame`` runs inside a finaliser or an extension module's initialisation."""
+    """Whether ``frame`` runs inside a finaliser, importlib's module-lock callback or an extension module's
+    initialisation."""
     while frame is not None:
         code = frame.f_code
         if code.co_name == "__del__" or code.co_filename.endswith("weakref.py"):
             return True
         if code.co_name == "create_module" and "_bootstrap_external" in code.co_filename:
             return True
+        if code.co_name == "cb" and code.co_filename == "<frozen importlib._bootstrap>":
+            return True  # the weakref callback that drops a module's import lock
         frame = frame.f_back
     return False
 

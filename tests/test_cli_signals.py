@@ -16,6 +16,9 @@ EXTENSION_INIT = compile("def create_module(work):\n    return work()\n", "<froz
                          "exec")
 
 
+LOCK_CALLBACK = compile("def cb(work):\n    return work()\n", "<frozen importlib._bootstrap>", "exec")
+
+
 def _as_extension_init():
     namespace: dict = {}
     exec(EXTENSION_INIT, namespace)
@@ -31,6 +34,9 @@ def test_frames_that_drop_exceptions_are_recognised():
 
     seen: list[bool] = []
     assert create_module(lambda: cli._drops_exceptions(sys._getframe()))
+    namespace: dict = {}
+    exec(LOCK_CALLBACK, namespace)  # the shape of importlib's _get_module_lock callback, which Python calls as a
+    assert namespace["cb"](lambda: cli._drops_exceptions(sys._getframe()))  # weakref callback: exceptions dropped
     Finalised()
     assert seen == [True]
     assert not cli._drops_exceptions(sys._getframe())

@@ -53,7 +53,7 @@ def test_literal_choices_are_the_implementations():
     from fba.apps.demo import DEMO_CONFIG
     from fba.deploy.export import FORMATS
     from fba.deploy.targets import DEFAULTS, TARGETS
-    from fba.deploy.graph import FEATURES, INPUT_DTYPES, INPUT_NORMS
+    from fba.deploy.graph import CAPTION_INPUTS, FEATURES, INPUT_DTYPES, INPUT_NORMS
     from fba.retrieval.metrics import DISTANCES
     from fba.serve.model import FEATURES as SERVED_FEATURES, SERVE_BACKENDS
     from fba.serve.repository import Batching
@@ -75,6 +75,7 @@ def test_literal_choices_are_the_implementations():
     assert tuple(exporting["feature"].choices) == tuple(FEATURES)
     assert list(exporting["input_dtype"].choices) == list(INPUT_DTYPES)
     assert tuple(exporting["input_norm"].choices) == tuple(INPUT_NORMS)
+    assert tuple(exporting["caption_input"].choices) == CAPTION_INPUTS
     assert list(exporting["target"].choices) == list(TARGETS)
     assert all(exporting[key].default is None for key in DEFAULTS)  # None: not given, so a --target may set it
     serving = options(serve)

@@ -39,11 +39,13 @@ def run(args: argparse.Namespace) -> int:
         if args.sequence:
             from fba.data.synthetic.sequence import write_sequence
 
-            summary = write_sequence(args.out, args.frames, args.people, args.seed, args.height or 360,
-                                     args.width or 640, args.min_visible, args.overwrite)
+            summary = write_sequence(args.out, args.frames, args.people, args.seed,
+                                     360 if args.height is None else args.height,
+                                     640 if args.width is None else args.width, args.min_visible, args.overwrite)
         else:
             summary = generate(args.out, ids=args.ids, cams=args.cams, seed=args.seed, occluded=args.occluded,
-                               per_camera=args.per_camera, height=args.height or 128, width=args.width or 64,
+                               per_camera=args.per_camera, height=128 if args.height is None else args.height,
+                               width=64 if args.width is None else args.width,
                                distractors=args.distractors, workers=args.workers, overwrite=args.overwrite,
                                caption_noise=args.caption_noise)
     except SynthError as err:

@@ -250,14 +250,16 @@ def export_model_file(
 
 def resolve_model_file(path: Path, fmt: str | None = None) -> Path:
     """``path`` itself, or the export inside the folder ``path``: ``model.onnx`` / ``model.pt2`` if there, else
-    the one ``.onnx`` / ``.pt2`` file it holds (several: the caller names one)."""
+    the one ``.onnx`` / ``.pt2`` file it holds (several: the caller names one; a states export's text tower
+    beside it does not count)."""
     path = Path(path)
     if path.is_dir():
         suffixes = [SUFFIXES[fmt]] if fmt else list(SUFFIXES.values())
         default = [path / FORMATS[f] for f in ([fmt] if fmt else FORMATS) if (path / FORMATS[f]).is_file()]
         if default:
             return default[0]
-        found = sorted(p for p in path.iterdir() if p.suffix in suffixes and p.is_file())
+        found = sorted(p for p in path.iterdir()
+                       if p.suffix in suffixes and p.is_file() and p.name != TEXT_TOWER_FILE)
         if len(found) > 1:
             raise ExportFileError(f"{path}: {len(found)} exported models in this folder "
                                   f"({', '.join(p.name for p in found)}); give the file")

@@ -29,7 +29,7 @@ TARGETS = {
 DEFAULTS = {"format": "onnx", "feature": "image", "input_dtype": "uint8", "input_norm": "none"}
 BOXMOT_MODEL_NAME = "fba_reid"  # not a boxmot backbone: boxmot takes the architecture from this sidecar
 BOXMOT_FILE = "fba-reid-{height}x{width}.onnx"  # a name holding none of boxmot's backbone names
-TRITON_MODEL_NAME = "fba_reid"  # fba serve's model name
+TRITON_MODEL_NAME = "fba_reid"  # also fba serve's model name
 TRITON_MAX_BATCH = 32
 TRITON_QUEUE_DELAY_US = 500
 
@@ -107,7 +107,7 @@ def triton_onnx_config(name: str, meta: dict, max_batch: int = TRITON_MAX_BATCH,
                        queue_delay_us: int = TRITON_QUEUE_DELAY_US) -> str:
     """config.pbtxt of the export on Triton's onnxruntime backend: the graph's inputs and output without the
     batch axis (Triton owns it: ``max_batch_size > 0``), the dynamic batcher, and the export's contract in
-    ``parameters`` (``fba_contract``, what ``GET /v2/models/<name>/config`` shows, as for ``fba serve``).
+    ``parameters.fba_contract`` (what ``GET /v2/models/<name>/config`` shows; where ``fba serve`` puts its own).
     No ``instance_group``: Triton puts one instance on each GPU, or on the CPU where there is none."""
     height, width = meta["image_size"]
     inputs = [f'{{ name: "images" data_type: TYPE_UINT8 dims: [ 3, {height}, {width} ] }}']

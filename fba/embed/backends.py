@@ -84,10 +84,20 @@ class ExportedModel:
         return self.metadata.get("caption_input") == "states"
 
     def text_tower_file(self) -> Path:
+        """The tower file beside a states export, checked to be this export's: the text tower of the same
+        checkpoint, giving states of the width the graph takes (another model's tower would run and give wrong
+        features)."""
         tower = self.path.with_name(self.metadata["text_tower"])
         if not tower.is_file():
             raise ExportFileError(f"{self.path}: takes the captions as text-tower states, but the tower "
                                   f"{tower.name} is not beside it (fba export --caption-input states writes both)")
+        meta = read_metadata(tower)
+        if meta.get("role") != "text_tower":
+            raise ExportFileError(f"{tower}: not a text tower export (fba export --caption-input states writes one)")
+        for key in ("checkpoint_sha256", "text_width", "text_length"):
+            if meta.get(key) != self.metadata.get(key):
+                raise ExportFileError(f"{tower}: the text tower of another model ({key} {meta.get(key)} against "
+                                      f"{self.path.name}'s {self.metadata.get(key)}); export both again together")
         return tower
 
     @property
@@ -148,7 +158,12 @@ class OnnxRuntimeModel(ExportedModel):
         self.names = [i.name for i in self.session.get_inputs()]
         self._check_graph()
         if self.takes_states:
-            tower = ort.InferenceSession(str(self.text_tower_file()), options, providers=chosen)
+            tower_file = self.text_tower_file()
+            try:
+                tower = ort.InferenceSession(str(tower_file), options, providers=chosen)
+            except Exception as err:
+                reason = str(err).splitlines()[0][:300]
+                raise ExportFileError(f"{tower_file}: onnxruntime cannot load it ({reason})") from err
             self.captions = CaptionStates(lambda tokens: tower.run(["states", "eot"], {"tokens": tokens}))
 
     def _check_graph(self) -> None:
@@ -212,7 +227,11 @@ class OpenVinoModel(ExportedModel):
             if "dynamic dimension" not in str(err):
                 raise ExportFileError(f"{path}: OpenVINO cannot compile it ({_first_line(err)})") from err
         if self.takes_states:
-            tower = self.core.compile_model(str(self.text_tower_file()), "CPU", self.config).create_infer_request()
+            tower_file = self.text_tower_file()
+            try:
+                tower = self.core.compile_model(str(tower_file), "CPU", self.config).create_infer_request()
+            except Exception as err:
+                raise ExportFileError(f"{tower_file}: OpenVINO cannot load it ({_first_line(err)})") from err
 
             def run(tokens: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
                 out = tower.infer({"tokens": tokens})

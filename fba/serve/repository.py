@@ -14,9 +14,9 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from fba.deploy.targets import TRITON_MODEL_NAME as MODEL_NAME  # one name, on either Triton backend
 from fba.serve.model import ServeSpec
 
-MODEL_NAME = "fba_reid"
 MODEL_PY = "from fba.serve.triton_model import TritonPythonModel  # noqa: F401  (Triton's Python backend loads it)\n"
 
 

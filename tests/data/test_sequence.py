@@ -104,3 +104,12 @@ def test_a_malformed_mot_file_is_named_with_its_line(tmp_path):
     path.write_text("1,1,0,0,10,20,1,1,1\n2,1,zero,0,10,20,1,1,1\n")
     with pytest.raises(SynthError, match=r"gt\.txt:2: not a MOTChallenge row"):
         read_mot(path)
+
+
+def test_overwrite_leaves_no_frame_of_the_earlier_sequence(tmp_path):
+    out = tmp_path / "s"
+    base = ["synth", "--sequence", "--out", str(out), "--people", "2", "--height", "120", "--width", "160"]
+    assert main([*base, "--frames", "6"]) == 0
+    assert main([*base, "--frames", "3"]) == 2  # a non-empty folder needs --overwrite
+    assert main([*base, "--frames", "3", "--overwrite"]) == 0
+    assert sorted(p.name for p in (out / "img1").iterdir()) == ["000001.jpg", "000002.jpg", "000003.jpg"]

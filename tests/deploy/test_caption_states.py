@@ -68,8 +68,11 @@ def test_the_cache_is_bounded_and_keeps_the_recent_captions():
     assert calls == [2, 1]
     cache(torch.tensor([[3, 4]]))
     assert calls == [2, 1, 1]
-    cache(torch.tensor([[7, 8], [9, 10], [11, 12]]))  # one call larger than the cache still answers it whole
-    assert calls[-1] == 3
+    states, eot = cache(torch.tensor([[7, 8], [9, 10], [11, 12]]))  # larger than the cache: answered whole
+    assert calls[-1] == 3 and eot.tolist() == [7, 9, 11] and states[:, :, 0].tolist() == [[7, 8], [9, 10], [11, 12]]
+    assert len(cache.cache) == 3  # this call's captions are kept until the next one needs room
+    cache(torch.tensor([[1, 2]]))
+    assert len(cache.cache) == 2 and calls[-1] == 1
 
 
 def test_a_states_export_without_its_tower_is_one_error(states_export, tmp_path):
@@ -77,6 +80,29 @@ def test_a_states_export_without_its_tower_is_one_error(states_export, tmp_path)
     alone.write_bytes(states_export.read_bytes())
     with pytest.raises(InputError, match=r"the tower model-text.onnx is not beside it"):
         OnnxRuntimeModel(alone)
+
+
+def test_a_tower_of_another_model_or_no_tower_at_all_is_refused(states_export, tmp_path):
+    """Another checkpoint's tower would run and give wrong features; a corrupt one, onnxruntime's traceback."""
+    from fba.deploy.export import TEXT_TOWER_FILE, export_text_tower
+    from fba.model.model_file import load_model
+    from _deploy_models import make_checkpoint
+
+    other = make_checkpoint(tmp_path / "other.pt", seed=1)
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / states_export.name).write_bytes(states_export.read_bytes())
+    model, _ = load_model(other)
+    export_text_tower(model, folder / TEXT_TOWER_FILE, other)
+    with pytest.raises(InputError, match=r"the text tower of another model \(checkpoint_sha256"):
+        OnnxRuntimeModel(folder / states_export.name)
+    (folder / TEXT_TOWER_FILE).write_bytes(b"not onnx")
+    with pytest.raises(InputError, match=r"model-text.onnx"):
+        OnnxRuntimeModel(folder / states_export.name)
+
+
+def test_the_folder_of_a_states_export_is_the_model(states_export):
+    assert OnnxRuntimeModel(states_export.parent).path == states_export  # the tower beside it is not a second model
 
 
 @pytest.mark.parametrize("extra,message", [

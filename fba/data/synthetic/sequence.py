@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import io
 import math
+import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,7 +215,8 @@ def write_sequence(out: str | Path, frames: int = 300, people: int = 10, seed: i
     walkers = plan_walkers(rng, people, frames, width)
     furniture = plan_furniture(rng)
     for folder in ("img1", "gt", "det"):
-        (out / folder).mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(out / folder, ignore_errors=True)  # --overwrite: no frame of a longer earlier sequence stays
+        (out / folder).mkdir(parents=True)
     gt, det = [], []
     seen: dict[int, int] = {}
     gaps = 0
