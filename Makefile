@@ -9,14 +9,22 @@ PYTEST_ARGS ?=
 
 setup: $(STAMP)
 
-$(STAMP): setup.py requirements.txt pyproject.toml $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h)
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(PY) -m pip install -q pybind11 setuptools wheel
-	$(PY) -m pip install -q --no-build-isolation -e ".[openvino,serve]"
-	$(PY) -c "import fba, fba.kernels, fba._C"
-	touch $(STAMP)
+SOURCES := setup.py requirements.txt pyproject.toml $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h)
+comma := ,
+
+# An environment with fba installed editable: $(1) its folder, $(2) the extras, $(3) the modules it must import.
+define install_venv
+	test -x $(1)/bin/python || $(PYTHON) -m venv $(1)
+	$(1)/bin/python -m pip install -q --upgrade pip
+	$(1)/bin/python -m pip install -q torch==2.14.1 torchvision==0.29.1
+	$(1)/bin/python -m pip install -q pybind11 setuptools wheel
+	$(1)/bin/python -m pip install -q --no-build-isolation -e ".[$(2)]"
+	$(1)/bin/python -c "import $(3)"
+	touch $(1)/.installed
+endef
+
+$(STAMP): $(SOURCES)
+	$(call install_venv,$(VENV),openvino$(comma)serve,fba$(comma) fba.kernels$(comma) fba._C)
 
 # boxmot needs NumPy 2 and fba serve's Triton backend NumPy 1, so the tracker extra has its own environment:
 # .venv-tracker, for boxmot's tests of an export and the tracking benchmark (docs/deployment.md).
@@ -26,14 +34,8 @@ TRACKER_STAMP := $(TRACKER_VENV)/.installed
 
 setup-tracker: $(TRACKER_STAMP)
 
-$(TRACKER_STAMP): setup.py requirements.txt pyproject.toml $(wildcard csrc/cpu/*.cpp csrc/cpu/*.h)
-	test -x $(TRACKER_PY) || $(PYTHON) -m venv $(TRACKER_VENV)
-	$(TRACKER_PY) -m pip install -q --upgrade pip
-	$(TRACKER_PY) -m pip install -q torch==2.14.1 torchvision==0.29.1
-	$(TRACKER_PY) -m pip install -q pybind11 setuptools wheel
-	$(TRACKER_PY) -m pip install -q --no-build-isolation -e ".[tracker]"
-	$(TRACKER_PY) -c "import fba, fba._C, boxmot, motmetrics"
-	touch $(TRACKER_STAMP)
+$(TRACKER_STAMP): $(SOURCES)
+	$(call install_venv,$(TRACKER_VENV),tracker,fba$(comma) fba._C$(comma) boxmot$(comma) motmetrics)
 
 # boxmot's own tests of an export (skipped in make test, whose environment has no boxmot)
 test-tracker: $(TRACKER_STAMP)

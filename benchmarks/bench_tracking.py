@@ -80,7 +80,7 @@ def frames_of(sequence: Path):
     detections = read_mot(sequence / "det" / "det.txt")
     for path in sorted((sequence / "img1").glob("*.jpg")):
         frame = int(path.stem)
-        rows = detections.get(frame, np.zeros((0, 6), np.float32))
+        rows = detections.get(frame, np.zeros((0, 7), np.float32))
         dets = np.concatenate([rows[:, 1:6], np.zeros((len(rows), 1), np.float32)], axis=1)
         yield frame, cv2.imread(str(path)), dets
 
@@ -94,10 +94,9 @@ def distance_distributions(weights: Path, sequence: Path) -> tuple[np.ndarray, n
 
     reid = ReID(weights=weights, device="cpu")
     truth = read_mot(sequence / "gt" / "gt.txt")
-    visibility = _visibility(sequence / "gt" / "gt.txt")
     features, pids, frames = [], [], []
     for frame, rows in sorted(truth.items()):
-        keep = [i for i, row in enumerate(rows) if visibility[(frame, int(row[0]))] >= MIN_VISIBLE_CALIBRATION]
+        keep = [i for i, row in enumerate(rows) if row[6] >= MIN_VISIBLE_CALIBRATION]
         if not keep:
             continue
         image = cv2.imread(str(sequence / "img1" / f"{frame:06d}.jpg"))
@@ -166,11 +165,6 @@ def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
-def _visibility(path: Path) -> dict[tuple[int, int], float]:
-    rows = (line.split(",") for line in path.read_text().splitlines() if line.strip())
-    return {(int(r[0]), int(r[1])): float(r[8]) for r in rows}
-
-
 def calibrated_threshold(same: np.ndarray, other: np.ndarray) -> tuple[float, float, float]:
     """The distance minimising (same-person pairs refused + other-person pairs accepted), with both rates."""
     candidates = np.unique(np.concatenate([same, other]).round(4))
@@ -209,7 +203,7 @@ def track(sequence: Path, make_tracker):
         tracks = tracker.update(dets, image)
         seconds += time.perf_counter() - start
         count += 1
-        gt = truth.get(frame, np.zeros((0, 6), np.float32))
+        gt = truth.get(frame, np.zeros((0, 7), np.float32))
         hyp = np.asarray(tracks, np.float32).reshape(-1, tracks.shape[1] if len(tracks) else 8)
         accumulator.update(gt[:, 0].astype(int).tolist(), hyp[:, 4].astype(int).tolist(),
                            iou_distance(gt[:, 1:5], hyp[:, :4]))

@@ -35,7 +35,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.common import EmbedShape, build_bench_model, matmul_peak_tflops, percentile
-from fba.data.transforms import CLIP_MEAN, CLIP_STD
+from fba.data.transforms import ClipNormalise
 from fba.deploy.export import (
     TEXT_TOWER_FILE, export_aoti, export_metadata, export_onnx, export_program, export_text_tower,
 )
@@ -68,8 +68,7 @@ def prepare(
     OpenVINO: the states export, whose backend caches each caption's tower output)."""
     if backend == "pytorch":
         embedder = Embedder(model, device, torch.float32)
-        mean, std = torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), torch.tensor(CLIP_STD).view(1, 3, 1, 1)
-        normalise = lambda images: (images.float() / 255 - mean) / std  # noqa: E731
+        normalise = ClipNormalise()
         if input == "image":
             return lambda images, fg, bg: embedder.embed(normalise(images))
         if input == "captions":

@@ -117,9 +117,10 @@ class ExportedModel:
             if fg_tokens is None or bg_tokens is None:
                 raise ValueError(f"{self.path} takes the full feature's inputs: images, fg_tokens and bg_tokens")
             fg, bg = torch.as_tensor(fg_tokens, dtype=torch.int64), torch.as_tensor(bg_tokens, dtype=torch.int64)
-            if self.takes_states:
-                (fg_states, bg_states), (fg_eot, bg_eot) = zip(self.captions(fg), self.captions(bg))
-                return tensors + [fg_states, fg_eot, bg_states, bg_eot]
+            if self.takes_states:  # one pass of the tower for both captions' new rows
+                states, eot = self.captions(torch.cat([fg, bg]))
+                n = len(fg)
+                return tensors + [states[:n], eot[:n], states[n:], eot[n:]]
             tensors += [fg, bg]
         return tensors
 

@@ -67,12 +67,18 @@ def _check_arguments(out: Path, ids: int, cams: int, per_camera: int, height: in
         problems.append(f"distractors must be >= 0, got {distractors}")
     if workers < 1:
         problems.append(f"workers must be >= 1, got {workers}")
-    if out.exists() and not out.is_dir():
-        problems.append(f"output {out} exists and is not a directory")
-    elif out.is_dir() and any(out.iterdir()) and not overwrite:
-        problems.append(f"output directory {out} exists and is not empty (pass --overwrite to replace it)")
+    problems += output_problems(out, overwrite)
     if problems:
         raise SynthError("fba synth: " + "; ".join(problems))
+
+
+def output_problems(out: Path, overwrite: bool) -> list[str]:
+    """What stops ``fba synth`` writing into ``out``: a file there, or a non-empty folder without ``overwrite``."""
+    if out.exists() and not out.is_dir():
+        return [f"output {out} exists and is not a directory"]
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        return [f"output directory {out} exists and is not empty (pass --overwrite to replace it)"]
+    return []
 
 
 def _rendered(jobs: list[Job], seed: int, height: int, width: int, workers: int) -> Iterator[tuple[str, bytes, dict]]:

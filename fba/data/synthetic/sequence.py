@@ -30,6 +30,7 @@ from fba.utils.atomic import atomic_write_bytes
 
 from .attributes import CASTS, COLOURS, LIGHTS, SynthError, sample_cameras, sample_people
 from .drawing import JPEG_QUALITY, SUPERSAMPLE, camera_background, draw_person
+from .generator import output_problems
 
 FRAME_RATE = 30
 DETECTION_JITTER = 0.03  # box edges move by up to 3% of the box size, as a person detector's do
@@ -203,10 +204,7 @@ def write_sequence(out: str | Path, frames: int = 300, people: int = 10, seed: i
         problems.append(f"frame size must be at least 120x160 (HxW), got {height}x{width}")
     if not 0 < min_visible <= 1:
         problems.append(f"min-visible must be in (0, 1], got {min_visible}")
-    if out.exists() and not out.is_dir():
-        problems.append(f"output {out} exists and is not a directory")
-    elif out.is_dir() and any(out.iterdir()) and not overwrite:
-        problems.append(f"output directory {out} exists and is not empty (pass --overwrite to replace it)")
+    problems += output_problems(out, overwrite)
     if problems:
         raise SynthError("fba synth --sequence: " + "; ".join(problems))
 
@@ -249,15 +247,18 @@ def write_sequence(out: str | Path, frames: int = 300, people: int = 10, seed: i
 
 
 def read_mot(path: str | Path) -> dict[int, np.ndarray]:
-    """A MOTChallenge ``gt.txt``/``det.txt``/tracker result as {frame: rows [id, x1, y1, x2, y2, score]}."""
+    """A MOTChallenge ``gt.txt``/``det.txt``/tracker result as {frame: rows [id, x1, y1, x2, y2, score,
+    visibility]} (visibility 1 where a row has none)."""
     path = Path(path)
     rows: dict[int, list[list[float]]] = {}
     for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:
-            frame, pid, x, y, w, h, score = (float(v) for v in line.split(",")[:7])
+            fields = line.split(",")
+            frame, pid, x, y, w, h, score = (float(v) for v in fields[:7])
+            visibility = float(fields[8]) if len(fields) > 8 else 1.0
         except ValueError as err:
             raise SynthError(f"{path}:{number}: not a MOTChallenge row (frame,id,x,y,w,h,score,...): {err}") from None
-        rows.setdefault(int(frame), []).append([pid, x, y, x + w, y + h, score])
+        rows.setdefault(int(frame), []).append([pid, x, y, x + w, y + h, score, visibility])
     return {frame: np.array(r, np.float32) for frame, r in rows.items()}
