@@ -47,12 +47,12 @@ def _raise_terminated(signum: int, frame) -> None:
 def _shutting_down(raise_it):
     """A handler for a process that is the command: it is shutting down from here on, so multiprocessing's helper
     threads (the resource sharer, queue feeders) drop the errors of workers stopped under them instead of printing
-    tracebacks after the command's one line; then ``raise_it`` unwinds the command. Some places drop an exception
-    raised in them, so a signal that lands there would be lost and the command would run on: Python ignores one in
-    a ``__del__``, a finaliser or importlib's module-lock weakref callback ("Exception ignored in ..."; seen for
-    SIGTERM at the start of ``fba embed``), and an extension module's C initialisation may clear
-    it (torch's does, around its NumPy import: SIGINT 0.4 s into ``import torch`` was lost and ``fba embed`` ran
-    to the end). There the signal is sent again a moment later instead."""
+    tracebacks after the command's one line; then ``raise_it`` unwinds the command. Some places cannot take an
+    exception: Python drops one raised in a ``__del__`` or a finaliser ("Exception ignored in ..."), and an
+    extension module's C++ initialisation may clear it or abort on it (a SIGINT landing in Python code that
+    ``torch._C._autograd_init()`` calls back during ``import torch`` ended ``fba eval`` in pybind11's
+    ``terminate``, exit -6). A signal that lands there, or anywhere inside an import, is sent again a moment later
+    instead, so it unwinds the command once the import is done (a second or two at most)."""
     def handler(signum: int, frame) -> None:
         util = sys.modules.get("multiprocessing.util")  # not imported yet: no helper thread runs either
         if util is not None:
@@ -66,16 +66,13 @@ def _shutting_down(raise_it):
 
 
 def _drops_exceptions(frame) -> bool:
-    """Whether ``frame`` runs inside a finaliser, importlib's module-lock callback or an extension module's
-    initialisation."""
+    """Whether ``frame`` runs inside a finaliser or an import (extension modules' initialisation included)."""
     while frame is not None:
         code = frame.f_code
         if code.co_name == "__del__" or code.co_filename.endswith("weakref.py"):
             return True
-        if code.co_name == "create_module" and "_bootstrap_external" in code.co_filename:
-            return True
-        if code.co_name == "cb" and code.co_filename == "<frozen importlib._bootstrap>":
-            return True  # the weakref callback that drops a module's import lock
+        if code.co_filename == "<frozen importlib._bootstrap>" and code.co_name in ("_find_and_load", "cb"):
+            return True  # an import under way, or the weakref callback that drops a module's import lock
         frame = frame.f_back
     return False
 
