@@ -71,6 +71,16 @@ def _command(embed_job: dict, command: str, out: Path, request) -> list[str]:
             "--max-new-tokens-bg", "5", "--device", "cpu"]
 
 
+def _ranks(processes: list[psutil.Process], launcher: int) -> list[psutil.Process]:
+    """The ranks among ``processes``: the launcher's children with a RANK (their DataLoader workers inherit it)."""
+    ranks = []
+    for p in processes:
+        with contextlib.suppress(psutil.Error):
+            if p.ppid() == launcher and "RANK" in p.environ():
+                ranks.append(p)
+    return ranks
+
+
 def _wait_for_work(proc: subprocess.Popen, command: str, out: Path) -> list[int]:
     """Wait until the command is mid-run: its DataLoader workers started, or (captions) its first line written.
     Returns the pids of its children."""
@@ -194,8 +204,10 @@ def test_a_sharded_embed_leaves_no_process_of_the_run(embed_job, tmp_path, momen
     try:
         deadline = time.monotonic() + 180
         if moment == "start-up":
-            time.sleep(1.0)  # torchrun is starting its ranks, which are importing
-            look()
+            # once both ranks are started, while they import: before that torchrun imports torch itself, where a
+            # SIGINT is lost (the run went on and exited 0)
+            while len(_ranks(look(), proc.pid)) < 2 and proc.poll() is None and time.monotonic() < deadline:
+                time.sleep(0.02)
             proc.send_signal(signum)
         elif moment == "mid-run":
             while len(look()) < 6 and proc.poll() is None and time.monotonic() < deadline:  # 2 ranks, 2 workers each
@@ -204,7 +216,7 @@ def test_a_sharded_embed_leaves_no_process_of_the_run(embed_job, tmp_path, momen
             if target == "torchrun":
                 proc.send_signal(signum)
             else:
-                next(p for p in look() if p.ppid() == proc.pid and p.environ().get("RANK") == "1").send_signal(signum)
+                next(p for p in _ranks(look(), proc.pid) if p.environ().get("RANK") == "1").send_signal(signum)
         while proc.poll() is None and time.monotonic() < deadline:
             look()
             time.sleep(0.05)
