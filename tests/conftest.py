@@ -1,4 +1,6 @@
-"""Shared test fixtures: a tiny Market-1501 tree; and the Triton interpreter on machines without a GPU.
+"""Shared test fixtures: a tiny Market-1501 tree; one tiny checkpoint, its crops and its exports for the whole
+session (export, embed, serve and the benchmarks' tests share them: each export is made once, ONNX takes seconds,
+AOTI tens of seconds); and the Triton interpreter on machines without a GPU.
 
 ``triton.jit`` picks interpreter or compiler when a function is defined (Triton's own library included), so
 ``TRITON_INTERPRET=1`` is set here, when pytest loads this file, before any test module can import Triton
@@ -15,7 +17,22 @@ import torch
 if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
+from _deploy_models import make_checkpoint, make_crop_folder
 from image_trees import make_market_tree
+
+
+SHARING_EXPORTS = ("deploy", "serve")  # the folders whose tests use the session's checkpoint and exports
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Under ``pytest -n 2 --dist loadgroup`` (``make test``) each test file runs whole on one worker (its module
+    fixtures are made once), and the files that share the session's exports on the same worker, which then makes
+    each export once."""
+    tests = Path(__file__).parent
+    for item in items:
+        path = item.path.relative_to(tests)
+        group = path.parts[0] if path.parts[0] in SHARING_EXPORTS else path.as_posix()
+        item.add_marker(pytest.mark.xdist_group("exports" if group in SHARING_EXPORTS else group))
 
 
 @pytest.fixture
@@ -46,3 +63,32 @@ def cli_error(capsys):
         return line
 
     return run
+
+
+@pytest.fixture(scope="session")
+def checkpoint(tmp_path_factory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("deploy") / "model.pt")
+
+
+@pytest.fixture(scope="session")
+def exported(checkpoint, tmp_path_factory):
+    """``exported(fmt, feature)`` -> the export folder, written once through ``fba export``; tests only read it."""
+    from fba.cli import main
+
+    made: dict[tuple[str, str], Path] = {}
+
+    def get(fmt: str, feature: str) -> Path:
+        if (fmt, feature) not in made:
+            out = tmp_path_factory.mktemp(f"{fmt}-{feature}")
+            assert main(["export", "--checkpoint", str(checkpoint), "--format", fmt, "--out", str(out),
+                         "--feature", feature]) == 0
+            made[fmt, feature] = out
+        return made[fmt, feature]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def image_folder(tmp_path_factory) -> Path:
+    """Crops of the synthetic people, with captions.jsonl beside them."""
+    return make_crop_folder(tmp_path_factory.mktemp("crops"))

@@ -59,14 +59,12 @@ def test_image_only_asked_of_a_full_export_is_refused(exported, image_folder, tm
 
 
 @pytest.mark.slow
-def test_full_feature_backends_write_the_pytorch_file(checkpoint, exported, image_folder, tmp_path):
+def test_onnxruntime_full_feature_writes_the_pytorch_file(checkpoint, exported, image_folder, tmp_path):
     captions = ["--captions", str(image_folder / "captions.jsonl")]
     want = embed(tmp_path, "pt", checkpoint, image_folder, *captions)
-    for fmt, backend in (("onnx", "onnxruntime"), ("aoti", "aoti")):
-        got = embed(tmp_path, backend, exported(fmt, "full"), image_folder, "--backend", backend, *captions,
-                    *(["--trust-native-code"] if backend == "aoti" else []))
-        assert_same_file(got, want)
-        assert got.features.shape == (11, 3 * 128)
+    got = embed(tmp_path, "ort", exported("onnx", "full"), image_folder, "--backend", "onnxruntime", *captions)
+    assert_same_file(got, want)
+    assert got.features.shape == (11, 3 * 128)
 
 
 @pytest.mark.slow

@@ -3,6 +3,7 @@ the patch embedding) and ``--target boxmot|deepstream`` (docs/deployment.md, "Tr
 from __future__ import annotations
 
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -84,10 +85,13 @@ def test_fba_embed_runs_a_tracker_export_with_the_same_features(checkpoint, boxm
     assert_exact(got, torch.from_numpy(want), "fba embed of the boxmot export")
 
 
-def test_exports_into_one_folder_never_overwrite_each_other(checkpoint, tmp_path, capsys):
+def test_exports_into_one_folder_never_overwrite_each_other(checkpoint, exported, tmp_path, capsys):
     out = tmp_path / "deploy"
-    for extra in ([], ["--feature", "full"], ["--input-norm", "imagenet"], ["--target", "boxmot"],
-                  ["--target", "deepstream"]):
+    out.mkdir()
+    for feature in ("image", "full"):  # the session's plain exports, each written by fba export into its own folder
+        for made in exported("onnx", feature).iterdir():
+            shutil.copy(made, out)
+    for extra in (["--input-norm", "imagenet"], ["--target", "boxmot"], ["--target", "deepstream"]):
         assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), *extra]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["fba-reid-64x32.onnx", "fba-reid-64x32.onnx.metadata.json", "model-float32.nvtracker-reid.yml",

@@ -10,7 +10,6 @@ import pytest
 import torch
 from PIL import Image
 
-from _deploy_models import make_checkpoint, make_crop_folder
 from fba.cli import main
 from fba.data.transforms import build_eval_uint8_transform, read_image
 from fba.model.text import tokenize
@@ -93,12 +92,8 @@ def test_a_caption_of_75_tokens_fits_and_76_does_not():
 
 
 @pytest.fixture(scope="module")
-def served_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("served")
-    checkpoint = make_checkpoint(root / "model.pt")
-    crops = make_crop_folder(root / "crops")
-    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(root / "onnx"), "--feature", "full"]) == 0
-    return checkpoint, crops, root / "onnx"
+def served_files(checkpoint, image_folder, exported):
+    return checkpoint, image_folder, exported("onnx", "full")
 
 
 def _decoded(crops) -> torch.Tensor:

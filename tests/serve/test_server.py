@@ -16,7 +16,6 @@ import numpy as np
 import psutil
 import pytest
 
-from _deploy_models import make_checkpoint, make_crop_folder
 from _processes import alive
 from _serving import fba_serve
 from fba.cli import main
@@ -34,13 +33,11 @@ MODEL = "fba_reid"
 
 
 @pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve")
-    checkpoint = make_checkpoint(root / "model.pt")
-    crops = make_crop_folder(root / "crops")
-    assert main(["embed", "--model", str(checkpoint), "--images", str(crops), "--image-only", "--num-workers", "0",
-                 "--out", str(root / "image.npz")]) == 0
-    return checkpoint, crops, load_features(root / "image.npz")
+def files(checkpoint, image_folder, tmp_path_factory):
+    out = tmp_path_factory.mktemp("serve") / "image.npz"
+    assert main(["embed", "--model", str(checkpoint), "--images", str(image_folder), "--image-only", "--num-workers",
+                 "0", "--out", str(out)]) == 0
+    return checkpoint, image_folder, load_features(out)
 
 
 @pytest.fixture(scope="module")
@@ -184,10 +181,9 @@ def test_a_full_queue_refuses_at_once_and_the_server_keeps_serving(server, files
     np.testing.assert_allclose(got, want.features[:1], atol=1e-5, rtol=0)
 
 
-def test_full_feature_from_text_or_token_ids_is_fba_embeds(files, tmp_path):
-    checkpoint, crops, _ = files
-    out = tmp_path / "onnx"
-    assert main(["export", "--checkpoint", str(checkpoint), "--out", str(out), "--feature", "full"]) == 0
+def test_full_feature_from_text_or_token_ids_is_fba_embeds(files, exported, tmp_path):
+    _, crops, _ = files
+    out = exported("onnx", "full")
     assert main(["embed", "--model", str(out), "--backend", "onnxruntime", "--images", str(crops), "--num-workers",
                  "0", "--captions", str(crops / "captions.jsonl"), "--out", str(tmp_path / "full.npz")]) == 0
     want = load_features(tmp_path / "full.npz")
