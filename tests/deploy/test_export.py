@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -60,7 +61,10 @@ def test_onnx_full_matches_pytorch(checkpoint, exported):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("feature", ["image", "full"])
+@pytest.mark.parametrize("feature", ["image", pytest.param("full", marks=pytest.mark.skipif(
+    os.environ.get("FBA_TEST_AOTI_FULL") != "1",
+    reason="compiling the text tower takes 25 s on 2 cores; FBA_TEST_AOTI_FULL=1 runs it (the full feature's "
+           "program is the one the ONNX tests check, and the AOTI loader takes the inputs the metadata names)"))])
 def test_aoti_matches_pytorch(checkpoint, exported, feature):
     check_format("aoti", feature, checkpoint, exported("aoti", feature))
 
