@@ -46,19 +46,24 @@ MODEL ?= runs/demo/train/model.pt
 bench-tracking: $(TRACKER_STAMP)
 	$(TRACKER_PY) -m benchmarks.bench_tracking --model $(MODEL)
 
-# make test: the whole suite (CI). make test-fast: without the `slow` tests, for the edit-test loop.
+# make test: the whole suite (CI). make test-fast: without the `slow` tests, for the edit-test loop. Both run on
+# TEST_WORKERS processes (pytest-xdist), each test file whole on one of them (tests/conftest.py); TEST_WORKERS=0
+# runs in this process.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup
+
 test: setup
-	$(PY) -m pytest -q $(PYTEST_ARGS)
+	$(PYTEST) $(PYTEST_ARGS)
 
 test-fast: setup
-	$(PY) -m pytest -q -m "not slow" $(PYTEST_ARGS)
+	$(PYTEST) -m "not slow" $(PYTEST_ARGS)
 
 # The whole suite as an AVX2-only CPU runs it, on any x86 machine: PyTorch's kernels, oneDNN and MKL capped at
 # AVX2, and fba.utils.precision told the CPU has no native bf16 (docs/reliability.md).
 AVX2_ENV := ATEN_CPU_CAPABILITY=avx2 ONEDNN_MAX_CPU_ISA=AVX2 MKL_ENABLE_INSTRUCTIONS=AVX2 FBA_CPU_BF16=0
 
 test-avx2: setup
-	$(AVX2_ENV) $(PY) -m pytest -q $(PYTEST_ARGS)
+	$(AVX2_ENV) $(PYTEST) $(PYTEST_ARGS)
 
 demo: setup
 	$(VENV)/bin/fba demo
