@@ -59,13 +59,14 @@ def llava_dir(tmp_path_factory) -> Path:
     return folder
 
 
-def _command(embed_job: dict, command: str, out: Path, request) -> list[str]:
+def _command(embed_job: dict, command: str, out: Path, request, batch: int = 2) -> list[str]:
+    """``batch``: 2 makes a run slow enough to be signalled from outside; a signal at the write needs no slow run."""
     if command == "embed":
         return ["embed", "--model", str(embed_job["model"]), "--images", str(embed_job["images"]), "--image-only",
-                "--out", str(out), "--device", "cpu", "--batch-size", "2", "--num-workers", "2"]
+                "--out", str(out), "--device", "cpu", "--batch-size", str(batch), "--num-workers", "2"]
     if command == "eval":
         return ["eval", "--checkpoint", str(embed_job["model"]), "-c", str(embed_job["config"]), "--device", "cpu",
-                "--save-features", str(out), "eval.feature=image"]
+                "--save-features", str(out), "eval.feature=image", f"data.eval_batch_size={batch}"]
     return ["caption", "--dataset", "synthetic", "--root", str(embed_job["root"]), "--out", str(out),
             "--no-progress", "--model", str(request.getfixturevalue("llava_dir")), "--batch-size", "1", "--max-new-tokens", "6",
             "--max-new-tokens-bg", "5", "--device", "cpu"]
@@ -140,7 +141,7 @@ CASES = [("embed", signal.SIGINT, "start-up"), ("embed", signal.SIGTERM, "start-
 def test_a_signal_at_any_moment_exits_on_one_line_and_leaves_nothing(embed_job, request, tmp_path, command, signum,
                                                                      moment):
     out = tmp_path / ("captions.jsonl" if command == "caption" else "features.safetensors")
-    args = _command(embed_job, command, out, request)
+    args = _command(embed_job, command, out, request, batch=64 if moment == "mid-write" else 2)
     if moment == "mid-write":
         args = ["-c", MID_WRITE.format(signum=int(signum), caption=command == "caption", args=args)]
     else:
