@@ -24,15 +24,17 @@ from image_trees import make_market_tree
 SHARING_EXPORTS = ("deploy", "serve")  # the folders whose tests use the session's checkpoint and exports
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under ``pytest -n 2 --dist loadgroup`` (``make test``) each test file runs whole on one worker (its module
     fixtures are made once), and the files that share the session's exports on the same worker, which then makes
-    each export once."""
+    each export once. Without pytest-xdist (the tracker's and the GPU suite's environments) nothing is marked."""
+    if not config.pluginmanager.hasplugin("xdist"):
+        return
     tests = Path(__file__).parent
     for item in items:
-        path = item.path.relative_to(tests)
-        group = path.parts[0] if path.parts[0] in SHARING_EXPORTS else path.as_posix()
-        item.add_marker(pytest.mark.xdist_group("exports" if group in SHARING_EXPORTS else group))
+        inside = tests in item.path.parents
+        shares = inside and item.path.relative_to(tests).parts[0] in SHARING_EXPORTS
+        item.add_marker(pytest.mark.xdist_group("exports" if shares else str(item.path)))
 
 
 @pytest.fixture
