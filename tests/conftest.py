@@ -1,5 +1,5 @@
 """Shared test fixtures: a tiny Market-1501 tree; one tiny checkpoint, its crops and its exports for the whole
-session (export, embed, serve and the benchmarks' tests share them: each export is made once, ONNX takes seconds,
+test run (export, embed, serve and the benchmarks' tests share them: each export is made once, ONNX takes seconds,
 AOTI tens of seconds); and the Triton interpreter on machines without a GPU.
 
 ``triton.jit`` picks interpreter or compiler when a function is defined (Triton's own library included), so
@@ -26,12 +26,12 @@ from _deploy_models import make_checkpoint, make_crop_folder
 from image_trees import make_market_tree
 
 
-SHARING_EXPORTS = ("deploy", "serve")  # the folders whose tests use the session's checkpoint and exports
+SHARING_EXPORTS = ("deploy", "serve")  # the folders whose tests use the run's checkpoint and exports
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Under ``pytest -n 2 --dist loadgroup`` (``make test``) each test file runs whole on one worker (its module
-    fixtures are made once), and the files that share the session's exports on the same worker, which then makes
+    fixtures are made once), and the files that share the run's exports on the same worker, which then makes
     each export once. Without pytest-xdist (the tracker's and the GPU suite's environments) nothing is marked."""
     if not config.pluginmanager.hasplugin("xdist"):
         return

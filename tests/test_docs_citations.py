@@ -12,8 +12,9 @@ SOURCES = [*sorted((ROOT / "fba").rglob("*.py")), *sorted((ROOT / "kernels").glo
            *sorted((ROOT / "benchmarks").glob("*.py"))]
 CITATION = re.compile(r"docs/([\w-]+)\.md#([\w-]+)")
 TEXT_SUFFIXES = {".py", ".md", ".yaml", ".yml", ".txt", ".toml", ".cfg", ".json", ".cpp", ".h", ".cu", ".sh", ""}
-# Outside documents (the SPEC, a design card, issue numbers) and the history of the work (sessions, lent
-# machines, budgets); "session" alone is a runtime's word (onnxruntime, pytest) and stays allowed.
+# Outside documents (a specification named in capitals, a design card, issue numbers) and the history of the
+# work (sessions, lent machines, budgets); "session" alone is a runtime's word (onnxruntime, pytest) and stays
+# allowed.
 # Matched over the whole text, so a phrase broken across lines is found too.
 OUTSIDE = re.compile(r"(?-i:\bSPEC\b)|design\s+card|\bissues?\s?#?\d+|\bthe\s+issue\b|(this|next|that)\s+session\b|"
                      r"session\s+that\s+built|was\s+lent|GPU\s+lent|the\s+lent\b|device[-\s]+time\s+budget|device\s+budget|"

@@ -88,7 +88,7 @@ def test_fba_embed_runs_a_tracker_export_with_the_same_features(checkpoint, boxm
 def test_exports_into_one_folder_never_overwrite_each_other(checkpoint, exported, tmp_path, capsys):
     out = tmp_path / "deploy"
     out.mkdir()
-    for feature in ("image", "full"):  # the session's plain exports, each written by fba export into its own folder
+    for feature in ("image", "full"):  # the run's plain exports, each written by fba export into its own folder
         for made in exported("onnx", feature).iterdir():
             shutil.copy(made, out)
     for extra in (["--input-norm", "imagenet"], ["--target", "boxmot"], ["--target", "deepstream"]):
