@@ -33,7 +33,7 @@ def embed_job(tmp_path_factory) -> dict:
         shutil.copyfile(sources[i % len(sources)], images / f"{i:05d}.jpg")
     config = base / "eval.yaml"
     config.write_text(f"data:\n  dataset: synthetic\n  root: {root}\n  height: 64\n  width: 32\n"
-                      "  eval_batch_size: 2\n  num_workers: 2\n  loader: torch\n")  # small batches: a slow run
+                      "  num_workers: 2\n  loader: torch\n")  # the batch size comes from _command
     return {"model": untrained_model_file(root, base, 4), "images": images, "base": base,
             "root": root, "config": config}
 
